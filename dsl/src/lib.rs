@@ -1,0 +1,11 @@
+//! The `.d2l` language front end: source text to a checked graph.
+//!
+//! `parser` turns text into an [`ast::Module`]; `eval` expands blocks, loops
+//! and conditionals at compile time, checks names, shapes and dtypes, and
+//! lowers everything to a [`d2l_ir::Graph`] of primitives. Errors at every
+//! stage are [`Diagnostic`]s pointing at the source.
+
+pub mod ast;
+mod diag;
+
+pub use diag::{Diagnostic, SourceMap};
