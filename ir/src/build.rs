@@ -217,16 +217,18 @@ impl Graph {
         Ok(self.push(op, dtype, Shape(out), vec![x]))
     }
 
-    pub fn pad(&mut self, x: NodeId, lo: &[usize], hi: &[usize], value: f64) -> Result<NodeId> {
+    pub fn pad(&mut self, x: NodeId, lo: &[usize], hi: &[usize], interior: &[usize], value: f64) -> Result<NodeId> {
         let (dtype, shape) = self.ty(x);
-        if lo.len() != shape.rank() || hi.len() != shape.rank() {
-            return err(format!("pad: expected {} pairs for shape {shape}", shape.rank()));
+        let r = shape.rank();
+        if lo.len() != r || hi.len() != r || interior.len() != r {
+            return err(format!("pad: expected {r} (lo, hi, interior) triples for shape {shape}"));
         }
-        if lo.iter().chain(hi).all(|&p| p == 0) {
+        if lo.iter().chain(hi).chain(interior).all(|&p| p == 0) {
             return Ok(x);
         }
-        let out = (0..shape.rank()).map(|i| shape.0[i] + lo[i] + hi[i]).collect();
-        Ok(self.push(Op::Pad { lo: lo.to_vec(), hi: hi.to_vec(), value }, dtype, Shape(out), vec![x]))
+        let out = (0..r).map(|i| shape.0[i] + lo[i] + hi[i] + interior[i] * shape.0[i].saturating_sub(1)).collect();
+        let op = Op::Pad { lo: lo.to_vec(), hi: hi.to_vec(), interior: interior.to_vec(), value };
+        Ok(self.push(op, dtype, Shape(out), vec![x]))
     }
 
     pub fn concat(&mut self, xs: &[NodeId], axis: usize) -> Result<NodeId> {
@@ -364,7 +366,7 @@ impl Graph {
             Op::Permute { perm } => arity(1).and_then(|_| self.permute(args[0], perm)),
             Op::Broadcast => arity(1).and_then(|_| self.broadcast(args[0], shape.clone())),
             Op::Slice { starts, ends, steps } => arity(1).and_then(|_| self.slice(args[0], starts, ends, steps)),
-            Op::Pad { lo, hi, value } => arity(1).and_then(|_| self.pad(args[0], lo, hi, *value)),
+            Op::Pad { lo, hi, interior, value } => arity(1).and_then(|_| self.pad(args[0], lo, hi, interior, *value)),
             Op::Concat { axis } => self.concat(args, *axis),
             Op::MatMul => arity(2).and_then(|_| self.matmul(args[0], args[1])),
             Op::Gather { axis } => arity(2).and_then(|_| self.gather(args[0], args[1], *axis)),

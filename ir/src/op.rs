@@ -134,8 +134,11 @@ pub enum Op {
     Broadcast,
     /// Per axis `start..end` with `step` (all positive, in range).
     Slice { starts: Vec<usize>, ends: Vec<usize>, steps: Vec<usize> },
-    /// Constant padding: `lo[i]` before and `hi[i]` after axis `i`.
-    Pad { lo: Vec<usize>, hi: Vec<usize>, value: f64 },
+    /// Constant padding: `lo[i]` before, `hi[i]` after, and `interior[i]`
+    /// between neighbouring elements of axis `i` (XLA's pad). Interior padding
+    /// is what makes strided slices, convolutions and pooling differentiable
+    /// with primitives alone: it is the transpose of a strided slice.
+    Pad { lo: Vec<usize>, hi: Vec<usize>, interior: Vec<usize>, value: f64 },
     /// Any number of operands, equal except along `axis`.
     Concat { axis: usize },
     /// `[b.., m, k] @ [b.., k, n] -> [b.., m, n]`, batch dims equal.

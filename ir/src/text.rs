@@ -36,7 +36,10 @@ fn attrs(op: &Op) -> String {
                 .collect();
             format!(" [{}]", ranges.join(", "))
         }
-        Op::Pad { lo, hi, value } => format!(" lo={} hi={} value={value}", list(lo), list(hi)),
+        Op::Pad { lo, hi, interior, value } if interior.iter().all(|&i| i == 0) => {
+            format!(" lo={} hi={} value={value}", list(lo), list(hi))
+        }
+        Op::Pad { lo, hi, interior, value } => format!(" lo={} hi={} interior={} value={value}", list(lo), list(hi), list(interior)),
         Op::Conv2d { stride } => format!(" stride={}", list(stride)),
         Op::Pool2d { window, stride, .. } => format!(" window={} stride={}", list(window), list(stride)),
         Op::Rand { .. } | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Reshape | Op::Broadcast | Op::MatMul | Op::Cast => {
