@@ -301,6 +301,11 @@ impl Graph {
         self.push(Op::Cast, dtype, shape, vec![x])
     }
 
+    pub fn stop_gradient(&mut self, x: NodeId) -> NodeId {
+        let (dtype, shape) = self.ty(x);
+        self.push(Op::StopGradient, dtype, shape, vec![x])
+    }
+
     pub fn conv2d(&mut self, x: NodeId, w: NodeId, stride: [usize; 2]) -> Result<NodeId> {
         let (dx, sx) = self.ty(x);
         let (dw, sw) = self.ty(w);
@@ -372,6 +377,7 @@ impl Graph {
             Op::Gather { axis } => arity(2).and_then(|_| self.gather(args[0], args[1], *axis)),
             Op::ScatterAdd { axis } => arity(2).and_then(|_| self.scatter_add(args[0], args[1], shape.clone(), *axis)),
             Op::Cast => arity(1).map(|_| self.cast(args[0], dtype)),
+            Op::StopGradient => arity(1).map(|_| self.stop_gradient(args[0])),
             Op::Conv2d { stride } => arity(2).and_then(|_| self.conv2d(args[0], args[1], *stride)),
             Op::Pool2d { kind, window, stride } => arity(1).and_then(|_| self.pool2d(*kind, args[0], *window, *stride)),
         }

@@ -150,6 +150,9 @@ pub enum Op {
     ScatterAdd { axis: usize },
     /// Convert to the node's dtype.
     Cast,
+    /// Identity on values; autodiff propagates no gradient through it
+    /// (`detach`). A node of its own so CSE cannot merge it with its input.
+    StopGradient,
     /// `conv2d(x[N, C, H, W], w[O, C, kh, kw]) -> [N, O, Ho, Wo]`, no padding
     /// (padding is a separate `Pad`), `Ho = (H - kh) / stride + 1`.
     Conv2d { stride: [usize; 2] },
@@ -209,6 +212,7 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
             Op::Cast => "cast",
+            Op::StopGradient => "stop_gradient",
             Op::Conv2d { .. } => "conv2d",
             Op::Pool2d { kind: PoolKind::Max, .. } => "max_pool2d",
             Op::Pool2d { kind: PoolKind::Avg, .. } => "avg_pool2d",

@@ -42,7 +42,7 @@ fn attrs(op: &Op) -> String {
         Op::Pad { lo, hi, interior, value } => format!(" lo={} hi={} interior={} value={value}", list(lo), list(hi), list(interior)),
         Op::Conv2d { stride } => format!(" stride={}", list(stride)),
         Op::Pool2d { window, stride, .. } => format!(" window={} stride={}", list(window), list(stride)),
-        Op::Rand { .. } | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Reshape | Op::Broadcast | Op::MatMul | Op::Cast => {
+        Op::Rand { .. } | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Reshape | Op::Broadcast | Op::MatMul | Op::Cast | Op::StopGradient => {
             String::new()
         }
     }
