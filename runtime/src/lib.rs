@@ -2,6 +2,10 @@
 //! oracle every compiled backend is tested against), parameters and
 //! checkpoints, data loaders and the training loop.
 
+mod interp;
+mod params;
 mod tensor;
 
+pub use interp::{FeedKind, Interpreter, RunError, TensorType};
+pub use params::init_params;
 pub use tensor::Tensor;

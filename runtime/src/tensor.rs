@@ -32,6 +32,16 @@ impl Tensor {
         })
     }
 
+    /// The dimensions, without allocating a [`Shape`].
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Tensor::F32(a) => a.shape(),
+            Tensor::F64(a) => a.shape(),
+            Tensor::I64(a) => a.shape(),
+            Tensor::Bool(a) => a.shape(),
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape().numel()
     }
