@@ -1,0 +1,237 @@
+//! The gradient graphs of a few small models, after `simplify`, in the
+//! stable text form `d2l ir --stage grad` prints. Each snapshot was read and
+//! checked by hand; the comments say what to look for.
+
+use d2l_ir::{BinaryOp, DType, Graph, Init, PoolKind, ReduceOp, Shape, UnaryOp, text};
+use d2l_passes::{DiffOptions, differentiate_params, simplify};
+
+fn shape(dims: &[usize]) -> Shape {
+    Shape(dims.to_vec())
+}
+
+fn grad_text(g: &Graph) -> String {
+    let grads = differentiate_params(g, "loss", &DiffOptions::default()).unwrap();
+    text::print(&simplify(&grads.graph), false)
+}
+
+/// mean((x @ W + b - y)²) as a [] scalar.
+fn mse_linear() -> Graph {
+    let mut g = Graph::new("mse_linear");
+    let x = g.input("x", DType::F32, shape(&[4, 3]));
+    let y = g.input("y", DType::F32, shape(&[4, 2]));
+    let w = g.param("W", DType::F32, shape(&[3, 2]), Init::XavierUniform).unwrap();
+    let b = g.param("b", DType::F32, shape(&[2]), Init::Zeros).unwrap();
+    let xw = g.matmul(x, w).unwrap();
+    let b = g.broadcast(b, shape(&[4, 2])).unwrap();
+    let pred = g.binary(BinaryOp::Add, xw, b).unwrap();
+    let err = g.binary(BinaryOp::Sub, pred, y).unwrap();
+    let sq = g.binary(BinaryOp::Mul, err, err).unwrap();
+    let total = g.reduce(ReduceOp::Sum, sq, &[0, 1]).unwrap();
+    let total = g.reshape(total, Shape::scalar()).unwrap();
+    let scale = g.full(1.0 / 8.0, DType::F32, Shape::scalar());
+    let loss = g.binary(BinaryOp::Mul, total, scale).unwrap();
+    g.set_output("loss", loss);
+    g
+}
+
+#[test]
+fn mse_of_a_linear_layer() {
+    // d loss/d pred = 2·err/8, built as (0.125·1 broadcast)·err twice and
+    // added (err is used twice by the square): %15 = %14 + %14 after CSE.
+    // grad.W = xᵀ @ dpred (a matmul on a permute), grad.b = column sums.
+    insta::assert_snapshot!(grad_text(&mse_linear()), @r#"
+    graph mse_linear
+      %0: f32[4, 3] = input "x"
+      %1: f32[4, 2] = input "y"
+      %2: f32[3, 2] = param "W" init=xavier_uniform
+      %3: f32[2] = param "b" init=zeros
+      %4: f32[4, 2] = matmul %0, %2
+      %5: f32[4, 2] = broadcast %3
+      %6: f32[4, 2] = add %4, %5
+      %7: f32[4, 2] = sub %6, %1
+      %8: f32[4, 2] = mul %7, %7
+      %9: f32[1, 1] = reduce_sum %8 axes=[0, 1]
+      %10: f32[] = reshape %9
+      %11: f32[] = full 0.125
+      %12: f32[] = mul %10, %11
+      %13: f32[4, 2] = full 0.125
+      %14: f32[4, 2] = mul %13, %7
+      %15: f32[4, 2] = add %14, %14
+      %16: f32[1, 2] = reduce_sum %15 axes=[0]
+      %17: f32[2] = reshape %16
+      %18: f32[3, 4] = permute %0 perm=[1, 0]
+      %19: f32[3, 2] = matmul %18, %15
+      output loss = %12
+      output grad.W = %19
+      output grad.b = %17
+    "#);
+}
+
+/// Mean softmax cross-entropy of `x @ W` against one-hot labels, with a
+/// numerically stable log-sum-exp whose shift is detached.
+fn softmax_cross_entropy() -> Graph {
+    let mut g = Graph::new("softmax_ce");
+    let x = g.input("x", DType::F32, shape(&[2, 4]));
+    let onehot = g.input("onehot", DType::F32, shape(&[2, 3]));
+    let w = g.param("W", DType::F32, shape(&[4, 3]), Init::Normal { mean: 0.0, std: 0.01 }).unwrap();
+    let logits = g.matmul(x, w).unwrap();
+    let max = g.reduce(ReduceOp::Max, logits, &[1]).unwrap();
+    let max = g.stop_gradient(max);
+    let max_b = g.broadcast(max, shape(&[2, 3])).unwrap();
+    let shifted = g.binary(BinaryOp::Sub, logits, max_b).unwrap();
+    let e = g.unary(UnaryOp::Exp, shifted).unwrap();
+    let s = g.reduce(ReduceOp::Sum, e, &[1]).unwrap();
+    let lse = g.unary(UnaryOp::Log, s).unwrap();
+    let lse = g.binary(BinaryOp::Add, lse, max).unwrap();
+    let lse = g.broadcast(lse, shape(&[2, 3])).unwrap();
+    let log_p = g.binary(BinaryOp::Sub, logits, lse).unwrap();
+    let picked = g.binary(BinaryOp::Mul, onehot, log_p).unwrap();
+    let total = g.reduce(ReduceOp::Sum, picked, &[0, 1]).unwrap();
+    let scale = g.full(-0.5, DType::F32, shape(&[1, 1]));
+    let loss = g.binary(BinaryOp::Mul, total, scale).unwrap();
+    g.set_output("loss", loss);
+    g
+}
+
+#[test]
+fn softmax_cross_entropy_through_log_sum_exp() {
+    // %19 = d(log_p) = -0.5·onehot. Through the log-sum-exp:
+    // %24 = exp(shifted) · (-Σ_row %19) / s = 0.5·softmax for one-hot rows.
+    // %25 = %19 + %24 = (softmax - onehot)/N, the textbook result, and
+    // grad.W = xᵀ @ %25. Nothing flows into the detached max %5.
+    insta::assert_snapshot!(grad_text(&softmax_cross_entropy()), @r#"
+    graph softmax_ce
+      %0: f32[2, 4] = input "x"
+      %1: f32[2, 3] = input "onehot"
+      %2: f32[4, 3] = param "W" init=normal(0, 0.01)
+      %3: f32[2, 3] = matmul %0, %2
+      %4: f32[2, 1] = reduce_max %3 axes=[1]
+      %5: f32[2, 1] = stop_gradient %4
+      %6: f32[2, 3] = broadcast %5
+      %7: f32[2, 3] = sub %3, %6
+      %8: f32[2, 3] = exp %7
+      %9: f32[2, 1] = reduce_sum %8 axes=[1]
+      %10: f32[2, 1] = log %9
+      %11: f32[2, 1] = add %10, %5
+      %12: f32[2, 3] = broadcast %11
+      %13: f32[2, 3] = sub %3, %12
+      %14: f32[2, 3] = mul %1, %13
+      %15: f32[1, 1] = reduce_sum %14 axes=[0, 1]
+      %16: f32[1, 1] = full -0.5
+      %17: f32[1, 1] = mul %15, %16
+      %18: f32[2, 3] = full -0.5
+      %19: f32[2, 3] = mul %18, %1
+      %20: f32[2, 3] = neg %19
+      %21: f32[2, 1] = reduce_sum %20 axes=[1]
+      %22: f32[2, 1] = div %21, %9
+      %23: f32[2, 3] = broadcast %22
+      %24: f32[2, 3] = mul %23, %8
+      %25: f32[2, 3] = add %19, %24
+      %26: f32[4, 2] = permute %0 perm=[1, 0]
+      %27: f32[4, 3] = matmul %26, %25
+      output loss = %17
+      output grad.W = %27
+    "#);
+}
+
+/// sum(avg_pool2d(conv2d(x, K), 2, stride 1)).
+fn conv_avg_pool() -> Graph {
+    let mut g = Graph::new("conv_pool");
+    let x = g.input("x", DType::F32, shape(&[1, 1, 4, 4]));
+    let k = g.param("K", DType::F32, shape(&[2, 1, 2, 2]), Init::XavierUniform).unwrap();
+    let c = g.conv2d(x, k, [1, 1]).unwrap();
+    let p = g.pool2d(PoolKind::Avg, c, [2, 2], [1, 1]).unwrap();
+    let loss = g.reduce(ReduceOp::Sum, p, &[0, 1, 2, 3]).unwrap();
+    g.set_output("loss", loss);
+    g
+}
+
+#[test]
+fn conv_then_avg_pool() {
+    // The pool's gradient: dy/4 placed back at the 4 window offsets by pads
+    // and summed; the kernel's gradient: conv of xᵀ with that (stride 1, so
+    // no dilation) then permuted back to [O, C, kh, kw]. The input gradient
+    // is not built: x is an input, not a parameter.
+    insta::assert_snapshot!(grad_text(&conv_avg_pool()), @r#"
+    graph conv_pool
+      %0: f32[1, 1, 4, 4] = input "x"
+      %1: f32[2, 1, 2, 2] = param "K" init=xavier_uniform
+      %2: f32[1, 2, 3, 3] = conv2d %0, %1 stride=[1, 1]
+      %3: f32[1, 2, 2, 2] = avg_pool2d %2 window=[2, 2] stride=[1, 1]
+      %4: f32[1, 1, 1, 1] = reduce_sum %3 axes=[0, 1, 2, 3]
+      %5: f32[1, 2, 2, 2] = full 0.25
+      %6: f32[1, 2, 3, 3] = pad %5 lo=[0, 0, 0, 0] hi=[0, 0, 1, 1] value=0
+      %7: f32[1, 2, 3, 3] = pad %5 lo=[0, 0, 0, 1] hi=[0, 0, 1, 0] value=0
+      %8: f32[1, 2, 3, 3] = pad %5 lo=[0, 0, 1, 0] hi=[0, 0, 0, 1] value=0
+      %9: f32[1, 2, 3, 3] = pad %5 lo=[0, 0, 1, 1] hi=[0, 0, 0, 0] value=0
+      %10: f32[1, 2, 3, 3] = add %6, %7
+      %11: f32[1, 2, 3, 3] = add %10, %8
+      %12: f32[1, 2, 3, 3] = add %11, %9
+      %13: f32[1, 1, 4, 4] = permute %0 perm=[1, 0, 2, 3]
+      %14: f32[2, 1, 3, 3] = permute %12 perm=[1, 0, 2, 3]
+      %15: f32[1, 2, 2, 2] = conv2d %13, %14 stride=[1, 1]
+      %16: f32[2, 1, 2, 2] = permute %15 perm=[1, 0, 2, 3]
+      output loss = %4
+      output grad.K = %16
+    "#);
+}
+
+#[test]
+fn strided_conv_and_max_pool() {
+    // Stride 2 with a 3x2 kernel on a 6x5 input: the windows cover rows 0..5
+    // and columns 0..4, so the last row and column never reach the output.
+    // grad.x: dy dilated (interior 1), padded by k-1 (+1 for the skipped
+    // row/column), correlated with the flipped, channel-swapped kernel.
+    // grad.K: x sliced to the covered 5x4 region, correlated with dilated dy.
+    // The 2x1 max pool sends dy to the positions equal to the window's max,
+    // shared among ties.
+    let mut g = Graph::new("strided");
+    let x = g.param("x", DType::F32, shape(&[1, 1, 6, 5]), Init::Ones).unwrap();
+    let k = g.param("K", DType::F32, shape(&[1, 1, 3, 2]), Init::Ones).unwrap();
+    let c = g.conv2d(x, k, [2, 2]).unwrap();
+    let p = g.pool2d(PoolKind::Max, c, [2, 1], [1, 1]).unwrap();
+    let loss = g.reduce(ReduceOp::Sum, p, &[0, 1, 2, 3]).unwrap();
+    g.set_output("loss", loss);
+    insta::assert_snapshot!(grad_text(&g), @r#"
+    graph strided
+      %0: f32[1, 1, 6, 5] = param "x" init=ones
+      %1: f32[1, 1, 3, 2] = param "K" init=ones
+      %2: f32[1, 1, 2, 2] = conv2d %0, %1 stride=[2, 2]
+      %3: f32[1, 1, 1, 2] = max_pool2d %2 window=[2, 1] stride=[1, 1]
+      %4: f32[1, 1, 1, 1] = reduce_sum %3 axes=[0, 1, 2, 3]
+      %5: f32[1, 1, 1, 2] = full 1
+      %6: f32[1, 1, 1, 2] = slice %2 [0..1, 0..1, 0..1, 0..2]
+      %7: bool[1, 1, 1, 2] = eq %6, %3
+      %8: f32[1, 1, 1, 2] = cast %7
+      %9: f32[1, 1, 1, 2] = slice %2 [0..1, 0..1, 1..2, 0..2]
+      %10: bool[1, 1, 1, 2] = eq %9, %3
+      %11: f32[1, 1, 1, 2] = cast %10
+      %12: f32[1, 1, 1, 2] = add %8, %11
+      %13: f32[1, 1, 1, 2] = div %5, %12
+      %14: f32[1, 1, 1, 2] = mul %8, %13
+      %15: f32[1, 1, 2, 2] = pad %14 lo=[0, 0, 0, 0] hi=[0, 0, 1, 0] value=0
+      %16: f32[1, 1, 1, 2] = mul %11, %13
+      %17: f32[1, 1, 2, 2] = pad %16 lo=[0, 0, 1, 0] hi=[0, 0, 0, 0] value=0
+      %18: f32[1, 1, 2, 2] = add %15, %17
+      %19: f32[1, 1, 3, 3] = pad %18 lo=[0, 0, 0, 0] hi=[0, 0, 0, 0] interior=[0, 0, 1, 1] value=0
+      %20: f32[1, 1, 8, 6] = pad %19 lo=[0, 0, 2, 1] hi=[0, 0, 3, 2] value=0
+      %21: i64[3] = iota axis=0
+      %22: i64[3] = full 2
+      %23: i64[3] = sub %22, %21
+      %24: f32[1, 1, 3, 2] = gather %1, %23 axis=2
+      %25: i64[2] = iota axis=0
+      %26: i64[2] = full 1
+      %27: i64[2] = sub %26, %25
+      %28: f32[1, 1, 3, 2] = gather %24, %27 axis=3
+      %29: f32[1, 1, 3, 2] = permute %28 perm=[1, 0, 2, 3]
+      %30: f32[1, 1, 6, 5] = conv2d %20, %29 stride=[1, 1]
+      %31: f32[1, 1, 5, 4] = slice %0 [0..1, 0..1, 0..5, 0..4]
+      %32: f32[1, 1, 5, 4] = permute %31 perm=[1, 0, 2, 3]
+      %33: f32[1, 1, 3, 3] = permute %19 perm=[1, 0, 2, 3]
+      %34: f32[1, 1, 3, 2] = conv2d %32, %33 stride=[1, 1]
+      %35: f32[1, 1, 3, 2] = permute %34 perm=[1, 0, 2, 3]
+      output loss = %4
+      output grad.x = %30
+      output grad.K = %35
+    "#);
+}

@@ -1,0 +1,187 @@
+//! Simplification: what goes, what merges, what folds, what must survive.
+
+use d2l_ir::{BinaryOp, DType, Graph, Init, Op, RandDist, ReduceOp, Shape, UnaryOp, text};
+use d2l_passes::{promote_f64, simplify, try_simplify};
+
+fn shape(dims: &[usize]) -> Shape {
+    Shape(dims.to_vec())
+}
+
+fn printed(g: &Graph) -> String {
+    text::print(&simplify(g), false)
+}
+
+#[test]
+fn dead_code_goes_but_params_and_inputs_stay_in_order() {
+    let mut g = Graph::new("t");
+    let unused_input = g.input("unused", DType::F32, shape(&[2]));
+    let x = g.input("x", DType::F32, shape(&[2]));
+    let unused_param = g.param("w", DType::F32, shape(&[2]), Init::Zeros).unwrap();
+    let _dead = g.unary(UnaryOp::Exp, unused_param).unwrap();
+    let _dead2 = g.unary(UnaryOp::Exp, unused_input).unwrap();
+    let y = g.unary(UnaryOp::Tanh, x).unwrap();
+    g.set_output("y", y);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: f32[2] = input "unused"
+      %1: f32[2] = input "x"
+      %2: f32[2] = param "w" init=zeros
+      %3: f32[2] = tanh %1
+      output y = %3
+    "#);
+}
+
+#[test]
+fn identical_nodes_merge_but_random_draws_do_not() {
+    let mut g = Graph::new("t");
+    let x = g.input("x", DType::F32, shape(&[2]));
+    let a = g.unary(UnaryOp::Exp, x).unwrap();
+    let b = g.unary(UnaryOp::Exp, x).unwrap();
+    let r1 = g.rand(RandDist::Uniform, DType::F32, shape(&[2])).unwrap();
+    let r2 = g.rand(RandDist::Uniform, DType::F32, shape(&[2])).unwrap();
+    let ab = g.binary(BinaryOp::Add, a, b).unwrap();
+    let rr = g.binary(BinaryOp::Add, r1, r2).unwrap();
+    let y = g.binary(BinaryOp::Mul, ab, rr).unwrap();
+    g.set_output("y", y);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: f32[2] = input "x"
+      %1: f32[2] = exp %0
+      %2: f32[2] = rand_uniform
+      %3: f32[2] = rand_uniform
+      %4: f32[2] = add %1, %1
+      %5: f32[2] = add %2, %3
+      %6: f32[2] = mul %4, %5
+      output y = %6
+    "#);
+}
+
+#[test]
+fn constants_fold_and_identities_vanish() {
+    let mut g = Graph::new("t");
+    let x = g.input("x", DType::F32, shape(&[2, 3]));
+    let zero = g.full(0.0, DType::F32, shape(&[2, 3]));
+    let one = g.full(1.0, DType::F32, shape(&[]));
+    let one = g.broadcast(one, shape(&[2, 3])).unwrap(); // broadcast of a full: a full
+    let two = g.binary(BinaryOp::Add, one, one).unwrap(); // all-constant: folds to 2
+    let e = g.unary(UnaryOp::Exp, zero).unwrap(); // exp(0) = 1
+    let a = g.binary(BinaryOp::Add, x, zero).unwrap(); // x + 0 = x
+    let a = g.binary(BinaryOp::Mul, a, e).unwrap(); // x * 1 = x
+    let a = g.unary(UnaryOp::Neg, a).unwrap();
+    let a = g.unary(UnaryOp::Neg, a).unwrap(); // neg neg x = x
+    let b = g.binary(BinaryOp::Mul, a, zero).unwrap(); // x * 0 = 0
+    let c = g.binary(BinaryOp::Sub, two, b).unwrap(); // 2 - 0 = 2
+    let y = g.binary(BinaryOp::Div, a, c).unwrap(); // x / 2
+    let r = g.reshape(y, shape(&[3, 2])).unwrap();
+    let r = g.reshape(r, shape(&[6])).unwrap(); // one reshape
+    let s = g.reduce(ReduceOp::Sum, two, &[0, 1]).unwrap(); // 2 * 6 = 12
+    g.set_output("y", r);
+    g.set_output("s", s);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: f32[2, 3] = input "x"
+      %1: f32[2, 3] = full 2
+      %2: f32[2, 3] = div %0, %1
+      %3: f32[6] = reshape %2
+      %4: f32[1, 1] = full 12
+      output y = %3
+      output s = %4
+    "#);
+}
+
+#[test]
+fn folded_constants_round_to_f32() {
+    let mut g = Graph::new("t");
+    let a = g.full(0.1, DType::F32, shape(&[]));
+    let b = g.full(0.2, DType::F32, shape(&[]));
+    let c = g.binary(BinaryOp::Add, a, b).unwrap();
+    g.set_output("c", c);
+    let simple = simplify(&g);
+    let Op::Full { value } = simple.node(simple.output("c").unwrap()).op else { panic!("not folded") };
+    assert_eq!(value, (0.1f64 + 0.2f64) as f32 as f64);
+}
+
+#[test]
+fn select_on_a_constant_condition_and_layout_chains() {
+    let mut g = Graph::new("t");
+    let x = g.input("x", DType::F32, shape(&[2, 3, 4]));
+    let yes = g.full(1.0, DType::Bool, shape(&[2, 3, 4]));
+    let z = g.full(0.0, DType::F32, shape(&[2, 3, 4]));
+    let s = g.select(yes, x, z).unwrap();
+    let p = g.permute(s, &[1, 2, 0]).unwrap();
+    let p = g.permute(p, &[2, 0, 1]).unwrap(); // composes to the identity
+    let q = g.permute(p, &[0, 2, 1]).unwrap();
+    let q = g.permute(q, &[1, 0, 2]).unwrap(); // composes to [2, 0, 1]
+    let small = g.input("b", DType::F32, shape(&[4]));
+    let b = g.broadcast(small, shape(&[3, 4])).unwrap();
+    let b = g.broadcast(b, shape(&[2, 3, 4])).unwrap(); // one broadcast
+    g.set_output("p", p);
+    g.set_output("q", q);
+    g.set_output("b", b);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: f32[2, 3, 4] = input "x"
+      %1: f32[4, 2, 3] = permute %0 perm=[2, 0, 1]
+      %2: f32[4] = input "b"
+      %3: f32[2, 3, 4] = broadcast %2
+      output p = %0
+      output q = %1
+      output b = %3
+    "#);
+}
+
+#[test]
+fn stop_gradient_survives_simplification() {
+    // Simplify may run before autodiff: dropping the marker would change
+    // gradients, so only a constant operand removes it.
+    let mut g = Graph::new("t");
+    let x = g.input("x", DType::F32, shape(&[2]));
+    let s = g.stop_gradient(x);
+    g.set_output("s", s);
+    let simple = simplify(&g);
+    assert_eq!(simple.node(simple.output("s").unwrap()).op, Op::StopGradient);
+}
+
+#[test]
+fn node_map_follows_every_node() {
+    let mut g = Graph::new("t");
+    let x = g.input("x", DType::F32, shape(&[2]));
+    let zero = g.full(0.0, DType::F32, shape(&[2]));
+    let a = g.binary(BinaryOp::Add, x, zero).unwrap();
+    let dead = g.unary(UnaryOp::Exp, a).unwrap();
+    let y = g.unary(UnaryOp::Sin, a).unwrap();
+    g.set_output("y", y);
+    let (simple, map) = try_simplify(&g).unwrap();
+    assert_eq!(map[a.index()], map[x.index()], "x + 0 is x");
+    assert_eq!(map[dead.index()], None);
+    assert_eq!(map[zero.index()], None, "the folded 0 is dead");
+    assert_eq!(map[y.index()], simple.output("y"));
+}
+
+#[test]
+fn promote_f64_widens_every_f32() {
+    let mut g = Graph::new("t");
+    let x = g.input("x", DType::F32, shape(&[2]));
+    let w = g.param("w", DType::F32, shape(&[2]), Init::Ones).unwrap();
+    let i = g.input("i", DType::I64, shape(&[2]));
+    let fi = g.cast(i, DType::F32);
+    let d = g.cast(x, DType::F64);
+    let d = g.cast(d, DType::F32);
+    let c = g.full(3.0, DType::F32, shape(&[2]));
+    let y = g.binary(BinaryOp::Mul, d, w).unwrap();
+    let y = g.binary(BinaryOp::Add, y, fi).unwrap();
+    let y = g.binary(BinaryOp::Add, y, c).unwrap();
+    g.set_output("y", y);
+    insta::assert_snapshot!(text::print(&promote_f64(&g).unwrap(), false), @r#"
+    graph t
+      %0: f64[2] = input "x"
+      %1: f64[2] = param "w" init=ones
+      %2: i64[2] = input "i"
+      %3: f64[2] = cast %2
+      %4: f64[2] = full 3
+      %5: f64[2] = mul %0, %1
+      %6: f64[2] = add %5, %3
+      %7: f64[2] = add %6, %4
+      output y = %7
+    "#);
+}
