@@ -6,6 +6,10 @@ mod interp;
 mod params;
 mod tensor;
 
+pub mod checkpoint;
+pub mod data;
+pub mod npy;
+
 pub use interp::{FeedKind, Interpreter, RunError, TensorType};
 pub use params::init_params;
 pub use tensor::Tensor;

@@ -1,0 +1,103 @@
+//! Data for the course's models: finding and fetching datasets, reading
+//! IDX images (Fashion-MNIST, MNIST) and the house-prices CSV, generating
+//! synthetic regression data, and cutting any of them into minibatches.
+//!
+//! Every loader returns a [`DataError`] that names the file and says what
+//! was expected and what was found; none of them panics on bad input.
+
+pub mod batches;
+pub mod csv;
+pub mod idx;
+pub mod locate;
+pub mod synthetic;
+
+use std::path::PathBuf;
+
+pub use batches::{
+    BatchOptions, Batches, TensorDataset, random_hflip, resize_bilinear, select_rows,
+};
+pub use csv::{HousePrices, k_fold, load_house_prices};
+pub use idx::{FASHION_MNIST_CLASSES, ImageDataset, Split, load_mnist_like};
+pub use locate::{fetch, find_dataset, verify_checksum};
+pub use synthetic::synthetic_data;
+
+/// Everything that can go wrong while locating, fetching, parsing or
+/// batching data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "dataset `{name}` not found; searched:\n{}\n{hint}",
+        list_paths(searched)
+    )]
+    NotFound {
+        name: String,
+        searched: Vec<String>,
+        hint: String,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{}: not a valid gzip stream (corrupt or truncated download?): {source}", path.display())]
+    Gzip {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A structurally invalid IDX file (bad magic, wrong size, bad labels...).
+    #[error("{}: {msg}", path.display())]
+    Idx { path: PathBuf, msg: String },
+
+    /// A CSV syntax or content problem at a specific line (1-based).
+    #[error("{}:{line}: {msg}", path.display())]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+
+    /// A CSV problem that is about the file as a whole (header, columns).
+    #[error("{}: {msg}", path.display())]
+    CsvFile { path: PathBuf, msg: String },
+
+    #[error(
+        "{}: SHA-256 checksum mismatch{}: expected {expected}, found {actual} \
+         (the file is corrupt, truncated or a different version; delete it and fetch again)",
+        path.display(),
+        if *decompressed { " of the decompressed contents" } else { "" }
+    )]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        decompressed: bool,
+    },
+
+    #[error("fetching dataset `{name}`: {msg}")]
+    Fetch { name: String, msg: String },
+
+    /// A caller passed arguments that cannot work (mismatched lengths,
+    /// batch size 0, k-fold with k < 2, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn list_paths(paths: &[String]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> DataError {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
