@@ -7,5 +7,8 @@
 
 pub mod ast;
 mod diag;
+mod parser;
+pub mod print;
 
 pub use diag::{Diagnostic, SourceMap};
+pub use parser::parse;
