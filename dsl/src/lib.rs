@@ -7,8 +7,10 @@
 
 pub mod ast;
 mod diag;
+mod eval;
 mod parser;
 pub mod print;
 
 pub use diag::{Diagnostic, SourceMap};
+pub use eval::{Error, Layer, LossSpec, LowerOptions, Lowered, Program, Spec, TrainConfig, Value};
 pub use parser::parse;

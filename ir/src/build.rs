@@ -19,10 +19,10 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
 pub fn broadcast_shapes(a: &Shape, b: &Shape) -> Result<Shape> {
     let rank = a.rank().max(b.rank());
     let mut out = vec![0; rank];
-    for i in 0..rank {
+    for (i, slot) in out.iter_mut().enumerate() {
         let da = if i < rank - a.rank() { 1 } else { a.0[i - (rank - a.rank())] };
         let db = if i < rank - b.rank() { 1 } else { b.0[i - (rank - b.rank())] };
-        out[i] = match (da, db) {
+        *slot = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
@@ -226,7 +226,7 @@ impl Graph {
         if lo.iter().chain(hi).chain(interior).all(|&p| p == 0) {
             return Ok(x);
         }
-        let out = (0..r).map(|i| shape.0[i] + lo[i] + hi[i] + interior[i] * shape.0[i].saturating_sub(1)).collect();
+        let out = (0..r).map(|i| shape.0[i].saturating_add(lo[i]).saturating_add(hi[i]).saturating_add(interior[i].saturating_mul(shape.0[i].saturating_sub(1)))).collect();
         let op = Op::Pad { lo: lo.to_vec(), hi: hi.to_vec(), interior: interior.to_vec(), value };
         Ok(self.push(op, dtype, Shape(out), vec![x]))
     }
@@ -245,7 +245,7 @@ impl Graph {
             if d != dtype || !same_rest {
                 return err(format!("concat along axis {axis}: {dtype}{shape} vs {d}{s}"));
             }
-            total += s.0[axis];
+            total = s.0[axis].saturating_add(total);
         }
         let mut out = shape.0.clone();
         out[axis] = total;

@@ -98,6 +98,11 @@ impl Graph {
         }
     }
 
+    /// Drops the outputs whose name fails `keep` (their nodes stay until DCE).
+    pub fn retain_outputs(&mut self, keep: impl Fn(&str) -> bool) {
+        self.outputs.retain(|(name, _)| keep(name));
+    }
+
     pub fn outputs(&self) -> &[(String, NodeId)] {
         &self.outputs
     }

@@ -22,8 +22,10 @@ impl Shape {
         &self.0
     }
 
+    /// Number of elements; saturates instead of overflowing, so absurd
+    /// shapes from hostile source are reported, not panicked on.
     pub fn numel(&self) -> usize {
-        self.0.iter().product()
+        self.0.iter().fold(1usize, |n, &d| n.saturating_mul(d))
     }
 
     /// Row-major strides in elements.
