@@ -9,6 +9,7 @@
 //!   precision.
 
 pub mod autodiff;
+pub mod optimizer;
 pub mod simplify;
 
 pub use autodiff::{DiffOptions, GradError, Gradients, differentiate, differentiate_params, grad_output_name};

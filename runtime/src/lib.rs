@@ -9,6 +9,7 @@ mod tensor;
 pub mod checkpoint;
 pub mod data;
 pub mod npy;
+pub mod train;
 
 pub use interp::{FeedKind, Interpreter, RunError, TensorType};
 pub use params::init_params;

@@ -1,0 +1,268 @@
+//! The training loop. It runs compiled training-step graphs (forward, loss,
+//! backward and optimizer update in one graph, built upstream) over
+//! minibatches, carries parameters and optimizer state from step to step,
+//! measures loss and accuracy, and saves resumable checkpoints.
+//!
+//! Graphs have static shapes, so there is one step graph per batch size the
+//! data produces (the full batch and, usually, a smaller last one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use d2l_ir::{DType, Graph, Shape};
+
+use crate::data::{BatchOptions, DataError, TensorDataset};
+use crate::{Interpreter, RunError, Tensor, checkpoint};
+
+/// Optimizer state tensor: starts as zeros, fed as input `name`, returned
+/// as output `update:<name>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Shape,
+}
+
+/// The graphs of one training setup.
+pub struct TrainGraphs {
+    /// Batch size → training step (outputs `loss`, `output`, `update:*`).
+    pub step: BTreeMap<usize, Graph>,
+    /// Batch size → evaluation-mode forward + loss (outputs `loss`, `output`).
+    pub eval: BTreeMap<usize, Graph>,
+    pub state: Vec<StateSpec>,
+    /// Names of the model's data input and the label input.
+    pub input: String,
+    pub label: String,
+    /// Whether the step takes the scalar input `step` (Adam).
+    pub needs_step_counter: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Run(#[from] RunError),
+    #[error("{0}")]
+    Data(#[from] DataError),
+    #[error("{0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("no compiled step for a batch of {0} examples (compiled for {1:?})")]
+    NoGraphForBatch(usize, Vec<usize>),
+    #[error("checkpoint {path}: {problem}")]
+    BadCheckpoint { path: String, problem: String },
+    #[error("the loss became {value} at epoch {epoch}, step {step}: lower the learning rate")]
+    Diverged { value: f64, epoch: usize, step: u64 },
+}
+
+/// Loss and accuracy over one pass of a dataset.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Mean loss per example.
+    pub loss: f64,
+    /// Fraction of correct argmax predictions; `None` when the output is not
+    /// class scores against integer labels.
+    pub accuracy: Option<f64>,
+    pub examples: usize,
+    pub seconds: f64,
+}
+
+impl Metrics {
+    pub fn examples_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 { self.examples as f64 / self.seconds } else { 0.0 }
+    }
+}
+
+/// Receives progress during an epoch (the CLI draws a progress bar).
+pub trait Progress {
+    fn batch(&mut self, _done: usize, _total: usize, _running_loss: f64) {}
+}
+
+/// No progress reporting.
+pub struct Silent;
+impl Progress for Silent {}
+
+pub struct Trainer {
+    graphs: TrainGraphs,
+    /// Parameters, optimizer state, the step counter and the current batch,
+    /// by input name: fed to every step and updated in place from its outputs.
+    feeds: HashMap<String, Tensor>,
+    interp: Interpreter,
+    /// Epochs completed (also after a resume).
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+}
+
+impl Trainer {
+    pub fn new(graphs: TrainGraphs, params: HashMap<String, Tensor>, seed: u64) -> Trainer {
+        let mut feeds = params;
+        for s in &graphs.state {
+            feeds.insert(s.name.clone(), Tensor::zeros(s.dtype, &s.shape.0));
+        }
+        Trainer { graphs, feeds, interp: Interpreter::new(seed), epoch: 0, step: 0 }
+    }
+
+    /// Current parameter values (and nothing else), by name.
+    pub fn params(&self) -> BTreeMap<String, &Tensor> {
+        let mut out = BTreeMap::new();
+        for g in self.graphs.step.values().take(1) {
+            for p in g.params() {
+                if let d2l_ir::Op::Param { name, .. } = &g.node(p).op
+                    && let Some(t) = self.feeds.get(name)
+                {
+                    out.insert(name.clone(), t);
+                }
+            }
+        }
+        out
+    }
+
+    /// One epoch over `data`, updating parameters after every minibatch.
+    pub fn train_epoch(&mut self, data: &TensorDataset, opts: &BatchOptions, progress: &mut dyn Progress) -> Result<Metrics, TrainError> {
+        let start = Instant::now();
+        let mut batches = data.batches(opts, self.epoch as u64)?;
+        let total = batches.remaining();
+        let (mut x, mut y) = (Tensor::zeros(DType::F32, &[0]), Tensor::zeros(DType::F32, &[0]));
+        let mut acc = Accumulator::default();
+        let mut done = 0;
+        while batches.next_into(&mut x, &mut y) {
+            let b = x.shape().0[0];
+            let graph = self.graphs.step.get(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.step.keys().copied().collect()))?;
+            self.step += 1;
+            if self.graphs.needs_step_counter {
+                self.feeds.insert("step".into(), Tensor::from_f32(&[], vec![self.step as f32]));
+            }
+            let label = std::mem::replace(&mut y, Tensor::zeros(DType::F32, &[0]));
+            self.feeds.insert(self.graphs.input.clone(), std::mem::replace(&mut x, Tensor::zeros(DType::F32, &[0])));
+            self.feeds.insert(self.graphs.label.clone(), label);
+            let outputs = self.interp.run(graph, &self.feeds)?;
+            let mut loss = f64::NAN;
+            for (name, t) in outputs {
+                if let Some(target) = name.strip_prefix("update:") {
+                    self.feeds.insert(target.to_string(), t);
+                } else if name == "loss" {
+                    loss = t.to_f64_vec()[0];
+                } else if name == "output" {
+                    acc.add_predictions(&t, &self.feeds[&self.graphs.label]);
+                }
+            }
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.step });
+            }
+            acc.add_loss(loss, b);
+            // Hand the batch buffers back so the next batch reuses them.
+            x = self.feeds.remove(&self.graphs.input).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
+            y = self.feeds.remove(&self.graphs.label).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
+            done += 1;
+            progress.batch(done, total, acc.mean_loss());
+        }
+        self.epoch += 1;
+        Ok(acc.finish(start))
+    }
+
+    /// Loss and accuracy of the current parameters in evaluation mode.
+    pub fn evaluate(&mut self, data: &TensorDataset, batch_size: usize) -> Result<Metrics, TrainError> {
+        let start = Instant::now();
+        let opts = BatchOptions::new(batch_size).shuffle(false);
+        let mut batches = data.batches(&opts, 0)?;
+        let (mut x, mut y) = (Tensor::zeros(DType::F32, &[0]), Tensor::zeros(DType::F32, &[0]));
+        let mut acc = Accumulator::default();
+        while batches.next_into(&mut x, &mut y) {
+            let b = x.shape().0[0];
+            let graph = self.graphs.eval.get(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.eval.keys().copied().collect()))?;
+            // The batch joins the parameters in `feeds` for this run only.
+            self.feeds.insert(self.graphs.input.clone(), std::mem::replace(&mut x, Tensor::zeros(DType::F32, &[0])));
+            self.feeds.insert(self.graphs.label.clone(), std::mem::replace(&mut y, Tensor::zeros(DType::F32, &[0])));
+            let outputs = self.interp.run(graph, &self.feeds);
+            x = self.feeds.remove(&self.graphs.input).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
+            y = self.feeds.remove(&self.graphs.label).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
+            for (name, t) in outputs? {
+                match name.as_str() {
+                    "loss" => acc.add_loss(t.to_f64_vec()[0], b),
+                    "output" => acc.add_predictions(&t, &y),
+                    _ => {}
+                }
+            }
+        }
+        Ok(acc.finish(start))
+    }
+
+    /// Writes parameters, optimizer state and progress counters, atomically.
+    pub fn save(&self, path: &Path, mut metadata: BTreeMap<String, String>) -> Result<(), TrainError> {
+        metadata.insert("epoch".into(), self.epoch.to_string());
+        metadata.insert("step".into(), self.step.to_string());
+        let mut names: Vec<&String> = self.feeds.keys().filter(|k| *k != "step" && **k != self.graphs.input && **k != self.graphs.label).collect();
+        names.sort();
+        let tensors: Vec<(String, &Tensor)> = names.into_iter().map(|n| (n.clone(), &self.feeds[n])).collect();
+        checkpoint::save(path, &tensors, &metadata)?;
+        Ok(())
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save`]; every parameter
+    /// and state tensor must be present with the expected dtype and shape.
+    pub fn resume(&mut self, path: &Path) -> Result<BTreeMap<String, String>, TrainError> {
+        let (tensors, metadata) = checkpoint::load(path)?;
+        let bad = |problem: String| TrainError::BadCheckpoint { path: path.display().to_string(), problem };
+        for (name, current) in self.feeds.iter_mut() {
+            if name == "step" || *name == self.graphs.input || *name == self.graphs.label {
+                continue;
+            }
+            let Some(t) = tensors.get(name) else {
+                return Err(bad(format!("has no tensor `{name}`; was it written for another model or optimizer?")));
+            };
+            if t.dtype() != current.dtype() || t.shape() != current.shape() {
+                return Err(bad(format!("`{name}` is {}{} but the model needs {}{}", t.dtype(), t.shape(), current.dtype(), current.shape())));
+            }
+            *current = t.clone();
+        }
+        let number = |key: &str| metadata.get(key).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| bad(format!("metadata has no valid `{key}`")));
+        self.epoch = number("epoch")? as usize;
+        self.step = number("step")?;
+        Ok(metadata)
+    }
+}
+
+/// Running sums for [`Metrics`].
+#[derive(Default)]
+struct Accumulator {
+    loss_sum: f64,
+    examples: usize,
+    correct: usize,
+    classified: usize,
+}
+
+impl Accumulator {
+    fn add_loss(&mut self, batch_mean: f64, batch: usize) {
+        self.loss_sum += batch_mean * batch as f64;
+        self.examples += batch;
+    }
+
+    fn mean_loss(&self) -> f64 {
+        if self.examples == 0 { f64::NAN } else { self.loss_sum / self.examples as f64 }
+    }
+
+    /// Counts argmax hits when `output` is [b, K] scores and `labels` [b] i64.
+    fn add_predictions(&mut self, output: &Tensor, labels: &Tensor) {
+        let (Tensor::I64(labels), shape) = (labels, output.shape()) else { return };
+        let [b, k] = shape.0[..] else { return };
+        if labels.len() != b || k == 0 {
+            return;
+        }
+        let scores = output.to_f64_vec();
+        for (i, &label) in labels.iter().enumerate() {
+            let row = &scores[i * k..(i + 1) * k];
+            let best = row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+            self.correct += usize::from(best as i64 == label);
+        }
+        self.classified += b;
+    }
+
+    fn finish(&self, start: Instant) -> Metrics {
+        Metrics {
+            loss: self.mean_loss(),
+            accuracy: (self.classified > 0).then(|| self.correct as f64 / self.classified as f64),
+            examples: self.examples,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
