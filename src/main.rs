@@ -1,1 +1,458 @@
-fn main() {}
+//! The `d2l` command: check, summarise, inspect and run `.d2l` models.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use d2l::{Compiled, Device, Error, LowerOptions, Options, Tensor};
+
+#[derive(Parser)]
+#[command(name = "d2l", version, about = "A compiler for the Dive-into-Deep-Learning model zoo", long_about = "\
+A compiler for the Dive-into-Deep-Learning model zoo.
+
+Models are written in .d2l files (see models/ for the whole course), parsed
+and checked into a static graph of primitive ops, and executed. Start with:
+
+  d2l check models/lenet.d2l        # parse and shape-check
+  d2l summary models/lenet.d2l      # layer-by-layer shapes and parameter counts
+  d2l ir models/lenet.d2l           # the graph of primitives
+  d2l run models/mlp.d2l --input x.npy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and shape-check every model in a file (or the one named).
+    Check(ModelArgs),
+    /// Print each layer's output shape and parameter count, like the course's traces.
+    Summary(ModelArgs),
+    /// Print the program after a pipeline stage.
+    Ir {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Which stage to print.
+        #[arg(long, value_enum, default_value_t = Stage::Graph)]
+        stage: Stage,
+        /// Append the source location of each node (`@ file:line:col`).
+        #[arg(long)]
+        locs: bool,
+    },
+    /// Train a model as its `train` block says; writes MODEL.safetensors, a CSV/JSON log and an SVG plot.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Override the number of epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Directory holding the datasets (default: search $D2L_DATA, ../shared/data, /usr/share/datasets, ~/.cache/d2l).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Where to write the checkpoint, log and plot.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Seed for initialisation, shuffling and dropout: equal seeds give equal runs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Continue from the checkpoint in --out (parameters, optimizer state, epoch).
+        #[arg(long)]
+        resume: bool,
+        /// Train and test on the first N examples only (quick runs).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
+    Fetch {
+        /// fashion-mnist, mnist, time-machine, ... (see `d2l fetch --list`)
+        name: Option<String>,
+        /// List the datasets d2l knows.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Run a model on inputs from .npy files and print (or save) its outputs.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input as NAME=FILE.npy, or just FILE.npy for a model with one input.
+        #[arg(long = "input", value_name = "[NAME=]FILE", required = true)]
+        inputs: Vec<String>,
+        /// Parameters from a safetensors checkpoint (default: freshly initialised with --seed).
+        #[arg(long, value_name = "FILE")]
+        params: Option<PathBuf>,
+        /// Also write the first output to this .npy file.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Seed for parameter initialisation and random ops.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Stage {
+    /// The syntax tree of the file, as parsed.
+    Parsed,
+    /// The graph of primitive ops after expansion and shape checking.
+    Graph,
+    /// Forward, loss (from the train block) and the gradient of every parameter, simplified.
+    Grad,
+    /// The whole training step: gradients plus the optimizer update, simplified.
+    Opt,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The .d2l source file.
+    file: PathBuf,
+    /// Which model of the file (default: the only one, or the one a `train` block names).
+    #[arg(long, short)]
+    model: Option<String>,
+    /// Bind a symbolic dimension, e.g. --dim B=256 (repeatable; unbound dims are 1).
+    #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
+    dims: Vec<(String, usize)>,
+}
+
+fn parse_dim(s: &str) -> Result<(String, usize), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("expected NAME=N, got `{s}`"))?;
+    let n = value.trim().parse::<usize>().map_err(|_| format!("`{value}` is not a non-negative integer"))?;
+    Ok((name.trim().to_string(), n))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let text = e.to_string();
+            if text.starts_with("error") {
+                eprint!("{text}");
+            } else {
+                eprintln!("error: {text}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Summary(args) => summary(&args),
+        Command::Ir { model, stage, locs } => ir(&model, stage, locs),
+        Command::Train { model, epochs, data, out, seed, resume, limit } => {
+            let opts = d2l::train::TrainOptions { data_dir: data, epochs, limit, seed };
+            train(&model, &opts, &out, resume)
+        }
+        Command::Fetch { name, list } => fetch(name.as_deref(), list),
+        Command::Run { model, inputs, params, output, seed } => run_model(&model, &inputs, params.as_deref(), output.as_deref(), seed),
+    }
+}
+
+fn load(args: &ModelArgs, seed: u64) -> Result<Compiled, Error> {
+    let options = Options { dims: args.dims.iter().cloned().collect(), seed };
+    d2l::compile_file(&args.file, &options)
+}
+
+fn pick_model(compiled: &Compiled, args: &ModelArgs) -> Result<String, Error> {
+    match &args.model {
+        Some(m) => Ok(m.clone()),
+        None => compiled.program.default_model().map(str::to_string).ok_or_else(|| Error::Usage(format!("{} defines no model", args.file.display()))),
+    }
+}
+
+/// Check and summary bind every unbound dim to 1, as the course's traces do.
+fn trace_options(args: &ModelArgs) -> LowerOptions {
+    LowerOptions { dims: args.dims.iter().cloned().collect::<BTreeMap<_, _>>(), default_dim: Some(1), ..LowerOptions::default() }
+}
+
+fn check(args: &ModelArgs) -> Result<(), Error> {
+    let compiled = load(args, 0)?;
+    let models: Vec<String> = match &args.model {
+        Some(m) => vec![m.clone()],
+        None => compiled.program.model_names().to_vec(),
+    };
+    if models.is_empty() {
+        println!("{}: ok (no models)", args.file.display());
+    }
+    for name in models {
+        let lowered = compiled.program.lower(&name, &trace_options(args))?;
+        let g = &lowered.graph;
+        let sig = |ids: Vec<d2l_ir::NodeId>| ids.iter().map(|&i| format!("{}{}", g.dtype(i), g.shape(i))).collect::<Vec<_>>().join(", ");
+        let outs = sig(g.outputs().iter().map(|(_, id)| *id).collect());
+        println!("{}: model {name}({}) -> {outs}: ok, {} parameters, {} nodes", args.file.display(), sig(g.inputs()), group_digits(lowered.param_count()), g.len());
+    }
+    Ok(())
+}
+
+fn summary(args: &ModelArgs) -> Result<(), Error> {
+    let compiled = load(args, 0)?;
+    let model = pick_model(&compiled, args)?;
+    let lowered = compiled.program.lower(&model, &trace_options(args))?;
+    print!("{}", summary_text(&model, &lowered));
+    Ok(())
+}
+
+/// The course-style trace: one row per layer the model body calls.
+fn summary_text(model: &str, lowered: &d2l::Lowered) -> String {
+    let g = &lowered.graph;
+    let dims: Vec<String> = lowered.dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut out = format!("model {model}");
+    if !dims.is_empty() {
+        out.push_str(&format!(" ({})", dims.join(", ")));
+    }
+    out.push('\n');
+    let rows: Vec<(String, String, String)> = g
+        .inputs()
+        .iter()
+        .map(|&i| (format!("input {}", input_name(g, i)), format!("{}{}", g.dtype(i), g.shape(i)), String::new()))
+        .chain(lowered.layers.iter().map(|l| (l.name.clone(), format!("{}{}", l.dtype, l.shape), group_digits(l.params))))
+        .collect();
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(12);
+    out.push_str(&format!("  {:<w0$}  {:<w1$}  {:>11}\n", "layer", "output shape", "params"));
+    for (a, b, c) in rows {
+        out.push_str(&format!("  {a:<w0$}  {b:<w1$}  {c:>11}\n"));
+    }
+    let in_layers: usize = lowered.layers.iter().map(|l| l.params).sum();
+    let total = lowered.param_count();
+    if total != in_layers {
+        out.push_str(&format!("  ({} parameters declared directly in the model body)\n", group_digits(total - in_layers)));
+    }
+    out.push_str(&format!("total parameters: {}\n", group_digits(total)));
+    out
+}
+
+fn input_name(g: &d2l_ir::Graph, id: d2l_ir::NodeId) -> &str {
+    match &g.node(id).op {
+        d2l_ir::Op::Input { name } => name,
+        _ => "?",
+    }
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ir(args: &ModelArgs, stage: Stage, locs: bool) -> Result<(), Error> {
+    match stage {
+        Stage::Parsed => {
+            let text = std::fs::read_to_string(&args.file).map_err(|e| Error::Usage(format!("cannot read {}: {e}", args.file.display())))?;
+            let mut sources = d2l_dsl::SourceMap::new();
+            let file = sources.add(args.file.display().to_string(), text.clone());
+            match d2l_dsl::parse(file, &text) {
+                Ok(module) => print!("{}", d2l_dsl::print::module(&module)),
+                Err(d) => return Err(Error::Usage(d.render(&sources))),
+            }
+        }
+        Stage::Graph => {
+            let compiled = load(args, 0)?;
+            let model = pick_model(&compiled, args)?;
+            let lowered = compiled.program.lower(&model, &trace_options(args))?;
+            print!("{}", d2l_ir::text::print(&lowered.graph, locs));
+        }
+        Stage::Grad | Stage::Opt => {
+            let compiled = load(args, 0)?;
+            let model = pick_model(&compiled, args)?;
+            let which = if matches!(stage, Stage::Grad) { d2l::train::TrainStage::Grad } else { d2l::train::TrainStage::Opt };
+            let dims = args.dims.iter().cloned().collect();
+            let graph = d2l::train::stage_graph(&compiled.program, &model, which, 1, &dims)?;
+            print!("{}", d2l_ir::text::print(&graph, locs));
+        }
+    }
+    Ok(())
+}
+
+fn fetch(name: Option<&str>, list: bool) -> Result<(), Error> {
+    use d2l_runtime::data::locate::KNOWN_DATASETS;
+    match (name, list) {
+        (Some(name), false) => {
+            let dir = d2l_runtime::data::fetch(name, None).map_err(|e| Error::Usage(e.to_string()))?;
+            println!("{name}: {}", dir.display());
+            Ok(())
+        }
+        _ => {
+            for d in KNOWN_DATASETS {
+                println!("{:<16} {} file(s)", d.name, d.files.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Draws a progress bar per epoch with the running loss and throughput.
+struct Bar(indicatif::ProgressBar);
+
+impl d2l_runtime::train::Progress for Bar {
+    fn batch(&mut self, done: usize, total: usize, running_loss: f64) {
+        self.0.set_length(total as u64);
+        self.0.set_position(done as u64);
+        self.0.set_message(format!("loss {running_loss:.4}"));
+    }
+}
+
+fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: bool) -> Result<(), Error> {
+    use d2l::train::{EpochLog, write_logs, write_plot};
+    let compiled = load(args, opts.seed)?;
+    let model = pick_model(&compiled, args)?;
+    let started = std::time::Instant::now();
+    let mut run = d2l::train::prepare(&compiled.program, &model, opts)?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    std::fs::create_dir_all(out).map_err(|e| Error::Usage(format!("cannot create {}: {e}", out.display())))?;
+    let base = out.join(&model);
+    let checkpoint = base.with_extension("safetensors");
+    let mut log: Vec<EpochLog> = Vec::new();
+    if resume {
+        run.trainer.resume(&checkpoint).map_err(|e| Error::Usage(e.to_string()))?;
+        log = read_log(&base);
+        log.truncate(run.trainer.epoch);
+        eprintln!("resumed {} at epoch {}", checkpoint.display(), run.trainer.epoch);
+    }
+    eprintln!(
+        "training {model}: {} parameters, data {}, {} train / {} test examples, batch {}, {} epochs (graphs built in {compile_ms:.0} ms)",
+        group_digits(run.param_count),
+        run.data.source,
+        run.data.train.len(),
+        run.data.test.as_ref().map_or(0, |t| t.len()),
+        run.data.batch,
+        run.epochs
+    );
+    let style = indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
+        .expect("valid template")
+        .progress_chars("=> ");
+    let batch_opts = d2l_runtime::data::BatchOptions::new(run.data.batch).seed(d2l::train::derive_seed(opts.seed, d2l::train::Stream::Shuffle));
+    while run.trainer.epoch < run.epochs {
+        let bar = indicatif::ProgressBar::new(0).with_style(style.clone()).with_prefix((run.trainer.epoch + 1).to_string());
+        let mut progress = Bar(bar);
+        let train = run.trainer.train_epoch(&run.data.train, &batch_opts, &mut progress).map_err(|e| Error::Usage(e.to_string()))?;
+        progress.0.finish_and_clear();
+        let test = match &run.data.test {
+            Some(t) => Some(run.trainer.evaluate(t, run.data.batch).map_err(|e| Error::Usage(e.to_string()))?),
+            None => None,
+        };
+        let entry = EpochLog { epoch: run.trainer.epoch, train, test };
+        eprintln!("epoch {:>3}: {}", entry.epoch, epoch_line(&entry));
+        log.push(entry);
+        let meta = [("model".to_string(), model.clone()), ("seed".to_string(), opts.seed.to_string())].into();
+        run.trainer.save(&checkpoint, meta).map_err(|e| Error::Usage(e.to_string()))?;
+        write_logs(&base, &log).map_err(|e| Error::Usage(format!("cannot write the log: {e}")))?;
+        write_plot(&base.with_extension("svg"), &log).map_err(|e| Error::Usage(format!("cannot write the plot: {e}")))?;
+    }
+    if let Some(last) = log.last() {
+        println!("{}", epoch_line(last));
+    }
+    let params = run.trainer.params();
+    println!("weights L2 norm {:.4}", d2l::train::weight_norm(&params));
+    // Small models (linear regression) show what they learned.
+    if run.param_count <= 16 {
+        for (name, t) in &params {
+            let values: Vec<String> = t.to_f64_vec().iter().map(|v| format!("{v:.4}")).collect();
+            println!("{name} = [{}]", values.join(", "));
+        }
+    }
+    println!("wrote {}, {}, {}", checkpoint.display(), base.with_extension("csv").display(), base.with_extension("svg").display());
+    Ok(())
+}
+
+/// The course's summary line: `loss 0.469, train acc 0.823, test acc 0.779, 5500.2 examples/sec`.
+fn epoch_line(e: &d2l::train::EpochLog) -> String {
+    let loss = e.train.loss;
+    let mut line = if loss.abs() < 0.01 { format!("loss {loss:.3e}") } else { format!("loss {loss:.3}") };
+    if let Some(a) = e.train.accuracy {
+        line.push_str(&format!(", train acc {a:.3}"));
+    }
+    match e.test {
+        Some(t) if t.accuracy.is_some() => line.push_str(&format!(", test acc {:.3}", t.accuracy.unwrap_or_default())),
+        Some(t) => line.push_str(&format!(", test loss {:.3}", t.loss)),
+        None => {}
+    }
+    line.push_str(&format!(", {:.1} examples/sec", e.train.examples_per_sec()));
+    line
+}
+
+/// Earlier epochs of a resumed run, from its JSON log (empty if unreadable).
+fn read_log(path: &Path) -> Vec<d2l::train::EpochLog> {
+    d2l::train::read_log(path).unwrap_or_default()
+}
+
+fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64) -> Result<(), Error> {
+    let compiled = load(args, seed)?;
+    let model = pick_model(&compiled, args)?;
+    let mut feeds: Vec<(String, Tensor)> = Vec::new();
+    for spec in inputs {
+        let (name, path) = match spec.split_once('=') {
+            Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+            None => (String::new(), PathBuf::from(spec)),
+        };
+        let tensor = d2l_runtime::npy::read_npy(&path).map_err(|e| Error::Usage(e.to_string()))?;
+        feeds.push((name, tensor));
+    }
+    // An unnamed input goes to the model's only input.
+    if feeds.iter().any(|(n, _)| n.is_empty()) {
+        let lowered = compiled.program.lower(&model, &LowerOptions { default_dim: Some(1), ..LowerOptions::default() })?;
+        let names: Vec<String> = lowered.graph.inputs().iter().map(|&i| input_name(&lowered.graph, i).to_string()).collect();
+        if names.len() != 1 || feeds.len() != 1 {
+            return Err(Error::Usage(format!("model `{model}` has inputs {}; name each one with --input NAME=FILE.npy", names.join(", "))));
+        }
+        feeds[0].0 = names[0].clone();
+    }
+    let mut session = compiled.session(Device::Cpu)?;
+    if let Some(p) = params {
+        session.load_params(p)?;
+    }
+    let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let outputs = session.run(&model, &refs)?;
+    for (name, t) in &outputs {
+        println!("{name}: {}{}", t.dtype(), t.shape());
+        println!("{}", format_tensor(t));
+    }
+    if let (Some(path), Some((_, t))) = (output, outputs.first()) {
+        d2l_runtime::npy::write_npy(path, t).map_err(|e| Error::Usage(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// NumPy-like nested brackets, eliding the middle of long axes.
+fn format_tensor(t: &Tensor) -> String {
+    let shape = t.shape().0;
+    let values = t.to_f64_vec();
+    let is_int = matches!(t.dtype(), d2l::DType::I64 | d2l::DType::Bool);
+    let fmt_one = |v: f64| if is_int { format!("{v}") } else { format!("{v:.4}") };
+    fn rec(shape: &[usize], values: &[f64], depth: usize, fmt_one: &dyn Fn(f64) -> String, out: &mut String) {
+        let Some((&n, rest)) = shape.split_first() else {
+            out.push_str(&fmt_one(values[0]));
+            return;
+        };
+        let inner: usize = rest.iter().product();
+        out.push('[');
+        let shown: Vec<usize> = if n > 12 { (0..5).chain(n - 5..n).collect() } else { (0..n).collect() };
+        for (k, &i) in shown.iter().enumerate() {
+            if k > 0 {
+                out.push_str(if rest.is_empty() { ", " } else { ",\n" });
+                if !rest.is_empty() {
+                    out.push_str(&" ".repeat(depth + 1));
+                }
+            }
+            if n > 12 && k == 5 {
+                out.push_str(if rest.is_empty() { "..., " } else { "...,\n" });
+                if !rest.is_empty() {
+                    out.push_str(&" ".repeat(depth + 1));
+                }
+            }
+            rec(rest, &values[i * inner..(i + 1) * inner], depth + 1, fmt_one, out);
+        }
+        out.push(']');
+    }
+    let mut out = String::new();
+    rec(&shape, &values, 0, &fmt_one, &mut out);
+    out
+}

@@ -1,0 +1,434 @@
+//! `d2l train`: turns a model's `train` block into training-step graphs
+//! (forward + loss + backward + optimizer update), loads its data, and
+//! writes what a run produces (checkpoint, log, curves).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use d2l_dsl::{LossSpec, LowerOptions, Program, Spec, TrainConfig, Value};
+use d2l_ir::{DType, Graph, Init, Op, Shape};
+use d2l_passes::optimizer::{Optimizer, UpdateSpec, append_update};
+use d2l_runtime::data::{self, Split, TensorDataset};
+use d2l_runtime::train::{Metrics, StateSpec, TrainGraphs, Trainer};
+use d2l_runtime::{Tensor, init_params};
+
+use crate::Error;
+
+/// Independent random streams derived from one `--seed`. Using the seed
+/// itself everywhere correlates things that must not be: the course's
+/// synthetic features would equal the initial weights.
+pub fn derive_seed(seed: u64, purpose: Stream) -> u64 {
+    // splitmix64 of (seed, purpose)
+    let mut z = seed.wrapping_add((purpose as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// What a derived seed is for.
+#[derive(Clone, Copy, Debug)]
+pub enum Stream {
+    Init,
+    Data,
+    Shuffle,
+    Dropout,
+}
+
+/// Command-line overrides of a `train` block.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Where datasets live (`--data DIR`); otherwise the usual search path.
+    pub data_dir: Option<PathBuf>,
+    pub epochs: Option<usize>,
+    /// Use only the first N training (and test) examples: quick runs.
+    pub limit: Option<usize>,
+    pub seed: u64,
+}
+
+/// The data a run trains and evaluates on.
+pub struct Datasets {
+    pub train: TensorDataset,
+    pub test: Option<TensorDataset>,
+    pub batch: usize,
+    /// Where it came from, for the log.
+    pub source: String,
+}
+
+/// Everything `d2l train` needs, ready to run.
+pub struct Training {
+    pub config: TrainConfig,
+    pub data: Datasets,
+    pub trainer: Trainer,
+    pub epochs: usize,
+    pub param_count: usize,
+}
+
+const DATA_SOURCES: &str = "fashion_mnist(batch=..), mnist(batch=..), synthetic_linear(w=.., b=.., n=.., batch=..)";
+
+fn kw<'a>(spec: &'a Spec, key: &str) -> Option<&'a (Value, d2l_dsl::ast::Span)> {
+    spec.kwargs.get(key)
+}
+
+fn check_keys(program: &Program, spec: &Spec, allowed: &[&str]) -> Result<(), Error> {
+    for (key, (_, span)) in &spec.kwargs {
+        if !allowed.contains(&key.as_str()) {
+            return Err(program.error_at(*span, format!("`{}` takes no argument `{key}` (it takes {})", spec.name, allowed.join(", "))).into());
+        }
+    }
+    if let Some(v) = spec.args.first() {
+        let _ = v;
+        return Err(program.error_at(spec.span, format!("`{}` takes keyword arguments only ({})", spec.name, allowed.join(", "))).into());
+    }
+    Ok(())
+}
+
+fn positive_int(program: &Program, spec: &Spec, key: &str) -> Result<Option<usize>, Error> {
+    match kw(spec, key) {
+        None => Ok(None),
+        Some((Value::Int(n), _)) if *n > 0 => Ok(Some(*n as usize)),
+        Some((_, span)) => Err(program.error_at(*span, format!("`{key}` must be a positive int")).into()),
+    }
+}
+
+fn number(program: &Program, spec: &Spec, key: &str) -> Result<Option<f64>, Error> {
+    match kw(spec, key) {
+        None => Ok(None),
+        Some((v, span)) => v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| program.error_at(*span, format!("`{key}` must be a number")).into()),
+    }
+}
+
+/// Loads the data named by the train block's `data = ...`.
+pub fn load_data(program: &Program, spec: &Spec, opts: &TrainOptions) -> Result<Datasets, Error> {
+    let need_batch = || -> Result<usize, Error> {
+        positive_int(program, spec, "batch")?.ok_or_else(|| program.error_at(spec.span, format!("`{}` needs `batch=N`", spec.name)).into())
+    };
+    let data_err = |e: data::DataError| Error::Usage(e.to_string());
+    let mut sets = match spec.name.as_str() {
+        "fashion_mnist" | "mnist" => {
+            check_keys(program, spec, &["batch"])?;
+            let batch = need_batch()?;
+            let folder = if spec.name == "mnist" { "mnist" } else { "fashion-mnist" };
+            let dir = data::find_dataset(folder, opts.data_dir.as_deref()).map_err(data_err)?;
+            let train = data::load_mnist_like(&dir, Split::Train).map_err(data_err)?.to_tensor_dataset();
+            let test = data::load_mnist_like(&dir, Split::Test).map_err(data_err)?.to_tensor_dataset();
+            Datasets { train, test: Some(test), batch, source: format!("{} ({})", spec.name, dir.display()) }
+        }
+        "synthetic_linear" => {
+            check_keys(program, spec, &["w", "dims", "b", "n", "n_test", "batch"])?;
+            let batch = need_batch()?;
+            let n = positive_int(program, spec, "n")?.unwrap_or(1000);
+            let n_test = positive_int(program, spec, "n_test")?;
+            let b = number(program, spec, "b")?.unwrap_or(0.0) as f32;
+            // `w` is either the true weights, or one value repeated `dims` times.
+            let w: Vec<f32> = match kw(spec, "w") {
+                Some((Value::Tuple(items), span)) => items.iter().map(|v| v.as_f64().map(|x| x as f32)).collect::<Option<_>>().ok_or_else(|| program.error_at(*span, "`w` must be numbers"))?,
+                Some((v, span)) => {
+                    let x = v.as_f64().ok_or_else(|| program.error_at(*span, "`w` must be a number or a tuple of numbers"))?;
+                    vec![x as f32; positive_int(program, spec, "dims")?.unwrap_or(1)]
+                }
+                None => return Err(program.error_at(spec.span, "`synthetic_linear` needs the true weights `w=[...]`").into()),
+            };
+            let data_seed = derive_seed(opts.seed, Stream::Data);
+            let (x, y) = data::synthetic_data(&w, b, n, data_seed);
+            let train = TensorDataset::new(x, y).map_err(data_err)?;
+            let test = match n_test {
+                Some(m) => {
+                    let (x, y) = data::synthetic_data(&w, b, m, data_seed.wrapping_add(1));
+                    Some(TensorDataset::new(x, y).map_err(data_err)?)
+                }
+                None => None,
+            };
+            Datasets { train, test, batch, source: format!("synthetic_linear (n={n}, {} features)", w.len()) }
+        }
+        other => return Err(program.error_at(spec.span, format!("unknown data source `{other}` (known: {DATA_SOURCES})")).into()),
+    };
+    if let Some(limit) = opts.limit {
+        let head = |d: &TensorDataset| -> Result<TensorDataset, Error> { d.select(&(0..limit.min(d.len())).collect::<Vec<_>>()).map_err(data_err) };
+        sets.train = head(&sets.train)?;
+        sets.test = sets.test.as_ref().map(head).transpose()?;
+    }
+    Ok(sets)
+}
+
+/// Reads `optimizer = sgd(lr=.., momentum=.., weight_decay=.., clip=..)` or `adam(...)`.
+pub fn update_spec(program: &Program, spec: &Spec) -> Result<UpdateSpec, Error> {
+    let common = ["lr", "weight_decay", "decay", "clip"];
+    let optimizer = match spec.name.as_str() {
+        "sgd" => {
+            check_keys(program, spec, &[&common[..], &["momentum"]].concat())?;
+            let lr = number(program, spec, "lr")?.ok_or_else(|| program.error_at(spec.span, "`sgd` needs a learning rate `lr=...`"))?;
+            Optimizer::Sgd { lr, momentum: number(program, spec, "momentum")?.unwrap_or(0.0) }
+        }
+        "adam" => {
+            check_keys(program, spec, &[&common[..], &["beta1", "beta2", "eps"]].concat())?;
+            Optimizer::Adam {
+                lr: number(program, spec, "lr")?.unwrap_or(1e-3),
+                beta1: number(program, spec, "beta1")?.unwrap_or(0.9),
+                beta2: number(program, spec, "beta2")?.unwrap_or(0.999),
+                eps: number(program, spec, "eps")?.unwrap_or(1e-8),
+            }
+        }
+        other => return Err(program.error_at(spec.span, format!("unknown optimizer `{other}` (known: sgd, adam)")).into()),
+    };
+    let mut update = UpdateSpec::new(optimizer);
+    update.weight_decay = number(program, spec, "weight_decay")?.unwrap_or(0.0);
+    update.clip_norm = number(program, spec, "clip")?;
+    update.decay_weights_only = match kw(spec, "decay") {
+        None => false,
+        Some((Value::Str(s), _)) if s == "weights" => true,
+        Some((Value::Str(s), _)) if s == "all" => false,
+        Some((_, span)) => return Err(program.error_at(*span, "`decay` is \"all\" (default) or \"weights\" (rank >= 2 parameters only)").into()),
+    };
+    Ok(update)
+}
+
+/// The model's single data input: its name and its shape without the batch axis.
+fn data_input(program: &Program, model: &str) -> Result<String, Error> {
+    let probe = program.lower(model, &LowerOptions { default_dim: Some(1), ..LowerOptions::default() })?;
+    let inputs = probe.graph.inputs();
+    match inputs[..] {
+        [one] => match &probe.graph.node(one).op {
+            Op::Input { name } => Ok(name.clone()),
+            _ => unreachable!("inputs() returns Input nodes"),
+        },
+        _ => Err(Error::Usage(format!("`d2l train` feeds one input, but model `{model}` has {}", inputs.len()))),
+    }
+}
+
+fn batch_sizes(n: usize, batch: usize) -> Vec<usize> {
+    let mut sizes = vec![batch.min(n)];
+    if n > batch && !n.is_multiple_of(batch) {
+        sizes.push(n % batch);
+    }
+    sizes
+}
+
+/// Builds the training-step and evaluation graphs and initial parameters.
+pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Training, Error> {
+    let config = program.train_config(model)?;
+    let data = load_data(program, &config.data, opts)?;
+    let update = update_spec(program, &config.optimizer)?;
+    let input = data_input(program, model)?;
+    let x_tail = data.train.features().shape().0[1..].to_vec();
+    let y_tail = data.train.labels().shape().0[1..].to_vec();
+    let label_dtype = data.train.labels().dtype();
+    let lower = |batch: usize, training: bool| -> Result<Graph, Error> {
+        let mut x_shape = vec![batch];
+        x_shape.extend(&x_tail);
+        let mut y_shape = vec![batch];
+        y_shape.extend(&y_tail);
+        let lopts = LowerOptions { input_shapes: [(input.clone(), x_shape)].into(), training, ..LowerOptions::default() };
+        let loss = LossSpec { loss: config.loss.clone(), label_name: "label".into(), label_dtype, label_shape: y_shape };
+        Ok(program.lower_with_loss(model, &lopts, &loss)?.graph)
+    };
+    let mut step = BTreeMap::new();
+    let mut state: Vec<StateSpec> = Vec::new();
+    for b in batch_sizes(data.train.len(), data.batch) {
+        let (graph, slots) = step_graph(lower(b, true)?, &update)?;
+        state = slots;
+        step.insert(b, graph);
+    }
+    let mut eval = BTreeMap::new();
+    for set in [Some(&data.train), data.test.as_ref()].into_iter().flatten() {
+        for b in batch_sizes(set.len(), data.batch) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = eval.entry(b) {
+                let mut g = lower(b, false)?;
+                g.retain_outputs(|n| n == "loss" || n == "output");
+                slot.insert(d2l_passes::simplify(&g));
+            }
+        }
+    }
+    let first = step.values().next().expect("a dataset yields at least one batch size");
+    let params = initial_params(first, config.init.as_ref(), derive_seed(opts.seed, Stream::Init));
+    let param_count = params.values().map(Tensor::numel).sum();
+    let needs_step_counter = matches!(update.optimizer, Optimizer::Adam { .. });
+    let graphs = TrainGraphs { step, eval, state, input, label: "label".into(), needs_step_counter };
+    let epochs = opts.epochs.unwrap_or(config.epochs);
+    Ok(Training { config, data, trainer: Trainer::new(graphs, params, derive_seed(opts.seed, Stream::Dropout)), epochs, param_count })
+}
+
+/// Differentiates the loss, appends the optimizer update and simplifies.
+fn step_graph(forward: Graph, update: &UpdateSpec) -> Result<(Graph, Vec<StateSpec>), Error> {
+    let grads = d2l_passes::differentiate_params(&forward, "loss", &d2l_passes::DiffOptions::default()).map_err(|e| Error::Usage(format!("autodiff: {e}")))?;
+    let mut graph = grads.graph;
+    graph.retain_outputs(|n| n == "loss" || n == "output");
+    let params = graph.params();
+    let pairs: Vec<_> = params.iter().copied().zip(grads.grads.iter().copied()).collect();
+    let slots = append_update(&mut graph, &pairs, update).map_err(|e| Error::Usage(e.to_string()))?;
+    let state = slots.into_iter().map(|s| StateSpec { name: s.name, dtype: s.dtype, shape: s.shape }).collect();
+    Ok((d2l_passes::simplify(&graph), state))
+}
+
+/// Parameters as declared, except that `init = ...` in the train block
+/// replaces the initializer of every weight (rank >= 2), like the course's
+/// `net.apply(init_weights)`.
+fn initial_params(graph: &Graph, init: Option<&Init>, seed: u64) -> HashMap<String, Tensor> {
+    let mut params = init_params(graph, seed);
+    let Some(init) = init else { return params };
+    for (i, p) in graph.params().into_iter().enumerate() {
+        let node = graph.node(p);
+        let Op::Param { name, .. } = &node.op else { continue };
+        if node.shape.rank() < 2 {
+            continue;
+        }
+        // A one-parameter graph draws the replacement; the seed is mixed with
+        // the parameter's position so equal shapes get different values.
+        let mut g = Graph::new("init");
+        if g.param(name, node.dtype, node.shape.clone(), init.clone()).is_ok() {
+            params.extend(init_params(&g, seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1))));
+        }
+    }
+    params
+}
+
+/// One epoch's figures, as logged.
+#[derive(Clone, Debug)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub train: Metrics,
+    pub test: Option<Metrics>,
+}
+
+/// Writes the per-epoch log as CSV and JSON.
+pub fn write_logs(base: &Path, log: &[EpochLog]) -> std::io::Result<(PathBuf, PathBuf)> {
+    let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+    let mut csv = String::from("epoch,train_loss,train_acc,test_loss,test_acc,examples_per_sec,seconds\n");
+    let mut json = Vec::new();
+    for e in log {
+        csv.push_str(&format!(
+            "{},{:.6},{},{},{},{:.1},{:.3}\n",
+            e.epoch,
+            e.train.loss,
+            opt(e.train.accuracy),
+            opt(e.test.map(|t| t.loss)),
+            opt(e.test.and_then(|t| t.accuracy)),
+            e.train.examples_per_sec(),
+            e.train.seconds
+        ));
+        let num = |v: Option<f64>| v.map_or("null".to_string(), |x| if x.is_finite() { format!("{x}") } else { "null".into() });
+        json.push(format!(
+            "{{\"epoch\": {}, \"train_loss\": {}, \"train_acc\": {}, \"test_loss\": {}, \"test_acc\": {}, \"examples_per_sec\": {}}}",
+            e.epoch,
+            num(Some(e.train.loss)),
+            num(e.train.accuracy),
+            num(e.test.map(|t| t.loss)),
+            num(e.test.and_then(|t| t.accuracy)),
+            num(Some(e.train.examples_per_sec()))
+        ));
+    }
+    let csv_path = base.with_extension("csv");
+    let json_path = base.with_extension("json");
+    write_atomic(&csv_path, csv.as_bytes())?;
+    write_atomic(&json_path, format!("[\n  {}\n]\n", json.join(",\n  ")).as_bytes())?;
+    Ok((csv_path, json_path))
+}
+
+/// Curves like the course's Animator: train loss, train acc, test acc.
+pub fn write_plot(path: &Path, log: &[EpochLog]) -> std::io::Result<()> {
+    type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+    let series: Vec<Series> = vec![
+        ("train loss", "#1f77b4", log.iter().map(|e| (e.epoch as f64, e.train.loss)).collect()),
+        ("train acc", "#ff7f0e", log.iter().filter_map(|e| e.train.accuracy.map(|a| (e.epoch as f64, a))).collect()),
+        ("test acc", "#2ca02c", log.iter().filter_map(|e| e.test.and_then(|t| t.accuracy).map(|a| (e.epoch as f64, a))).collect()),
+    ];
+    let (w, h, pad) = (480.0, 320.0, 40.0);
+    let max_x = log.len().max(1) as f64;
+    let max_y = series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).filter(|v| v.is_finite()).fold(1.0f64, f64::max);
+    let sx = |x: f64| pad + (x - 1.0).max(0.0) / (max_x - 1.0).max(1.0) * (w - 2.0 * pad);
+    let sy = |y: f64| h - pad - y / max_y * (h - 2.0 * pad);
+    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    svg.push_str(&format!("<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n", h - pad, w - pad, h - pad));
+    svg.push_str(&format!("<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>\n", h - pad));
+    svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">epoch</text>\n", w / 2.0, h - 8.0));
+    svg.push_str(&format!("<text x=\"4\" y=\"{}\">{max_y:.2}</text><text x=\"4\" y=\"{}\">0</text>\n", pad + 4.0, h - pad));
+    for (k, (name, color, points)) in series.iter().enumerate() {
+        if points.is_empty() {
+            continue;
+        }
+        let pts: Vec<String> = points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        svg.push_str(&format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n", pts.join(" ")));
+        let ly = pad + 16.0 * k as f64;
+        svg.push_str(&format!("<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{name}</text>\n", w - 140.0, w - 120.0, w - 114.0, ly + 4.0));
+    }
+    svg.push_str("</svg>\n");
+    write_atomic(path, svg.as_bytes())
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves a
+/// half-written file behind.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// L2 norm of all weights (rank >= 2 parameters): what weight decay shrinks.
+pub fn weight_norm(params: &BTreeMap<String, &Tensor>) -> f64 {
+    params.values().filter(|t| t.shape().rank() >= 2).flat_map(|t| t.to_f64_vec()).map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// Shape of a model input with its batch axis replaced (for messages).
+pub fn describe_shape(dtype: DType, shape: &Shape) -> String {
+    format!("{dtype}{shape}")
+}
+
+/// Reads back a log written by [`write_logs`] (its CSV), for `--resume`.
+pub fn read_log(base: &Path) -> Option<Vec<EpochLog>> {
+    let text = std::fs::read_to_string(base.with_extension("csv")).ok()?;
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok());
+        let seconds = num(6)?;
+        let examples = (num(5)? * seconds).round() as usize;
+        let train = Metrics { loss: num(1)?, accuracy: num(2), examples, seconds };
+        let test = num(3).map(|loss| Metrics { loss, accuracy: num(4), examples: 0, seconds: 0.0 });
+        out.push(EpochLog { epoch: f.first()?.parse().ok()?, train, test });
+    }
+    Some(out)
+}
+
+/// The dtype and per-example shape of the labels a data source yields,
+/// known without loading it.
+fn label_type(program: &Program, spec: &Spec) -> Result<(DType, Vec<usize>), Error> {
+    match spec.name.as_str() {
+        "fashion_mnist" | "mnist" => Ok((DType::I64, vec![])),
+        "synthetic_linear" => Ok((DType::F32, vec![1])),
+        other => Err(program.error_at(spec.span, format!("unknown data source `{other}` (known: {DATA_SOURCES})")).into()),
+    }
+}
+
+/// Which training graph `d2l ir` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainStage {
+    /// Forward + loss + gradients of every parameter.
+    Grad,
+    /// The whole step: gradients plus the optimizer update.
+    Opt,
+}
+
+/// The training graph of `model` at `stage`, for a batch of `batch`.
+pub fn stage_graph(program: &Program, model: &str, stage: TrainStage, batch: usize, dims: &BTreeMap<String, usize>) -> Result<Graph, Error> {
+    let config = program.train_config(model)?;
+    let (label_dtype, tail) = label_type(program, &config.data)?;
+    let mut label_shape = vec![batch];
+    label_shape.extend(tail);
+    let mut dims = dims.clone();
+    let lopts = LowerOptions { default_dim: Some(batch), training: true, ..LowerOptions::default() };
+    // Bind every symbolic input dim not given to `batch`, so the label's
+    // leading dim matches the model's.
+    let probe = program.lower(model, &lopts)?;
+    for k in probe.dims.keys() {
+        dims.entry(k.clone()).or_insert(batch);
+    }
+    let lopts = LowerOptions { dims, ..lopts };
+    let loss = LossSpec { loss: config.loss.clone(), label_name: "label".into(), label_dtype, label_shape };
+    let forward = program.lower_with_loss(model, &lopts, &loss)?.graph;
+    match stage {
+        TrainStage::Grad => {
+            let grads = d2l_passes::differentiate_params(&forward, "loss", &d2l_passes::DiffOptions::default()).map_err(|e| Error::Usage(format!("autodiff: {e}")))?;
+            Ok(d2l_passes::simplify(&grads.graph))
+        }
+        TrainStage::Opt => Ok(step_graph(forward, &update_spec(program, &config.optimizer)?)?.0),
+    }
+}

@@ -1,0 +1,137 @@
+//! End-to-end tests of the `d2l` command (this file belongs to the root
+//! package, whose binary it runs; the `d2l-tests` crate lives beside it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use d2l::Tensor;
+
+fn d2l(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_d2l")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("the d2l binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn summary_prints_the_lenet_trace() {
+    let o = d2l(&["summary", "models/lenet.d2l"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for shape in ["[1, 6, 28, 28]", "[1, 6, 14, 14]", "[1, 16, 10, 10]", "[1, 16, 5, 5]", "[1, 400]", "[1, 120]", "[1, 84]", "[1, 10]"] {
+        assert!(text.contains(shape), "missing {shape} in\n{text}");
+    }
+    assert!(text.contains("total parameters: 61,706"), "{text}");
+}
+
+#[test]
+fn check_accepts_every_model_file() {
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        let o = d2l(&["check", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", path.display(), stderr(&o));
+    }
+}
+
+#[test]
+fn errors_point_at_the_source_and_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.d2l");
+    std::fs::write(&bad, "model m(x: f32[B, 4]) {\n    return linear(x, 2) |> sigmoidd\n}\n").unwrap();
+    let o = d2l(&["check", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("unknown name `sigmoidd`") && err.contains("bad.d2l:2:28") && err.contains("^^^^^^^^") && err.contains("did you mean `sigmoid`?"), "{err}");
+}
+
+/// Deterministic, easily recomputed parameter values.
+fn pattern(n: usize, k: usize) -> Vec<f32> {
+    (0..n).map(|i| (((i * 7 + k * 3) % 11) as f32 - 5.0) / 50.0).collect()
+}
+
+#[test]
+fn run_mlp_matches_a_hand_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w1, b1, w2, b2) = (pattern(784 * 256, 1), pattern(256, 2), pattern(256 * 10, 3), pattern(10, 4));
+    let params = dir.path().join("mlp.safetensors");
+    let tensors = [
+        ("linear_0.W".to_string(), Tensor::from_f32(&[784, 256], w1.clone())),
+        ("linear_0.b".to_string(), Tensor::from_f32(&[256], b1.clone())),
+        ("linear_1.W".to_string(), Tensor::from_f32(&[256, 10], w2.clone())),
+        ("linear_1.b".to_string(), Tensor::from_f32(&[10], b2.clone())),
+    ];
+    let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    d2l_runtime::checkpoint::save(&params, &refs, &BTreeMap::new()).unwrap();
+    let batch = 3;
+    let x: Vec<f32> = (0..batch * 784).map(|i| ((i % 29) as f32) / 29.0).collect();
+    let input = dir.path().join("x.npy");
+    d2l_runtime::npy::write_npy(&input, &Tensor::from_f32(&[batch, 1, 28, 28], x.clone())).unwrap();
+    let out = dir.path().join("y.npy");
+    let o = d2l(&["run", "models/mlp.d2l", "--params", params.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("output: f32[3, 10]"), "{}", stdout(&o));
+
+    // The same network by hand: relu(x W1 + b1) W2 + b2, in f64.
+    let mut expected = vec![0f64; batch * 10];
+    for n in 0..batch {
+        let h: Vec<f64> = (0..256)
+            .map(|j| {
+                let s: f64 = (0..784).map(|i| x[n * 784 + i] as f64 * w1[i * 256 + j] as f64).sum::<f64>() + b1[j] as f64;
+                s.max(0.0)
+            })
+            .collect();
+        for k in 0..10 {
+            expected[n * 10 + k] = (0..256).map(|j| h[j] * w2[j * 10 + k] as f64).sum::<f64>() + b2[k] as f64;
+        }
+    }
+    let got = d2l_runtime::npy::read_npy(&out).unwrap();
+    assert_eq!(got.shape().0, vec![batch, 10]);
+    for (g, e) in got.to_f64_vec().iter().zip(&expected) {
+        assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "got {g}, expected {e}");
+    }
+}
+
+#[test]
+fn train_linear_regression_recovers_the_true_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = d2l(&["train", "models/linear_regression.d2l", "--out", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let values = |prefix: &str| -> Vec<f64> {
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"));
+        line[line.find('[').unwrap() + 1..line.find(']').unwrap()].split(", ").map(|v| v.parse().unwrap()).collect()
+    };
+    let (w, b) = (values("w = "), values("b = "));
+    assert!((w[0] - 2.0).abs() < 1e-2 && (w[1] + 3.4).abs() < 1e-2 && (b[0] - 4.2).abs() < 1e-2, "w {w:?} b {b:?}");
+    for ext in ["safetensors", "csv", "json", "svg"] {
+        assert!(dir.path().join(format!("linear_regression.{ext}")).exists(), "{ext} written");
+    }
+    // The checkpoint feeds `d2l run`.
+    let input = dir.path().join("x.npy");
+    d2l_runtime::npy::write_npy(&input, &Tensor::from_f32(&[1, 2], vec![1.0, 1.0])).unwrap();
+    let params = dir.path().join("linear_regression.safetensors");
+    let o = d2l(&["run", "models/linear_regression.d2l", "--params", params.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let value: f64 = text[text.find("[[").unwrap() + 2..text.find("]]").unwrap()].parse().unwrap();
+    assert!((value - 2.8).abs() < 1e-2, "2 - 3.4 + 4.2 = 2.8, got {text}");
+}
+
+#[test]
+fn resume_continues_where_a_run_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = d2l(&["train", "models/linear_regression.d2l", "--out", out, "--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d2l(&["train", "models/linear_regression.d2l", "--out", out, "--epochs", "2", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at epoch 1") && stderr(&o).contains("epoch   2:") && !stderr(&o).contains("epoch   1:"), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(dir.path().join("linear_regression.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "header + two epochs:\n{csv}");
+}
