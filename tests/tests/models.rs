@@ -1,0 +1,99 @@
+//! Every model in `models/`: it checks, its summary matches the course's
+//! shape traces and parameter counts, and its AST and IR text are
+//! snapshotted (any change to a stage's output shows up in review).
+
+use d2l_tests::{load, lower, model_files};
+
+fn trace(program: &d2l_dsl::Program, model: &str) -> Vec<(String, Vec<usize>, usize)> {
+    lower(program, model, 1).layers.into_iter().map(|l| (l.name, l.shape.0, l.params)).collect()
+}
+
+#[test]
+fn every_model_checks_at_two_batch_sizes() {
+    for file in model_files() {
+        let program = d2l_dsl::Program::load_file(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!program.model_names().is_empty(), "{} defines no model", file.display());
+        for model in program.model_names() {
+            for batch in [1, 3] {
+                let lowered = lower(&program, model, batch);
+                let (_, out) = lowered.graph.outputs()[0].clone();
+                assert_eq!(lowered.graph.shape(out).0[0], batch, "{model}: the batch dim flows to the output");
+            }
+        }
+    }
+}
+
+#[test]
+fn lenet_matches_the_course_trace() {
+    let program = load("lenet.d2l");
+    let t = trace(&program, "lenet");
+    let shapes: Vec<(&str, Vec<usize>)> = t.iter().map(|(n, s, _)| (n.as_str(), s.clone())).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            ("conv2d", vec![1, 6, 28, 28]),
+            ("sigmoid", vec![1, 6, 28, 28]),
+            ("avg_pool2d", vec![1, 6, 14, 14]),
+            ("conv2d", vec![1, 16, 10, 10]),
+            ("sigmoid", vec![1, 16, 10, 10]),
+            ("avg_pool2d", vec![1, 16, 5, 5]),
+            ("flatten", vec![1, 400]),
+            ("linear", vec![1, 120]),
+            ("sigmoid", vec![1, 120]),
+            ("linear", vec![1, 84]),
+            ("sigmoid", vec![1, 84]),
+            ("linear", vec![1, 10]),
+        ]
+    );
+    let params: Vec<usize> = t.iter().map(|(_, _, p)| *p).filter(|&p| p > 0).collect();
+    assert_eq!(params, vec![156, 2416, 48120, 10164, 850]);
+    assert_eq!(lower(&program, "lenet", 1).param_count(), 61_706);
+}
+
+#[test]
+fn parameter_counts_match_the_course() {
+    let cases = [
+        ("linear_regression.d2l", "linear_regression", 3),
+        ("linear_regression.d2l", "linear_regression_concise", 3),
+        ("softmax_regression.d2l", "softmax_regression", 7_850),
+        ("softmax_regression.d2l", "softmax_regression_concise", 7_850),
+        ("mlp.d2l", "mlp", 203_530),
+        ("mlp.d2l", "mlp_scratch", 203_530),
+        ("mlp.d2l", "mlp_dropout", 269_322),
+        ("lenet.d2l", "lenet", 61_706),
+    ];
+    for (file, model, count) in cases {
+        assert_eq!(lower(&load(file), model, 1).param_count(), count, "{model}");
+    }
+}
+
+#[test]
+fn every_model_has_a_train_block() {
+    for file in model_files() {
+        let program = d2l_dsl::Program::load_file(&file).unwrap_or_else(|e| panic!("{e}"));
+        for model in program.model_names() {
+            assert!(program.train_def(model).is_some(), "{model} in {} has no train block", file.display());
+        }
+    }
+}
+
+#[test]
+fn parsed_ast_snapshots() {
+    for file in model_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let module = d2l_dsl::parse(0, &text).unwrap_or_else(|d| panic!("{d:?}"));
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        insta::assert_snapshot!(format!("parsed_{name}"), d2l_dsl::print::module(&module));
+    }
+}
+
+#[test]
+fn graph_ir_snapshots() {
+    for file in model_files() {
+        let program = d2l_dsl::Program::load_file(&file).unwrap_or_else(|e| panic!("{e}"));
+        for model in program.model_names() {
+            let lowered = lower(&program, model, 2);
+            insta::assert_snapshot!(format!("graph_{model}"), d2l_ir::text::print(&lowered.graph, true));
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Every model in `models/` trains: a short run on real data (a few hundred
+//! examples) lowers its loss. The full runs' results are in the README.
+
+use d2l::train::{TrainOptions, prepare};
+use d2l_runtime::data::BatchOptions;
+use d2l_runtime::train::Silent;
+use d2l_tests::{load, model_files};
+
+/// Loss on the training subset before and after `epochs` epochs.
+fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize) -> (f64, f64) {
+    let program = load(file);
+    let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed: 1, data_dir: None };
+    let mut run = prepare(&program, model, &opts).unwrap_or_else(|e| panic!("{model}: {e}"));
+    let before = run.trainer.evaluate(&run.data.train, run.data.batch).unwrap().loss;
+    let batches = BatchOptions::new(run.data.batch).seed(1);
+    for _ in 0..epochs {
+        run.trainer.train_epoch(&run.data.train, &batches, &mut Silent).unwrap();
+    }
+    let after = run.trainer.evaluate(&run.data.train, run.data.batch).unwrap().loss;
+    (before, after)
+}
+
+#[test]
+fn every_model_learns_on_a_small_subset() {
+    // (file, model, examples, epochs, required ratio after/before)
+    let cases = [
+        ("linear_regression.d2l", "linear_regression", 1000, 1, 0.01),
+        ("linear_regression.d2l", "linear_regression_concise", 1000, 1, 0.01),
+        ("softmax_regression.d2l", "softmax_regression", 1024, 2, 0.7),
+        ("softmax_regression.d2l", "softmax_regression_concise", 1024, 2, 0.7),
+        ("mlp.d2l", "mlp", 4096, 3, 0.7),
+        ("mlp.d2l", "mlp_scratch", 4096, 3, 0.7),
+        // Small initial weights and dropout (mlp_dropout), sigmoids (lenet):
+        // these start slowly, so a short run moves the loss only a little.
+        ("mlp.d2l", "mlp_dropout", 4096, 3, 0.98),
+        ("lenet.d2l", "lenet", 2048, 3, 0.985),
+        ("weight_decay.d2l", "weight_decay_none", 20, 10, 0.2),
+        ("weight_decay.d2l", "weight_decay", 20, 10, 0.2),
+    ];
+    let mut covered: Vec<String> = Vec::new();
+    for (file, model, limit, epochs, ratio) in cases {
+        let (before, after) = loss_before_and_after(file, model, limit, epochs);
+        eprintln!("{model}: {before} -> {after} ({:.3})", after / before);
+        assert!(after < before * ratio, "{model}: loss {before} -> {after}, wanted below {ratio} x");
+        covered.push(model.to_string());
+    }
+    // A new model must join this list.
+    for f in model_files() {
+        for m in d2l_dsl::Program::load_file(&f).unwrap().model_names() {
+            assert!(covered.contains(m), "{m} ({}) has no training test", f.display());
+        }
+    }
+}
+
+#[test]
+fn equal_seeds_give_equal_runs() {
+    let run = || {
+        let program = load("mlp.d2l");
+        let opts = TrainOptions { limit: Some(512), epochs: Some(1), seed: 9, data_dir: None };
+        let mut run = prepare(&program, "mlp_dropout", &opts).unwrap();
+        run.trainer.train_epoch(&run.data.train, &BatchOptions::new(run.data.batch).seed(9), &mut Silent).unwrap().loss
+    };
+    assert_eq!(run(), run());
+}
