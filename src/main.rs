@@ -62,6 +62,9 @@ enum Command {
         /// Train and test on the first N examples only (quick runs).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// What executes the graphs.
+        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+        backend: BackendArg,
     },
     /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
     Fetch {
@@ -88,6 +91,20 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// The reference interpreter.
+    Interp,
+}
+
+impl From<BackendArg> for d2l_runtime::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Interp => d2l_runtime::Backend::Interpreter,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,8 +158,8 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Check(args) => check(&args),
         Command::Summary(args) => summary(&args),
         Command::Ir { model, stage, locs } => ir(&model, stage, locs),
-        Command::Train { model, epochs, data, out, seed, resume, limit } => {
-            let opts = d2l::train::TrainOptions { data_dir: data, epochs, limit, seed };
+        Command::Train { model, epochs, data, out, seed, resume, limit, backend } => {
+            let opts = d2l::train::TrainOptions { data_dir: data, epochs, limit, seed, backend: backend.into() };
             train(&model, &opts, &out, resume)
         }
         Command::Fetch { name, list } => fetch(name.as_deref(), list),

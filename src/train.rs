@@ -43,6 +43,8 @@ pub struct TrainOptions {
     /// Use only the first N training (and test) examples: quick runs.
     pub limit: Option<usize>,
     pub seed: u64,
+    /// What executes the graphs.
+    pub backend: d2l_runtime::Backend,
 }
 
 /// The data a run trains and evaluates on.
@@ -244,7 +246,8 @@ pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Tr
     let needs_step_counter = matches!(update.optimizer, Optimizer::Adam { .. });
     let graphs = TrainGraphs { step, eval, state, input, label: "label".into(), needs_step_counter };
     let epochs = opts.epochs.unwrap_or(config.epochs);
-    Ok(Training { config, data, trainer: Trainer::new(graphs, params, derive_seed(opts.seed, Stream::Dropout)), epochs, param_count })
+    let trainer = Trainer::new(graphs, params, opts.backend, derive_seed(opts.seed, Stream::Dropout)).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(Training { config, data, trainer, epochs, param_count })
 }
 
 /// Differentiates the loss, appends the optimizer update and simplifies.

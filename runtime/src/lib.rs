@@ -2,6 +2,7 @@
 //! oracle every compiled backend is tested against), parameters and
 //! checkpoints, data loaders and the training loop.
 
+pub mod backend;
 mod interp;
 mod params;
 mod tensor;
@@ -11,6 +12,7 @@ pub mod data;
 pub mod npy;
 pub mod train;
 
+pub use backend::{Backend, Executable};
 pub use interp::{FeedKind, Interpreter, RunError, TensorType};
 pub use params::init_params;
 pub use tensor::Tensor;

@@ -13,7 +13,7 @@ use std::time::Instant;
 use d2l_ir::{DType, Graph, Shape};
 
 use crate::data::{BatchOptions, DataError, TensorDataset};
-use crate::{Interpreter, RunError, Tensor, checkpoint};
+use crate::{Backend, Executable, RunError, Tensor, checkpoint};
 
 /// Optimizer state tensor: starts as zeros, fed as input `name`, returned
 /// as output `update:<name>`.
@@ -83,23 +83,31 @@ impl Progress for Silent {}
 
 pub struct Trainer {
     graphs: TrainGraphs,
+    /// The step and eval graphs compiled by the chosen backend, by batch size.
+    step: BTreeMap<usize, Box<dyn Executable>>,
+    eval: BTreeMap<usize, Box<dyn Executable>>,
     /// Parameters, optimizer state, the step counter and the current batch,
     /// by input name: fed to every step and updated in place from its outputs.
     feeds: HashMap<String, Tensor>,
-    interp: Interpreter,
     /// Epochs completed (also after a resume).
     pub epoch: usize,
     /// Optimizer steps taken.
-    pub step: u64,
+    pub step_count: u64,
 }
 
 impl Trainer {
-    pub fn new(graphs: TrainGraphs, params: HashMap<String, Tensor>, seed: u64) -> Trainer {
+    /// Compiles every graph with `backend`; `seed` seeds random ops (dropout).
+    pub fn new(graphs: TrainGraphs, params: HashMap<String, Tensor>, backend: Backend, seed: u64) -> Result<Trainer, TrainError> {
         let mut feeds = params;
         for s in &graphs.state {
             feeds.insert(s.name.clone(), Tensor::zeros(s.dtype, &s.shape.0));
         }
-        Trainer { graphs, feeds, interp: Interpreter::new(seed), epoch: 0, step: 0 }
+        let compile = |set: &BTreeMap<usize, Graph>, salt: u64| -> Result<BTreeMap<usize, Box<dyn Executable>>, TrainError> {
+            set.iter().map(|(&b, g)| Ok((b, backend.compile(g, seed ^ salt.wrapping_mul(b as u64 + 1))?))).collect()
+        };
+        let step = compile(&graphs.step, 0x51)?;
+        let eval = compile(&graphs.eval, 0xe7)?;
+        Ok(Trainer { graphs, step, eval, feeds, epoch: 0, step_count: 0 })
     }
 
     /// Current parameter values (and nothing else), by name.
@@ -127,15 +135,15 @@ impl Trainer {
         let mut done = 0;
         while batches.next_into(&mut x, &mut y) {
             let b = x.shape().0[0];
-            let graph = self.graphs.step.get(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.step.keys().copied().collect()))?;
-            self.step += 1;
+            let exe = self.step.get_mut(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.step.keys().copied().collect()))?;
+            self.step_count += 1;
             if self.graphs.needs_step_counter {
-                self.feeds.insert("step".into(), Tensor::from_f32(&[], vec![self.step as f32]));
+                self.feeds.insert("step".into(), Tensor::from_f32(&[], vec![self.step_count as f32]));
             }
             let label = std::mem::replace(&mut y, Tensor::zeros(DType::F32, &[0]));
             self.feeds.insert(self.graphs.input.clone(), std::mem::replace(&mut x, Tensor::zeros(DType::F32, &[0])));
             self.feeds.insert(self.graphs.label.clone(), label);
-            let outputs = self.interp.run(graph, &self.feeds)?;
+            let outputs = exe.run(&self.feeds)?;
             let mut loss = f64::NAN;
             for (name, t) in outputs {
                 if let Some(target) = name.strip_prefix("update:") {
@@ -147,7 +155,7 @@ impl Trainer {
                 }
             }
             if !loss.is_finite() {
-                return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.step });
+                return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.step_count });
             }
             acc.add_loss(loss, b);
             // Hand the batch buffers back so the next batch reuses them.
@@ -169,11 +177,11 @@ impl Trainer {
         let mut acc = Accumulator::default();
         while batches.next_into(&mut x, &mut y) {
             let b = x.shape().0[0];
-            let graph = self.graphs.eval.get(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.eval.keys().copied().collect()))?;
+            let exe = self.eval.get_mut(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.eval.keys().copied().collect()))?;
             // The batch joins the parameters in `feeds` for this run only.
             self.feeds.insert(self.graphs.input.clone(), std::mem::replace(&mut x, Tensor::zeros(DType::F32, &[0])));
             self.feeds.insert(self.graphs.label.clone(), std::mem::replace(&mut y, Tensor::zeros(DType::F32, &[0])));
-            let outputs = self.interp.run(graph, &self.feeds);
+            let outputs = exe.run(&self.feeds);
             x = self.feeds.remove(&self.graphs.input).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
             y = self.feeds.remove(&self.graphs.label).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
             for (name, t) in outputs? {
@@ -190,7 +198,7 @@ impl Trainer {
     /// Writes parameters, optimizer state and progress counters, atomically.
     pub fn save(&self, path: &Path, mut metadata: BTreeMap<String, String>) -> Result<(), TrainError> {
         metadata.insert("epoch".into(), self.epoch.to_string());
-        metadata.insert("step".into(), self.step.to_string());
+        metadata.insert("step".into(), self.step_count.to_string());
         let mut names: Vec<&String> = self.feeds.keys().filter(|k| *k != "step" && **k != self.graphs.input && **k != self.graphs.label).collect();
         names.sort();
         let tensors: Vec<(String, &Tensor)> = names.into_iter().map(|n| (n.clone(), &self.feeds[n])).collect();
@@ -217,7 +225,7 @@ impl Trainer {
         }
         let number = |key: &str| metadata.get(key).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| bad(format!("metadata has no valid `{key}`")));
         self.epoch = number("epoch")? as usize;
-        self.step = number("step")?;
+        self.step_count = number("step")?;
         Ok(metadata)
     }
 }

@@ -9,7 +9,7 @@ use d2l_tests::{load, model_files};
 /// Loss on the training subset before and after `epochs` epochs.
 fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize) -> (f64, f64) {
     let program = load(file);
-    let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed: 1, data_dir: None };
+    let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed: 1, ..TrainOptions::default() };
     let mut run = prepare(&program, model, &opts).unwrap_or_else(|e| panic!("{model}: {e}"));
     let before = run.trainer.evaluate(&run.data.train, run.data.batch).unwrap().loss;
     let batches = BatchOptions::new(run.data.batch).seed(1);
@@ -56,7 +56,7 @@ fn every_model_learns_on_a_small_subset() {
 fn equal_seeds_give_equal_runs() {
     let run = || {
         let program = load("mlp.d2l");
-        let opts = TrainOptions { limit: Some(512), epochs: Some(1), seed: 9, data_dir: None };
+        let opts = TrainOptions { limit: Some(512), epochs: Some(1), seed: 9, ..TrainOptions::default() };
         let mut run = prepare(&program, "mlp_dropout", &opts).unwrap();
         run.trainer.train_epoch(&run.data.train, &BatchOptions::new(run.data.batch).seed(9), &mut Silent).unwrap().loss
     };
