@@ -116,11 +116,13 @@ impl Session<'_> {
         for (name, value) in fresh {
             self.params.entry(name).or_insert(value);
         }
+        // Parameters and state (batch-norm statistics) alike.
         let mut feeds: HashMap<String, Tensor> = graph
             .params()
-            .iter()
-            .filter_map(|&p| match &graph.node(p).op {
-                d2l_ir::Op::Param { name, .. } => self.params.get(name).map(|t| (name.clone(), t.clone())),
+            .into_iter()
+            .chain(graph.states())
+            .filter_map(|p| match &graph.node(p).op {
+                d2l_ir::Op::Param { name, .. } | d2l_ir::Op::State { name, .. } => self.params.get(name).map(|t| (name.clone(), t.clone())),
                 _ => None,
             })
             .collect();

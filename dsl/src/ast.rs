@@ -84,7 +84,9 @@ pub enum Stmt {
     /// `x = e` or `a, b = e` (rebinding is allowed; the graph is SSA anyway).
     Let { targets: Vec<Ident>, value: Expr, span: Span },
     /// `param W: f32[I, O] = normal(0, 0.01)`; without `=`, a default init.
-    Param { name: Ident, ty: TypeExpr, init: Option<Expr>, span: Span },
+    /// `buffer` declares state that is not trained (batch-norm statistics):
+    /// reassigning it in a block makes the new value the next step's state.
+    Param { kind: DeclKind, name: Ident, ty: TypeExpr, init: Option<Expr>, span: Span },
     /// Compile-time conditional; `else if` nests in `else_body`.
     If { cond: Expr, then_body: Vec<Stmt>, else_body: Option<Vec<Stmt>>, span: Span },
     /// Compile-time loop, unrolled: `for i in 0..n { }`, `for (c, n) in arch { }`.
@@ -93,6 +95,24 @@ pub enum Stmt {
     /// Inside a `for` expression: the value this iteration contributes.
     Yield { value: Expr, span: Span },
     Expr(Expr),
+}
+
+/// What a `param`-like declaration declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeclKind {
+    /// Trained by the optimizer.
+    Param,
+    /// State carried between steps, updated by the model itself.
+    Buffer,
+}
+
+impl DeclKind {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            DeclKind::Param => "param",
+            DeclKind::Buffer => "buffer",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

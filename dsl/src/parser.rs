@@ -17,7 +17,7 @@ use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::{Pair, Pairs};
 
 use crate::ast::{
-    Arg, BinOp, DimPat, Expr, ExprKind, FileId, FuncDef, Ident, IndexItem, Item, Module, ParamDef, RetType, Setting, Span,
+    Arg, BinOp, DeclKind, DimPat, Expr, ExprKind, FileId, FuncDef, Ident, IndexItem, Item, Module, ParamDef, RetType, Setting, Span,
     Stmt, TrainDef, TypeExpr, UnOp,
 };
 use crate::diag::Diagnostic;
@@ -112,8 +112,8 @@ struct Scan {
     stray_closers: Vec<usize>,
 }
 
-const KEYWORDS: [&str; 16] = [
-    "model", "block", "train", "use", "param", "return", "yield", "if", "else", "for", "in", "and", "or", "not", "true",
+const KEYWORDS: [&str; 17] = [
+    "model", "block", "train", "use", "param", "buffer", "return", "yield", "if", "else", "for", "in", "and", "or", "not", "true",
     "false",
 ];
 
@@ -395,6 +395,7 @@ fn expected(rule: Rule) -> Expected {
         | Rule::let_stmt
         | Rule::expr_stmt
         | Rule::kw_param
+        | Rule::kw_buffer
         | Rule::kw_return
         | Rule::kw_yield => Thing(4, "a statement"),
         Rule::setting => Thing(4, "a setting (`name = value`)"),
@@ -834,13 +835,14 @@ impl Builder {
                 Ok((Stmt::Let { targets, value: value.expr, span }, value.height + 1))
             }
             Rule::param_stmt => {
-                self.child(span, &mut inner, Rule::kw_param)?;
+                let keyword = inner.next().ok_or_else(|| self.bug(span, "declaration without a keyword"))?;
+                let kind = if keyword.as_rule() == Rule::kw_buffer { DeclKind::Buffer } else { DeclKind::Param };
                 let name = self.ident(&self.child(span, &mut inner, Rule::ident)?);
                 self.child(span, &mut inner, Rule::colon)?;
                 let ty = self.type_expr(self.child(span, &mut inner, Rule::type_expr)?)?;
                 let init = inner.find(|p| p.as_rule() == Rule::expr).map(|p| self.expr(p)).transpose()?;
                 let height = init.as_ref().map_or(0, |b| b.height) + 1;
-                Ok((Stmt::Param { name, ty, init: init.map(|b| b.expr), span }, height))
+                Ok((Stmt::Param { kind, name, ty, init: init.map(|b| b.expr), span }, height))
             }
             Rule::if_stmt => self.if_stmt(span, inner),
             Rule::for_stmt => {

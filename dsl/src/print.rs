@@ -122,8 +122,8 @@ impl Printer {
                 let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
                 self.expr(depth, &format!("let {} = ", names.join(", ")), value);
             }
-            Stmt::Param { name, ty, init, .. } => {
-                let header = format!("param {}: {}", name.name, type_expr(ty));
+            Stmt::Param { kind, name, ty, init, .. } => {
+                let header = format!("{} {}: {}", kind.keyword(), name.name, type_expr(ty));
                 match init {
                     Some(init) => self.expr(depth, &format!("{header} = "), init),
                     None => self.line(depth, &header),
@@ -337,8 +337,8 @@ fn stmt_source(stmt: &Stmt) -> String {
             let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
             format!("{} = {}", names.join(", "), source(value))
         }
-        Stmt::Param { name, ty, init: Some(init), .. } => format!("param {}: {} = {}", name.name, type_expr(ty), source(init)),
-        Stmt::Param { name, ty, init: None, .. } => format!("param {}: {}", name.name, type_expr(ty)),
+        Stmt::Param { kind, name, ty, init: Some(init), .. } => format!("{} {}: {} = {}", kind.keyword(), name.name, type_expr(ty), source(init)),
+        Stmt::Param { kind, name, ty, init: None, .. } => format!("{} {}: {}", kind.keyword(), name.name, type_expr(ty)),
         Stmt::If { cond, then_body, else_body, .. } => {
             let mut s = format!("if {} {}", source(cond), block(then_body));
             if let Some(else_body) = else_body {

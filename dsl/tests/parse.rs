@@ -478,7 +478,7 @@ fn spans(module: &Module) -> Vec<(Span, Option<Span>)> {
                 targets.iter().for_each(|t| out.push((t.span, Some(*span))));
                 expr(value, Some(*span), out);
             }
-            Stmt::Param { name, ty: t, init, span } => {
+            Stmt::Param { name, ty: t, init, span, .. } => {
                 out.push((*span, parent));
                 out.push((name.span, Some(*span)));
                 ty(t, Some(*span), out);

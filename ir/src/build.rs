@@ -49,6 +49,10 @@ impl Graph {
         Ok(self.push(Op::Param { name: name.into(), init }, dtype, shape, vec![]))
     }
 
+    pub fn state(&mut self, name: &str, dtype: DType, shape: Shape, init: Init) -> NodeId {
+        self.push(Op::State { name: name.into(), init }, dtype, shape, vec![])
+    }
+
     pub fn full(&mut self, value: f64, dtype: DType, shape: Shape) -> NodeId {
         self.push(Op::Full { value }, dtype, shape, vec![])
     }
@@ -358,6 +362,7 @@ impl Graph {
         match op {
             Op::Input { name } => Ok(self.input(name, dtype, shape.clone())),
             Op::Param { name, init } => self.param(name, dtype, shape.clone(), init.clone()),
+            Op::State { name, init } => Ok(self.state(name, dtype, shape.clone(), init.clone())),
             Op::Full { value } => Ok(self.full(*value, dtype, shape.clone())),
             Op::Iota { axis } => self.iota(shape.clone(), *axis, dtype),
             Op::Rand { dist } => self.rand(*dist, dtype, shape.clone()),

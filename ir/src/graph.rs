@@ -125,6 +125,11 @@ impl Graph {
         self.ids().filter(|&id| matches!(self.node(id).op, Op::Param { .. })).collect()
     }
 
+    /// `State` nodes in order of creation.
+    pub fn states(&self) -> Vec<NodeId> {
+        self.ids().filter(|&id| matches!(self.node(id).op, Op::State { .. })).collect()
+    }
+
     /// The petgraph view, for algorithms (reachability, dominators, ...).
     pub fn petgraph(&self) -> &DiGraph<Node, u32> {
         &self.graph

@@ -108,6 +108,10 @@ pub enum Op {
     Input { name: String },
     /// A trainable parameter, initialised once by the runtime. No operands.
     Param { name: String, init: Init },
+    /// State that is carried between executions but not trained (batch-norm
+    /// running statistics): initialised like a parameter, fed like one, and
+    /// updated through a graph output named `update:<name>`. No operands.
+    State { name: String, init: Init },
     /// A tensor of the node's shape filled with `value`. No operands.
     Full { value: f64 },
     /// Index along `axis` at every position of the node's shape. No operands.
@@ -166,6 +170,7 @@ impl Op {
         match self {
             Op::Input { .. } => "input",
             Op::Param { .. } => "param",
+            Op::State { .. } => "state",
             Op::Full { .. } => "full",
             Op::Iota { .. } => "iota",
             Op::Rand { dist: RandDist::Uniform } => "rand_uniform",

@@ -23,7 +23,7 @@ fn list(v: &[usize]) -> String {
 fn attrs(op: &Op) -> String {
     match op {
         Op::Input { name } => format!(" \"{name}\""),
-        Op::Param { name, init } => format!(" \"{name}\" init={init}"),
+        Op::Param { name, init } | Op::State { name, init } => format!(" \"{name}\" init={init}"),
         Op::Full { value } => format!(" {value}"),
         Op::Iota { axis } | Op::ArgMax { axis } | Op::Concat { axis } | Op::Gather { axis } | Op::ScatterAdd { axis } => {
             format!(" axis={axis}")

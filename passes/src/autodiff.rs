@@ -261,7 +261,7 @@ fn vjp(g: &mut Graph, y: NodeId, dy: NodeId, needs: &[bool]) -> Result<Vec<Optio
     let need = |i: usize| needs.get(i).copied().unwrap_or(false);
     Ok(match op {
         // No operands.
-        Op::Input { .. } | Op::Param { .. } | Op::Full { .. } | Op::Iota { .. } | Op::Rand { .. } => vec![],
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Full { .. } | Op::Iota { .. } | Op::Rand { .. } => vec![],
         // Bool / integer results: piecewise constant, no gradient.
         Op::Compare(_) => vec![None, None],
         Op::ArgMax { .. } => vec![None],

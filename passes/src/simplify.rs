@@ -102,7 +102,7 @@ fn live_nodes(graph: &Graph) -> Vec<bool> {
     }
     for id in (0..graph.len()).rev().map(NodeId::new) {
         let node = graph.node(id);
-        if matches!(node.op, Op::Param { .. } | Op::Input { .. }) {
+        if matches!(node.op, Op::Param { .. } | Op::State { .. } | Op::Input { .. }) {
             live[id.index()] = true;
         }
         if live[id.index()] {
@@ -123,7 +123,7 @@ fn intern(
     dtype: DType,
     shape: &Shape,
 ) -> Result<NodeId, ShapeError> {
-    if matches!(op, Op::Rand { .. } | Op::Input { .. } | Op::Param { .. }) {
+    if matches!(op, Op::Rand { .. } | Op::Input { .. } | Op::Param { .. } | Op::State { .. }) {
         return out.add_op(op, args, dtype, shape);
     }
     // `Debug` of an `Op` spells every attribute, f64s exactly.

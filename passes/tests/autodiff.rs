@@ -49,9 +49,10 @@ fn variant(op: &Op) -> usize {
         Op::StopGradient => 21,
         Op::Conv2d { .. } => 22,
         Op::Pool2d { .. } => 23,
+        Op::State { .. } => 24,
     }
 }
-const VARIANTS: usize = 24;
+const VARIANTS: usize = 25;
 
 /// Builds the op under test from the parameters `p` and `q`.
 type Build = Box<dyn Fn(&mut Graph, NodeId, NodeId) -> NodeId>;
@@ -65,6 +66,10 @@ fn cases() -> Vec<Case> {
     case("input", Box::new(|g, p, _| {
         let x = g.input("x", DType::F32, shape(&[2, 3]));
         g.binary(BinaryOp::Mul, p, x).unwrap()
+    }));
+    case("state", Box::new(|g, p, _| {
+        let s = g.state("s", DType::F32, shape(&[2, 3]), Init::Zeros);
+        g.binary(BinaryOp::Mul, p, s).unwrap()
     }));
     case("full", Box::new(|g, p, _| {
         let c = g.full(2.0, DType::F32, shape(&[2, 3]));

@@ -280,7 +280,7 @@ impl Interpreter {
             let node = graph.node(id);
             let value = match (&node.op, &node.args[..]) {
                 (Op::Input { name }, _) => feed(node, name, FeedKind::Input, feeds)?,
-                (Op::Param { name, .. }, _) => feed(node, name, FeedKind::Param, feeds)?,
+                (Op::Param { name, .. } | Op::State { name, .. }, _) => feed(node, name, FeedKind::Param, feeds)?,
                 // Value-preserving ops whose operand dies here take it over
                 // instead of copying it (a flatten in every training step).
                 (Op::Reshape | Op::StopGradient, [arg]) if plan.last_use[arg.index()] == i => {
@@ -318,7 +318,7 @@ impl Interpreter {
         let dims = node.shape.dims();
         let op = &node.op;
         match op {
-            Op::Input { .. } | Op::Param { .. } => ill_typed("leaves are read from the feeds"),
+            Op::Input { .. } | Op::Param { .. } | Op::State { .. } => ill_typed("leaves are read from the feeds"),
             Op::Full { value } => Ok(elementwise::full(node.dtype, dims, *value)),
             Op::Iota { axis } => elementwise::iota(node.dtype, dims, *axis),
             Op::Rand { dist } => elementwise::rand(&mut self.rng, *dist, node.dtype, dims),

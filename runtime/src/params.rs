@@ -10,8 +10,9 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Tensor;
 
-/// Initial values for every Param of the graph, drawn per its `Init` with a
-/// `StdRng` seeded by `seed`, in graph param order, deterministic.
+/// Initial values for every Param and State node of the graph (parameters
+/// first, then state), drawn per its `Init` with a `StdRng` seeded by `seed`,
+/// in graph order, deterministic.
 ///
 /// Numbers are drawn in f64 and rounded to the parameter's dtype, so the f32
 /// graph and its f64 promotion (gradient checks) start from the same point.
@@ -19,9 +20,9 @@ use crate::Tensor;
 pub fn init_params(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut params = HashMap::new();
-    for id in graph.params() {
+    for id in graph.params().into_iter().chain(graph.states()) {
         let node = graph.node(id);
-        let Op::Param { name, init } = &node.op else { continue };
+        let (Op::Param { name, init } | Op::State { name, init }) = &node.op else { continue };
         if params.contains_key(name) {
             continue;
         }

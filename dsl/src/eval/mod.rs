@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use d2l_ir::{BinaryOp, CmpOp, DType, Graph, Init, Loc, NodeId, Shape};
 
-use crate::ast::{Arg, BinOp, DimPat, Expr, ExprKind, FuncDef, Ident, IndexItem, Span, Stmt, TypeExpr, UnOp};
+use crate::ast::{Arg, BinOp, DeclKind, DimPat, Expr, ExprKind, FuncDef, Ident, IndexItem, Span, Stmt, TypeExpr, UnOp};
 use crate::Diagnostic;
 pub use program::{Error, Program};
 pub use train::{Spec, TrainConfig};
@@ -105,6 +105,9 @@ enum Flow {
 #[derive(Default)]
 struct Frame {
     vars: HashMap<String, Value>,
+    /// Buffers declared here: (variable, full name, node as declared). A
+    /// variable bound to another node when the block ends is an update.
+    buffers: Vec<(String, String, NodeId, Span)>,
 }
 
 /// An argument after evaluation.
@@ -192,6 +195,7 @@ impl<'p> Lowerer<'p> {
             Flow::Return(v, span) => (v, span),
             Flow::Next => return Err(diag(func.name.span, format!("model `{}` does not return a value", func.name.name)).with_label("needs a `return`")),
         };
+        self.emit_buffer_updates()?;
         let outputs = match &result.0 {
             Value::Tuple(items) => items.clone(),
             v => vec![v.clone()],
@@ -397,7 +401,7 @@ impl<'p> Lowerer<'p> {
                 let v = self.eval(value)?;
                 self.assign(targets, v, *span)?;
             }
-            Stmt::Param { name, ty, init, span } => self.declare_param(name, ty, init.as_ref(), *span)?,
+            Stmt::Param { kind, name, ty, init, span } => self.declare_param(*kind, name, ty, init.as_ref(), *span)?,
             Stmt::If { cond, then_body, else_body, .. } => {
                 let flow = if self.eval_cond(cond)? {
                     self.exec_block(then_body)?
@@ -467,7 +471,7 @@ impl<'p> Lowerer<'p> {
         }
     }
 
-    fn declare_param(&mut self, name: &Ident, ty: &TypeExpr, init: Option<&Expr>, span: Span) -> Result<()> {
+    fn declare_param(&mut self, kind: DeclKind, name: &Ident, ty: &TypeExpr, init: Option<&Expr>, span: Span) -> Result<()> {
         let TypeExpr::Tensor { dtype, dims, .. } = ty else {
             return Err(diag(span, format!("parameter `{}` needs a tensor type such as `f32[784, 10]`", name.name)));
         };
@@ -499,12 +503,42 @@ impl<'p> Lowerer<'p> {
             full_name.push('.');
         }
         full_name.push_str(&name.name);
-        if self.graph.params().iter().any(|&p| matches!(&self.graph.node(p).op, d2l_ir::Op::Param { name, .. } if *name == full_name)) {
-            return Err(diag(name.span, format!("parameter `{}` is declared twice in this block", name.name)));
+        let taken = self.graph.params().into_iter().chain(self.graph.states()).any(|p| {
+            matches!(&self.graph.node(p).op, d2l_ir::Op::Param { name, .. } | d2l_ir::Op::State { name, .. } if *name == full_name)
+        });
+        if taken {
+            return Err(diag(name.span, format!("`{}` is declared twice in this block", name.name)));
         }
         self.at(span);
-        let id = self.graph.param(&full_name, dtype, Shape(shape), init).map_err(|e| diag(span, e.0))?;
+        let id = match kind {
+            DeclKind::Param => self.graph.param(&full_name, dtype, Shape(shape), init).map_err(|e| diag(span, e.0))?,
+            DeclKind::Buffer => {
+                let id = self.graph.state(&full_name, dtype, Shape(shape), init);
+                self.frame().buffers.push((name.name.clone(), full_name, id, span));
+                id
+            }
+        };
         self.set_var(&name.name, Value::Tensor(id));
+        Ok(())
+    }
+
+    /// Turns the buffers of the current frame that were rebound into graph
+    /// outputs `update:<name>`, checked to keep their type.
+    fn emit_buffer_updates(&mut self) -> Result<()> {
+        let buffers = std::mem::take(&mut self.frame().buffers);
+        for (var, full_name, declared, span) in buffers {
+            match self.lookup(&var) {
+                Some(Value::Tensor(id)) if id == declared => {}
+                Some(Value::Tensor(id)) if self.graph.shape(id) == self.graph.shape(declared) && self.graph.dtype(id) == self.graph.dtype(declared) => {
+                    self.graph.set_output(format!("update:{full_name}"), id);
+                }
+                Some(v) => {
+                    return Err(diag(span, format!("buffer `{var}` was reassigned to {}, but it is declared as {}", v.describe(&self.graph), Value::Tensor(declared).describe(&self.graph)))
+                        .with_note("a buffer's new value must keep its shape and dtype"));
+                }
+                None => {}
+            }
+        }
         Ok(())
     }
 
@@ -909,10 +943,12 @@ impl<'p> Lowerer<'p> {
             }
             self.set_var(&p.name.name, value);
         }
-        match self.exec_block(&func.body)? {
-            Flow::Return(v, _) => Ok(v),
-            Flow::Next => Err(diag(span, format!("block `{}` ended without `return`", func.name.name)).with_secondary(func.name.span, "defined here")),
-        }
+        let value = match self.exec_block(&func.body)? {
+            Flow::Return(v, _) => v,
+            Flow::Next => return Err(diag(span, format!("block `{}` ended without `return`", func.name.name)).with_secondary(func.name.span, "defined here")),
+        };
+        self.emit_buffer_updates()?;
+        Ok(value)
     }
 }
 
