@@ -343,6 +343,9 @@ fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: 
         run.data.batch,
         run.epochs
     );
+    if let Some(k) = run.data.folds {
+        return train_k_fold(&compiled.program, &run, k, opts);
+    }
     let style = indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
         .expect("valid template")
         .progress_chars("=> ");
@@ -378,6 +381,33 @@ fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: 
     }
     println!("wrote {}, {}, {}", checkpoint.display(), base.with_extension("csv").display(), base.with_extension("svg").display());
     Ok(())
+}
+
+/// K-fold validation: one fresh model per fold, as the course's `k_fold`.
+fn train_k_fold(program: &d2l::Program, run: &d2l::train::Training, k: usize, opts: &d2l::train::TrainOptions) -> Result<(), Error> {
+    eprintln!("{k}-fold cross-validation, {} epochs per fold", run.epochs);
+    let results = d2l::train::k_fold(program, run, k, opts, &mut |r| {
+        eprintln!("fold {}: train loss {:.4}, {}, valid {}", r.fold, r.train.loss, metric_text(&r.train), metric_text(&r.valid));
+    })?;
+    let mean = |f: &dyn Fn(&d2l::train::FoldResult) -> Option<f64>| -> Option<f64> {
+        let v: Vec<f64> = results.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mut line = format!("{k}-fold average:");
+    if let Some(t) = mean(&|r| r.train.log_rmse) {
+        line.push_str(&format!(" train log rmse {t:.4}, valid log rmse {:.4}", mean(&|r| r.valid.log_rmse).unwrap_or(f64::NAN)));
+    }
+    line.push_str(&format!(" train loss {:.4}, valid loss {:.4}", mean(&|r| Some(r.train.loss)).unwrap_or(f64::NAN), mean(&|r| Some(r.valid.loss)).unwrap_or(f64::NAN)));
+    println!("{line}");
+    Ok(())
+}
+
+fn metric_text(m: &d2l_runtime::train::Metrics) -> String {
+    match (m.log_rmse, m.accuracy) {
+        (Some(l), _) => format!("log rmse {l:.4}"),
+        (None, Some(a)) => format!("acc {a:.4}"),
+        (None, None) => format!("loss {:.4}", m.loss),
+    }
 }
 
 /// The course's summary line: `loss 0.469, train acc 0.823, test acc 0.779, 5500.2 examples/sec`.

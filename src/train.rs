@@ -54,6 +54,8 @@ pub struct Datasets {
     pub batch: usize,
     /// Where it came from, for the log.
     pub source: String,
+    /// K-fold cross-validation on the training set instead of a test set.
+    pub folds: Option<usize>,
 }
 
 /// Everything `d2l train` needs, ready to run.
@@ -65,7 +67,7 @@ pub struct Training {
     pub param_count: usize,
 }
 
-const DATA_SOURCES: &str = "fashion_mnist(batch=..), mnist(batch=..), synthetic_linear(w=.., b=.., n=.., batch=..)";
+const DATA_SOURCES: &str = "fashion_mnist(batch=..), mnist(batch=..), synthetic_linear(w=.., b=.., n=.., batch=..), house_prices(batch=.., folds=..)";
 
 fn kw<'a>(spec: &'a Spec, key: &str) -> Option<&'a (Value, d2l_dsl::ast::Span)> {
     spec.kwargs.get(key)
@@ -113,7 +115,7 @@ pub fn load_data(program: &Program, spec: &Spec, opts: &TrainOptions) -> Result<
             let dir = data::find_dataset(folder, opts.data_dir.as_deref()).map_err(data_err)?;
             let train = data::load_mnist_like(&dir, Split::Train).map_err(data_err)?.to_tensor_dataset();
             let test = data::load_mnist_like(&dir, Split::Test).map_err(data_err)?.to_tensor_dataset();
-            Datasets { train, test: Some(test), batch, source: format!("{} ({})", spec.name, dir.display()) }
+            Datasets { train, test: Some(test), batch, source: format!("{} ({})", spec.name, dir.display()), folds: None }
         }
         "synthetic_linear" => {
             check_keys(program, spec, &["w", "dims", "b", "n", "n_test", "batch"])?;
@@ -140,7 +142,20 @@ pub fn load_data(program: &Program, spec: &Spec, opts: &TrainOptions) -> Result<
                 }
                 None => None,
             };
-            Datasets { train, test, batch, source: format!("synthetic_linear (n={n}, {} features)", w.len()) }
+            Datasets { train, test, batch, source: format!("synthetic_linear (n={n}, {} features)", w.len()), folds: None }
+        }
+        "house_prices" => {
+            check_keys(program, spec, &["batch", "folds"])?;
+            let batch = need_batch()?;
+            let folds = positive_int(program, spec, "folds")?;
+            if folds == Some(1) {
+                return Err(program.error_at(kw(spec, "folds").map_or(spec.span, |(_, s)| *s), "`folds` must be at least 2").into());
+            }
+            let dir = data::find_dataset("kaggle-house", opts.data_dir.as_deref()).map_err(data_err)?;
+            let h = data::load_house_prices(&dir).map_err(data_err)?;
+            let features = h.train_features.shape().0[1];
+            let train = TensorDataset::new(h.train_features, h.train_labels).map_err(data_err)?;
+            Datasets { train, test: None, batch, source: format!("house_prices ({}, {features} features)", dir.display()), folds }
         }
         other => return Err(program.error_at(spec.span, format!("unknown data source `{other}` (known: {DATA_SOURCES})")).into()),
     };
@@ -205,15 +220,39 @@ fn batch_sizes(n: usize, batch: usize) -> Vec<usize> {
     sizes
 }
 
-/// Builds the training-step and evaluation graphs and initial parameters.
+/// Loads the train block's data and builds a trainer for it.
 pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Training, Error> {
     let config = program.train_config(model)?;
     let data = load_data(program, &config.data, opts)?;
+    let (trainer, param_count) = build_trainer(program, model, &config, &data.train, data.test.as_ref(), data.batch, opts)?;
+    let epochs = opts.epochs.unwrap_or(config.epochs);
+    Ok(Training { config, data, trainer, epochs, param_count })
+}
+
+/// Metric names the trainer knows.
+const METRICS: &[&str] = &["accuracy", "log_rmse"];
+
+/// Builds the training-step and evaluation graphs for these datasets, and a
+/// trainer with freshly initialised parameters.
+pub fn build_trainer(
+    program: &Program,
+    model: &str,
+    config: &TrainConfig,
+    train: &TensorDataset,
+    test: Option<&TensorDataset>,
+    batch: usize,
+    opts: &TrainOptions,
+) -> Result<(Trainer, usize), Error> {
+    for (m, span) in &config.metrics {
+        if !METRICS.contains(&m.as_str()) {
+            return Err(program.error_at(*span, format!("unknown metric `{m}` (known: {})", METRICS.join(", "))).into());
+        }
+    }
     let update = update_spec(program, &config.optimizer)?;
     let input = data_input(program, model)?;
-    let x_tail = data.train.features().shape().0[1..].to_vec();
-    let y_tail = data.train.labels().shape().0[1..].to_vec();
-    let label_dtype = data.train.labels().dtype();
+    let x_tail = train.features().shape().0[1..].to_vec();
+    let y_tail = train.labels().shape().0[1..].to_vec();
+    let label_dtype = train.labels().dtype();
     let lower = |batch: usize, training: bool| -> Result<Graph, Error> {
         let mut x_shape = vec![batch];
         x_shape.extend(&x_tail);
@@ -225,14 +264,14 @@ pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Tr
     };
     let mut step = BTreeMap::new();
     let mut state: Vec<StateSpec> = Vec::new();
-    for b in batch_sizes(data.train.len(), data.batch) {
+    for b in batch_sizes(train.len(), batch) {
         let (graph, slots) = step_graph(lower(b, true)?, &update)?;
         state = slots;
         step.insert(b, graph);
     }
     let mut eval = BTreeMap::new();
-    for set in [Some(&data.train), data.test.as_ref()].into_iter().flatten() {
-        for b in batch_sizes(set.len(), data.batch) {
+    for set in [Some(train), test].into_iter().flatten() {
+        for b in batch_sizes(set.len(), batch) {
             if let std::collections::btree_map::Entry::Vacant(slot) = eval.entry(b) {
                 let mut g = lower(b, false)?;
                 g.retain_outputs(|n| n == "loss" || n == "output");
@@ -244,10 +283,42 @@ pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Tr
     let params = initial_params(first, config.init.as_ref(), derive_seed(opts.seed, Stream::Init));
     let param_count = params.values().map(Tensor::numel).sum();
     let needs_step_counter = matches!(update.optimizer, Optimizer::Adam { .. });
-    let graphs = TrainGraphs { step, eval, state, input, label: "label".into(), needs_step_counter };
-    let epochs = opts.epochs.unwrap_or(config.epochs);
+    let log_rmse = config.metrics.iter().any(|(m, _)| m == "log_rmse");
+    let graphs = TrainGraphs { step, eval, state, input, label: "label".into(), needs_step_counter, log_rmse };
     let trainer = Trainer::new(graphs, params, opts.backend, derive_seed(opts.seed, Stream::Dropout)).map_err(|e| Error::Usage(e.to_string()))?;
-    Ok(Training { config, data, trainer, epochs, param_count })
+    Ok((trainer, param_count))
+}
+
+/// One fold of a k-fold run: final training and validation metrics.
+#[derive(Clone, Debug)]
+pub struct FoldResult {
+    pub fold: usize,
+    pub train: Metrics,
+    pub valid: Metrics,
+}
+
+/// The course's K-fold cross-validation (`k_fold`, §15): for each fold a
+/// fresh model trains on the other folds for the configured epochs and is
+/// evaluated on the held-out one. `on_fold` sees each result as it comes.
+pub fn k_fold(program: &Program, run: &Training, k: usize, opts: &TrainOptions, on_fold: &mut dyn FnMut(&FoldResult)) -> Result<Vec<FoldResult>, Error> {
+    let data_err = |e: data::DataError| Error::Usage(e.to_string());
+    let mut results = Vec::new();
+    for i in 0..k {
+        let (train_idx, valid_idx) = data::k_fold(run.data.train.len(), k, i).map_err(data_err)?;
+        let train = run.data.train.select(&train_idx).map_err(data_err)?;
+        let valid = run.data.train.select(&valid_idx).map_err(data_err)?;
+        let (mut trainer, _) = build_trainer(program, &run.config.model, &run.config, &train, Some(&valid), run.data.batch, opts)?;
+        let batches = data::BatchOptions::new(run.data.batch).seed(derive_seed(opts.seed, Stream::Shuffle).wrapping_add(i as u64));
+        for _ in 0..run.epochs {
+            trainer.train_epoch(&train, &batches, &mut d2l_runtime::train::Silent).map_err(|e| Error::Usage(e.to_string()))?;
+        }
+        let train_m = trainer.evaluate(&train, run.data.batch).map_err(|e| Error::Usage(e.to_string()))?;
+        let valid_m = trainer.evaluate(&valid, run.data.batch).map_err(|e| Error::Usage(e.to_string()))?;
+        let result = FoldResult { fold: i + 1, train: train_m, valid: valid_m };
+        on_fold(&result);
+        results.push(result);
+    }
+    Ok(results)
 }
 
 /// Differentiates the loss, appends the optimizer update and simplifies.
@@ -295,18 +366,20 @@ pub struct EpochLog {
 /// Writes the per-epoch log as CSV and JSON.
 pub fn write_logs(base: &Path, log: &[EpochLog]) -> std::io::Result<(PathBuf, PathBuf)> {
     let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
-    let mut csv = String::from("epoch,train_loss,train_acc,test_loss,test_acc,examples_per_sec,seconds\n");
+    let mut csv = String::from("epoch,train_loss,train_acc,test_loss,test_acc,examples_per_sec,seconds,train_log_rmse,test_log_rmse\n");
     let mut json = Vec::new();
     for e in log {
         csv.push_str(&format!(
-            "{},{:.6},{},{},{},{:.1},{:.3}\n",
+            "{},{:.6},{},{},{},{:.1},{:.3},{},{}\n",
             e.epoch,
             e.train.loss,
             opt(e.train.accuracy),
             opt(e.test.map(|t| t.loss)),
             opt(e.test.and_then(|t| t.accuracy)),
             e.train.examples_per_sec(),
-            e.train.seconds
+            e.train.seconds,
+            opt(e.train.log_rmse),
+            opt(e.test.and_then(|t| t.log_rmse)),
         ));
         let num = |v: Option<f64>| v.map_or("null".to_string(), |x| if x.is_finite() { format!("{x}") } else { "null".into() });
         json.push(format!(
@@ -384,8 +457,8 @@ pub fn read_log(base: &Path) -> Option<Vec<EpochLog>> {
         let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok());
         let seconds = num(6)?;
         let examples = (num(5)? * seconds).round() as usize;
-        let train = Metrics { loss: num(1)?, accuracy: num(2), examples, seconds };
-        let test = num(3).map(|loss| Metrics { loss, accuracy: num(4), examples: 0, seconds: 0.0 });
+        let train = Metrics { loss: num(1)?, accuracy: num(2), log_rmse: num(7), examples, seconds };
+        let test = num(3).map(|loss| Metrics { loss, accuracy: num(4), log_rmse: num(8), examples: 0, seconds: 0.0 });
         out.push(EpochLog { epoch: f.first()?.parse().ok()?, train, test });
     }
     Some(out)
@@ -396,7 +469,7 @@ pub fn read_log(base: &Path) -> Option<Vec<EpochLog>> {
 fn label_type(program: &Program, spec: &Spec) -> Result<(DType, Vec<usize>), Error> {
     match spec.name.as_str() {
         "fashion_mnist" | "mnist" => Ok((DType::I64, vec![])),
-        "synthetic_linear" => Ok((DType::F32, vec![1])),
+        "synthetic_linear" | "house_prices" => Ok((DType::F32, vec![1])),
         other => Err(program.error_at(spec.span, format!("unknown data source `{other}` (known: {DATA_SOURCES})")).into()),
     }
 }

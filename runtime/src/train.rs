@@ -36,6 +36,8 @@ pub struct TrainGraphs {
     pub label: String,
     /// Whether the step takes the scalar input `step` (Adam).
     pub needs_step_counter: bool,
+    /// Also measure the course's log-RMSE (regression on positive targets).
+    pub log_rmse: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,9 @@ pub struct Metrics {
     /// Fraction of correct argmax predictions; `None` when the output is not
     /// class scores against integer labels.
     pub accuracy: Option<f64>,
+    /// `sqrt(mean((log(max(pred, 1)) - log(target))^2))`, the course's
+    /// house-prices measure, when asked for.
+    pub log_rmse: Option<f64>,
     pub examples: usize,
     pub seconds: f64,
 }
@@ -131,7 +136,7 @@ impl Trainer {
         let mut batches = data.batches(opts, self.epoch as u64)?;
         let total = batches.remaining();
         let (mut x, mut y) = (Tensor::zeros(DType::F32, &[0]), Tensor::zeros(DType::F32, &[0]));
-        let mut acc = Accumulator::default();
+        let mut acc = Accumulator { log_rmse: self.graphs.log_rmse, ..Accumulator::default() };
         let mut done = 0;
         while batches.next_into(&mut x, &mut y) {
             let b = x.shape().0[0];
@@ -174,7 +179,7 @@ impl Trainer {
         let opts = BatchOptions::new(batch_size).shuffle(false);
         let mut batches = data.batches(&opts, 0)?;
         let (mut x, mut y) = (Tensor::zeros(DType::F32, &[0]), Tensor::zeros(DType::F32, &[0]));
-        let mut acc = Accumulator::default();
+        let mut acc = Accumulator { log_rmse: self.graphs.log_rmse, ..Accumulator::default() };
         while batches.next_into(&mut x, &mut y) {
             let b = x.shape().0[0];
             let exe = self.eval.get_mut(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.eval.keys().copied().collect()))?;
@@ -237,6 +242,10 @@ struct Accumulator {
     examples: usize,
     correct: usize,
     classified: usize,
+    /// Whether to accumulate squared log errors.
+    log_rmse: bool,
+    log_sq_sum: f64,
+    log_count: usize,
 }
 
 impl Accumulator {
@@ -249,8 +258,16 @@ impl Accumulator {
         if self.examples == 0 { f64::NAN } else { self.loss_sum / self.examples as f64 }
     }
 
-    /// Counts argmax hits when `output` is [b, K] scores and `labels` [b] i64.
+    /// Counts argmax hits when `output` is [b, K] scores and `labels` [b] i64,
+    /// and squared log errors when asked for and the labels are floats.
     fn add_predictions(&mut self, output: &Tensor, labels: &Tensor) {
+        if self.log_rmse && labels.dtype().is_float() {
+            for (p, y) in output.to_f64_vec().into_iter().zip(labels.to_f64_vec()) {
+                // Clamping at 1 as the course does keeps log finite.
+                self.log_sq_sum += (p.max(1.0).ln() - y.max(1.0).ln()).powi(2);
+                self.log_count += 1;
+            }
+        }
         let (Tensor::I64(labels), shape) = (labels, output.shape()) else { return };
         let [b, k] = shape.0[..] else { return };
         if labels.len() != b || k == 0 {
@@ -269,6 +286,7 @@ impl Accumulator {
         Metrics {
             loss: self.mean_loss(),
             accuracy: (self.classified > 0).then(|| self.correct as f64 / self.classified as f64),
+            log_rmse: (self.log_count > 0).then(|| (self.log_sq_sum / self.log_count as f64).sqrt()),
             examples: self.examples,
             seconds: start.elapsed().as_secs_f64(),
         }

@@ -37,10 +37,13 @@ pub struct TrainConfig {
     /// Replaces the declared initializer of every weight (rank >= 2 param).
     pub init: Option<Init>,
     pub epochs: usize,
+    /// Metrics to report beside the loss (`metrics = [accuracy, log_rmse]`),
+    /// with the span of each name for downstream checks.
+    pub metrics: Vec<(String, Span)>,
     pub span: Span,
 }
 
-const KEYS: &[&str] = &["data", "loss", "optimizer", "init", "epochs"];
+const KEYS: &[&str] = &["data", "loss", "optimizer", "init", "epochs", "metrics"];
 
 impl Program {
     /// An error at `span` in this program's sources (for downstream checks of
@@ -101,7 +104,23 @@ impl Program {
                 other => return Err(diag(e.span, format!("`epochs` must be a positive int, got {}", other.describe(&lw.graph)))),
             },
         };
-        Ok(TrainConfig { model: def.model.name.clone(), data, loss: loss.name, optimizer, init, epochs, span: def.span })
+        let metrics = match found.get("metrics") {
+            None => Vec::new(),
+            Some((e, _)) => {
+                let items = match &e.kind {
+                    ExprKind::Tuple(items) => items.iter().collect(),
+                    _ => vec![*e],
+                };
+                items
+                    .into_iter()
+                    .map(|m| match &m.kind {
+                        ExprKind::Name(n) => Ok((n.clone(), m.span)),
+                        _ => Err(diag(m.span, "a metric is a name, such as `accuracy` or `log_rmse`")),
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        Ok(TrainConfig { model: def.model.name.clone(), data, loss: loss.name, optimizer, init, epochs, metrics, span: def.span })
     }
 }
 
