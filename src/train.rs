@@ -169,7 +169,7 @@ pub fn load_data(program: &Program, spec: &Spec, opts: &TrainOptions) -> Result<
 
 /// Reads `optimizer = sgd(lr=.., momentum=.., weight_decay=.., clip=..)` or `adam(...)`.
 pub fn update_spec(program: &Program, spec: &Spec) -> Result<UpdateSpec, Error> {
-    let common = ["lr", "weight_decay", "decay", "clip"];
+    let common = ["lr", "weight_decay", "decay", "clip", "lr_scale"];
     let optimizer = match spec.name.as_str() {
         "sgd" => {
             check_keys(program, spec, &[&common[..], &["momentum"]].concat())?;
@@ -190,6 +190,21 @@ pub fn update_spec(program: &Program, spec: &Spec) -> Result<UpdateSpec, Error> 
     let mut update = UpdateSpec::new(optimizer);
     update.weight_decay = number(program, spec, "weight_decay")?.unwrap_or(0.0);
     update.clip_norm = number(program, spec, "clip")?;
+    // lr_scale=(("linear_2", 10.0),): multiply the learning rate of every
+    // parameter whose name starts with the prefix (the course's fine-tuning).
+    if let Some((v, span)) = kw(spec, "lr_scale") {
+        let bad = || program.error_at(*span, "`lr_scale` is a tuple of (name prefix, factor) pairs, e.g. ((\"linear_2\", 10.0),)");
+        let Value::Tuple(pairs) = v else { return Err(bad().into()) };
+        for pair in pairs {
+            match pair {
+                Value::Tuple(p) if p.len() == 2 => match (&p[0], p[1].as_f64()) {
+                    (Value::Str(prefix), Some(factor)) if factor.is_finite() => update.lr_scale.push((prefix.clone(), factor)),
+                    _ => return Err(bad().into()),
+                },
+                _ => return Err(bad().into()),
+            }
+        }
+    }
     update.decay_weights_only = match kw(spec, "decay") {
         None => false,
         Some((Value::Str(s), _)) if s == "weights" => true,

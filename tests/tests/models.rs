@@ -97,3 +97,15 @@ fn graph_ir_snapshots() {
         }
     }
 }
+
+#[test]
+fn use_imports_blocks_from_other_files_and_cycles_end() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lib")).unwrap();
+    std::fs::write(dir.path().join("lib/double.d2l"), "use \"../main.d2l\"\nblock double(x) {\n    return x * 2.0\n}\n").unwrap();
+    let main = dir.path().join("main.d2l");
+    std::fs::write(&main, "use \"lib/double.d2l\"\nmodel m(x: f32[B, 2]) -> f32[B, 2] {\n    return double(x)\n}\n").unwrap();
+    let program = d2l_dsl::Program::load_file(&main).unwrap_or_else(|e| panic!("{e}"));
+    let lowered = lower(&program, "m", 3);
+    assert_eq!(lowered.graph.shape(lowered.graph.outputs()[0].1).0, vec![3, 2]);
+}

@@ -51,12 +51,18 @@ impl Program {
     /// Reads `path` and every file it `use`s (relative to the using file).
     pub fn load_file(path: &Path) -> Result<Program, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::plain(format!("cannot read {}: {e}", path.display())))?;
-        Program::load(&path.display().to_string(), &text, path.parent())
+        // The entry file counts as loaded, so a `use` cycle back to it ends.
+        let seen = path.canonicalize().into_iter().collect();
+        Program::load_inner(&path.display().to_string(), &text, path.parent(), seen)
     }
 
     /// Loads source text; `use` paths resolve against `base_dir` if given.
     pub fn load(name: &str, text: &str, base_dir: Option<&Path>) -> Result<Program, Error> {
-        let mut loader = Loader { prog: Program { sources: SourceMap::new(), defs: HashMap::new(), models: Vec::new(), trains: Vec::new() }, seen: Vec::new(), origin: BTreeMap::new() };
+        Program::load_inner(name, text, base_dir, Vec::new())
+    }
+
+    fn load_inner(name: &str, text: &str, base_dir: Option<&Path>, seen: Vec<PathBuf>) -> Result<Program, Error> {
+        let mut loader = Loader { prog: Program { sources: SourceMap::new(), defs: HashMap::new(), models: Vec::new(), trains: Vec::new() }, seen, origin: BTreeMap::new() };
         for (std_name, std_text) in STD_FILES {
             loader.add_source(std_name, std_text, None, true)?;
         }
