@@ -22,7 +22,7 @@
 use std::fmt::Write as _;
 
 use crate::ast::{
-    Arg, BinOp, DimPat, Expr, ExprKind, FuncDef, Ident, IndexItem, Item, Module, RetType, Stmt, TrainDef, TypeExpr, UnOp,
+    Arg, DimPat, Expr, ExprKind, FuncDef, Ident, IndexItem, Item, Module, RetType, Stmt, TrainDef, TypeExpr, UnOp,
 };
 
 /// Inline forms longer than this are written as trees instead.
@@ -176,7 +176,7 @@ impl Printer {
                 self.expr(child_depth, "", expr);
             }
             ExprKind::Binary { op, lhs, rhs } => {
-                self.line(head_depth, &format!("binary {}", binary_symbol(*op)));
+                self.line(head_depth, &format!("binary {}", op.symbol()));
                 self.expr(child_depth, "", lhs);
                 self.expr(child_depth, "", rhs);
             }
@@ -293,7 +293,7 @@ pub fn source(e: &Expr) -> String {
         },
         ExprKind::Unary { op: UnOp::Neg, expr } => format!("(-{})", source(expr)),
         ExprKind::Unary { op: UnOp::Not, expr } => format!("(not {})", source(expr)),
-        ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", source(lhs), binary_symbol(*op), source(rhs)),
+        ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", source(lhs), op.symbol(), source(rhs)),
         ExprKind::Pipe { lhs, rhs } => format!("({} |> {})", source(lhs), source(rhs)),
         ExprKind::Call { callee, args } => {
             let args: Vec<String> = args
@@ -392,26 +392,6 @@ fn unary_name(op: UnOp) -> &'static str {
     match op {
         UnOp::Neg => "neg",
         UnOp::Not => "not",
-    }
-}
-
-fn binary_symbol(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "+",
-        BinOp::Sub => "-",
-        BinOp::Mul => "*",
-        BinOp::Div => "/",
-        BinOp::Rem => "%",
-        BinOp::Pow => "**",
-        BinOp::MatMul => "@",
-        BinOp::Eq => "==",
-        BinOp::Ne => "!=",
-        BinOp::Lt => "<",
-        BinOp::Le => "<=",
-        BinOp::Gt => ">",
-        BinOp::Ge => ">=",
-        BinOp::And => "and",
-        BinOp::Or => "or",
     }
 }
 

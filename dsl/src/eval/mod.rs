@@ -685,7 +685,7 @@ impl<'p> Lowerer<'p> {
     fn binary(&mut self, op: BinOp, a: Value, b: Value, sa: Span, sb: Span, span: Span) -> Result<Value> {
         if !matches!(a, Value::Tensor(_)) && !matches!(b, Value::Tensor(_)) {
             return builtins::scalar_binary(op, &a, &b).ok_or_else(|| {
-                diag(span, format!("`{}` is not defined for {} and {}", binop_symbol(op), a.describe(&self.graph), b.describe(&self.graph)))
+                diag(span, format!("`{}` is not defined for {} and {}", op.symbol(), a.describe(&self.graph), b.describe(&self.graph)))
             });
         }
         self.at(span);
@@ -707,7 +707,7 @@ impl<'p> Lowerer<'p> {
         let x = self.lift(&a, like, sa)?;
         let y = self.lift(&b, like, sb)?;
         let (x, y) = self.graph.broadcast_pair(x, y).map_err(|e| {
-            diag(span, format!("`{}`: {}", binop_symbol(op), e.0))
+            diag(span, format!("`{}`: {}", op.symbol(), e.0))
                 .with_secondary(sa, format!("left: {}", Value::Tensor(x).describe(&self.graph)))
                 .with_secondary(sb, format!("right: {}", Value::Tensor(y).describe(&self.graph)))
         })?;
@@ -726,9 +726,9 @@ impl<'p> Lowerer<'p> {
             BinOp::Ge => g.compare(CmpOp::Ge, x, y),
             BinOp::And => g.binary(BinaryOp::Min, x, y),
             BinOp::Or => g.binary(BinaryOp::Max, x, y),
-            BinOp::Rem | BinOp::MatMul => return Err(diag(span, format!("`{}` is not defined on tensors", binop_symbol(op)))),
+            BinOp::Rem | BinOp::MatMul => return Err(diag(span, format!("`{}` is not defined on tensors", op.symbol()))),
         };
-        Ok(Value::Tensor(r.map_err(|e| diag(span, format!("`{}`: {}", binop_symbol(op), e.0)))?))
+        Ok(Value::Tensor(r.map_err(|e| diag(span, format!("`{}`: {}", op.symbol(), e.0)))?))
     }
 
     /// NumPy `@`: 1-D operands are promoted, an N-D left side against a 2-D
@@ -1020,26 +1020,6 @@ fn type_text(ty: &TypeExpr) -> String {
     match ty {
         TypeExpr::Tensor { dtype, dims, .. } => format!("{}{}", dtype.name, pattern_text(dims)),
         TypeExpr::Scalar { kind, .. } => format!("an {}", kind.name),
-    }
-}
-
-fn binop_symbol(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "+",
-        BinOp::Sub => "-",
-        BinOp::Mul => "*",
-        BinOp::Div => "/",
-        BinOp::Rem => "%",
-        BinOp::Pow => "**",
-        BinOp::MatMul => "@",
-        BinOp::Eq => "==",
-        BinOp::Ne => "!=",
-        BinOp::Lt => "<",
-        BinOp::Le => "<=",
-        BinOp::Gt => ">",
-        BinOp::Ge => ">=",
-        BinOp::And => "and",
-        BinOp::Or => "or",
     }
 }
 
