@@ -292,9 +292,13 @@ impl<'p> Lowerer<'p> {
     fn unify(&mut self, what: &str, dims: &[DimPat], actual: &[usize], type_span: Span, value_span: Span) -> Result<()> {
         let pattern = pattern_text(dims);
         let mismatch = |extra: String| {
-            diag(value_span, format!("{what} has shape {} but {pattern} was expected{extra}", Shape(actual.to_vec())))
-                .with_label("this value")
-                .with_secondary(type_span, "expected type declared here")
+            let d = diag(value_span, format!("{what} has shape {} but {pattern} was expected{extra}", Shape(actual.to_vec())));
+            // A fed input has no source text of its own: point at its type only.
+            if type_span == value_span {
+                d.with_label("expected type declared here")
+            } else {
+                d.with_label("this value").with_secondary(type_span, "expected type declared here")
+            }
         };
         let ellipsis = dims.iter().position(|d| matches!(d, DimPat::Ellipsis(_)));
         let fixed = dims.len() - usize::from(ellipsis.is_some());
