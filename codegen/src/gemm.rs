@@ -1,0 +1,399 @@
+//! Single-precision GEMM, `C = A·B (+ C)`, for `matmul` and convolutions.
+//!
+//! BLIS loop order: B is packed in `KC × NC` blocks of `NR`-wide panels, A in
+//! `MC × KC` blocks of `MR`-tall panels, and a register-blocked micro-kernel
+//! multiplies one A panel by one B panel. Packing reads any strides, so
+//! transposed and broadcast operands (what autodiff produces) cost nothing
+//! extra. The packing buffers are allocated once per compiled program
+//! ([`Scratch`]); a multiplication allocates nothing.
+//!
+//! The micro-kernel is 6×16 with AVX2+FMA (12 accumulators; runtime
+//! detection), else portable Rust that LLVM vectorises for the baseline
+//! target. Why not the `gemm` crate: it allocates its packing buffers on
+//! every call (gemm-common 0.19 `gemm.rs`: `MemBuffer::new`,
+//! `vec![false; mc / MR]`), and steps must not allocate; measured on the
+//! shapes of the course's models this kernel is on par with it (see
+//! README "Performance").
+
+use crate::pool::Pool;
+
+pub const MR: usize = 6;
+pub const NR: usize = 16;
+const KC: usize = 256;
+const MC: usize = 120;
+const NC: usize = 2048;
+/// Below this many multiply-adds, a direct loop beats packing.
+const SMALL: usize = 4096;
+/// Below this many multiply-adds per thread, one thread does it all.
+const PER_THREAD: usize = 1 << 17;
+
+/// A read-only strided matrix: element `(i, j)` is at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl MatRef {
+    /// # Safety
+    /// `(i, j)` must be inside the matrix.
+    #[inline(always)]
+    unsafe fn at(&self, i: usize, j: usize) -> f32 {
+        unsafe { *self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
+    }
+
+    fn shifted(&self, i: usize, j: usize) -> MatRef {
+        MatRef { ptr: self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs), ..*self }
+    }
+}
+
+// SAFETY: descriptors only; parallel parts read shared inputs and write
+// disjoint blocks of the output.
+unsafe impl Send for MatRef {}
+unsafe impl Sync for MatRef {}
+unsafe impl Send for MatMut {}
+unsafe impl Sync for MatMut {}
+
+/// A row-major output: element `(i, j)` at `ptr + i·rs + j`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatMut {
+    pub ptr: *mut f32,
+    pub rs: isize,
+}
+
+impl MatMut {
+    fn shifted(&self, i: usize, j: usize) -> MatMut {
+        MatMut { ptr: self.ptr.wrapping_offset(i as isize * self.rs + j as isize), ..*self }
+    }
+}
+
+/// Packing buffers of one thread.
+pub struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Scratch {
+    /// Buffers for products with up to `max_n` columns.
+    pub fn new(max_n: usize) -> Scratch {
+        let nc = max_n.clamp(NR, NC).next_multiple_of(NR);
+        Scratch { a: vec![0.0; MC * KC], b: vec![0.0; KC * nc] }
+    }
+
+    fn nc(&self) -> usize {
+        self.b.len() / KC
+    }
+}
+
+/// One scratch per thread of a pool, each used by one part of a job at a time.
+pub struct Scratches(Vec<std::cell::UnsafeCell<Scratch>>);
+
+// SAFETY: part `i` of a job uses only scratch `i`, and parts run on distinct
+// threads; a single-threaded call uses scratch 0 alone.
+unsafe impl Sync for Scratches {}
+
+impl Scratches {
+    pub fn new(threads: usize, max_n: usize) -> Scratches {
+        Scratches((0..threads.max(1)).map(|_| std::cell::UnsafeCell::new(Scratch::new(max_n))).collect())
+    }
+
+    /// # Safety
+    /// No other reference to scratch `i` may be alive.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn get(&self, i: usize) -> &mut Scratch {
+        unsafe { &mut *self.0[i].get() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+type MicroKernel = unsafe fn(usize, *const f32, *const f32, MatMut, usize, usize, bool);
+
+fn micro_kernel() -> MicroKernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return x86::kernel_6x16;
+    }
+    portable_kernel
+}
+
+/// `C = A·B`, or `C += A·B` when `accumulate`, with `A` `m × k` and `B` `k × n`.
+///
+/// # Safety
+/// The matrices must be valid for those shapes; `C` must not overlap `A` or `B`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMut, accumulate: bool, scratch: &mut Scratch) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || m * n * k <= SMALL {
+        unsafe { small(m, n, k, a, b, c, accumulate) };
+        return;
+    }
+    let kernel = micro_kernel();
+    let nc_max = scratch.nc();
+    for jc in (0..n).step_by(nc_max) {
+        let nc = nc_max.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            unsafe { pack_b(kc, nc, b.shifted(pc, jc), scratch.b.as_mut_ptr()) };
+            let load_c = accumulate || pc > 0;
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                unsafe { pack_a(mc, kc, a.shifted(ic, pc), scratch.a.as_mut_ptr()) };
+                for jr in (0..nc).step_by(NR) {
+                    for ir in (0..mc).step_by(MR) {
+                        unsafe {
+                            kernel(
+                                kc,
+                                scratch.a.as_ptr().add(ir * kc),
+                                scratch.b.as_ptr().add(jr * kc),
+                                c.shifted(ic + ir, jc + jr),
+                                MR.min(mc - ir),
+                                NR.min(nc - jr),
+                                load_c,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`sgemm`] split over the pool's threads when it is big enough: by
+/// column panels when `C` is wide, else by row panels.
+///
+/// # Safety
+/// As [`sgemm`]; `scratches` has one entry per pool thread and no other
+/// user during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool) {
+    let work = m * n * k;
+    let threads = pool.threads().min(scratches.len()).min(work / PER_THREAD).max(1);
+    if threads == 1 {
+        unsafe { sgemm(m, n, k, a, b, c, accumulate, scratches.get(0)) };
+        return;
+    }
+    // Split the dimension with more micro-tiles.
+    let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
+    let (extent, unit) = if by_cols { (n, NR) } else { (m, MR) };
+    let chunk = extent.div_ceil(unit).div_ceil(threads) * unit;
+    let parts = extent.div_ceil(chunk);
+    pool.run(parts, &move |part| {
+        let start = part * chunk;
+        let len = chunk.min(extent - start);
+        // SAFETY: part `part` is the only user of scratch `part`.
+        let scratch = unsafe { scratches.get(part) };
+        unsafe {
+            if by_cols {
+                sgemm(m, len, k, a, b.shifted(0, start), c.shifted(0, start), accumulate, scratch);
+            } else {
+                sgemm(len, n, k, a.shifted(start, 0), b, c.shifted(start, 0), accumulate, scratch);
+            }
+        }
+    });
+}
+
+/// Direct loops for tiny products, where packing costs more than it saves.
+unsafe fn small(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMut, accumulate: bool) {
+    for i in 0..m {
+        let row = c.shifted(i, 0).ptr;
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for p in 0..k {
+                acc = unsafe { a.at(i, p) }.mul_add(unsafe { b.at(p, j) }, acc);
+            }
+            unsafe {
+                let dst = row.add(j);
+                *dst = if accumulate { *dst + acc } else { acc };
+            }
+        }
+    }
+}
+
+/// Packs an `mc × kc` block of A as `MR`-row panels, each `kc` columns of
+/// `MR` consecutive values (zero-padded rows at the bottom edge).
+unsafe fn pack_a(mc: usize, kc: usize, a: MatRef, dst: *mut f32) {
+    let mut d = dst;
+    for ir in (0..mc).step_by(MR) {
+        let rows = MR.min(mc - ir);
+        let panel = a.shifted(ir, 0);
+        unsafe {
+            if rows == MR && panel.rs == 1 {
+                for p in 0..kc {
+                    std::ptr::copy_nonoverlapping(panel.ptr.offset(p as isize * panel.cs), d, MR);
+                    d = d.add(MR);
+                }
+            } else {
+                for p in 0..kc {
+                    for i in 0..MR {
+                        *d.add(i) = if i < rows { panel.at(i, p) } else { 0.0 };
+                    }
+                    d = d.add(MR);
+                }
+            }
+        }
+    }
+}
+
+/// Packs a `kc × nc` block of B as `NR`-column panels, each `kc` rows of
+/// `NR` consecutive values (zero-padded columns at the right edge).
+unsafe fn pack_b(kc: usize, nc: usize, b: MatRef, dst: *mut f32) {
+    let mut d = dst;
+    for jr in (0..nc).step_by(NR) {
+        let cols = NR.min(nc - jr);
+        let panel = b.shifted(0, jr);
+        unsafe {
+            if cols == NR && panel.cs == 1 {
+                for p in 0..kc {
+                    std::ptr::copy_nonoverlapping(panel.ptr.offset(p as isize * panel.rs), d, NR);
+                    d = d.add(NR);
+                }
+            } else {
+                for p in 0..kc {
+                    for j in 0..NR {
+                        *d.add(j) = if j < cols { panel.at(p, j) } else { 0.0 };
+                    }
+                    d = d.add(NR);
+                }
+            }
+        }
+    }
+}
+
+/// Multiplies a packed A panel by a packed B panel into the `rows × cols`
+/// corner of a `MR × NR` tile of C.
+unsafe fn portable_kernel(kc: usize, a: *const f32, b: *const f32, c: MatMut, rows: usize, cols: usize, load_c: bool) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..kc {
+        let (ap, bp) = unsafe { (std::slice::from_raw_parts(a.add(p * MR), MR), std::slice::from_raw_parts(b.add(p * NR), NR)) };
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i][j] = ap[i].mul_add(bp[j], acc[i][j]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(rows) {
+        let dst = c.shifted(i, 0).ptr;
+        for (j, &v) in row.iter().enumerate().take(cols) {
+            unsafe {
+                let d = dst.add(j);
+                *d = if load_c { *d + v } else { v };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, MatMut, NR};
+
+    /// The 6×16 AVX2+FMA micro-kernel: 12 ymm accumulators, two B vectors
+    /// and one broadcast A value per step (FMA-bound, not load-bound).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; panels hold `kc` packed steps.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: MatMut, rows: usize, cols: usize, load_c: bool) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add(i));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            }
+            if cols == NR {
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    let dst = c.ptr.offset(i as isize * c.rs);
+                    let (mut v0, mut v1) = (row[0], row[1]);
+                    if load_c {
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(dst));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(dst.add(8)));
+                    }
+                    _mm256_storeu_ps(dst, v0);
+                    _mm256_storeu_ps(dst.add(8), v1);
+                }
+            } else {
+                // Right edge: masked loads and stores touch only `cols` columns.
+                let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols as i32), lane);
+                let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols as i32 - 8), lane);
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    let dst = c.ptr.offset(i as isize * c.rs);
+                    let (mut v0, mut v1) = (row[0], row[1]);
+                    if load_c {
+                        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(dst, m0));
+                        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(dst.add(8), m1));
+                    }
+                    _mm256_maskstore_ps(dst, m0, v0);
+                    _mm256_maskstore_ps(dst.add(8), m1, v1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32]) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    let av = if a_t { a[p * m + i] } else { a[i * k + p] };
+                    s += av as f64 * b[p * n + j] as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_a_reference_on_edges_and_transposes() {
+        let pool = crate::pool::pool();
+        for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70)] {
+            for a_t in [false, true] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+                let want = reference(m, n, k, &a, a_t, &b);
+                let am = if a_t { MatRef { ptr: a.as_ptr(), rs: 1, cs: m as isize } } else { MatRef { ptr: a.as_ptr(), rs: k as isize, cs: 1 } };
+                let bm = MatRef { ptr: b.as_ptr(), rs: n as isize, cs: 1 };
+                for threads in [1, 2] {
+                    let scratches = Scratches::new(pool.threads(), n);
+                    let mut c = vec![1.0f32; m * n];
+                    unsafe {
+                        if threads == 1 {
+                            sgemm(m, n, k, am, bm, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, scratches.get(0));
+                        } else {
+                            sgemm_parallel(m, n, k, am, bm, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, &scratches, pool);
+                        }
+                    }
+                    for (got, want) in c.iter().zip(&want) {
+                        assert!((got - 1.0 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} a_t={a_t}: {got} vs {}", want + 1.0);
+                    }
+                }
+            }
+        }
+    }
+}
