@@ -117,6 +117,9 @@ enum Stage {
     Grad,
     /// The whole training step: gradients plus the optimizer update, simplified.
     Opt,
+    /// The kernels fusion makes of the training step (of the forward graph
+    /// for a model without a `train` block): what each loop computes and stores.
+    Fused,
 }
 
 #[derive(Args)]
@@ -284,6 +287,17 @@ fn ir(args: &ModelArgs, stage: Stage, locs: bool) -> Result<(), Error> {
             let dims = args.dims.iter().cloned().collect();
             let graph = d2l::train::stage_graph(&compiled.program, &model, which, 1, &dims)?;
             print!("{}", d2l_ir::text::print(&graph, locs));
+        }
+        Stage::Fused => {
+            let compiled = load(args, 0)?;
+            let model = pick_model(&compiled, args)?;
+            let graph = if compiled.program.train_config(&model).is_ok() {
+                let dims = args.dims.iter().cloned().collect();
+                d2l::train::stage_graph(&compiled.program, &model, d2l::train::TrainStage::Opt, 1, &dims)?
+            } else {
+                d2l_passes::simplify(&compiled.program.lower(&model, &trace_options(args))?.graph)
+            };
+            print!("{}", d2l_passes::fusion::text(&graph, &d2l_passes::fusion::fuse(&graph)));
         }
     }
     Ok(())

@@ -7,8 +7,12 @@
 //!   elimination, constant folding and a few algebraic identities; and
 //!   [`promote_f64`], which gradient checks use to run a graph in double
 //!   precision.
+//! - [`fusion`]: partitions a graph into kernels (elementwise chains,
+//!   reductions with their producers, GEMM epilogues, routines), what
+//!   `d2l ir --stage fused` prints and codegen compiles.
 
 pub mod autodiff;
+pub mod fusion;
 pub mod optimizer;
 pub mod simplify;
 
