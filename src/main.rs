@@ -59,6 +59,9 @@ enum Command {
         /// Continue from the checkpoint in --out (parameters, optimizer state, epoch).
         #[arg(long)]
         resume: bool,
+        /// Minibatch size, instead of the train block's.
+        #[arg(long, value_name = "N")]
+        batch: Option<usize>,
         /// Train and test on the first N examples only (quick runs).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
@@ -161,8 +164,8 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Check(args) => check(&args),
         Command::Summary(args) => summary(&args),
         Command::Ir { model, stage, locs } => ir(&model, stage, locs),
-        Command::Train { model, epochs, data, out, seed, resume, limit, backend } => {
-            let opts = d2l::train::TrainOptions { data_dir: data, epochs, limit, seed, backend: backend.into() };
+        Command::Train { model, epochs, data, out, seed, resume, batch, limit, backend } => {
+            let opts = d2l::train::TrainOptions { data_dir: data, epochs, limit, seed, backend: backend.into(), batch };
             train(&model, &opts, &out, resume)
         }
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
@@ -363,14 +366,14 @@ fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: 
     let style = indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
         .expect("valid template")
         .progress_chars("=> ");
-    let batch_opts = d2l_runtime::data::BatchOptions::new(run.data.batch).seed(d2l::train::derive_seed(opts.seed, d2l::train::Stream::Shuffle));
+    let batch_opts = run.data.train_batches(d2l::train::derive_seed(opts.seed, d2l::train::Stream::Shuffle));
     while run.trainer.epoch < run.epochs {
         let bar = indicatif::ProgressBar::new(0).with_style(style.clone()).with_prefix((run.trainer.epoch + 1).to_string());
         let mut progress = Bar(bar);
         let train = run.trainer.train_epoch(&run.data.train, &batch_opts, &mut progress).map_err(|e| Error::Usage(e.to_string()))?;
         progress.0.finish_and_clear();
         let test = match &run.data.test {
-            Some(t) => Some(run.trainer.evaluate(t, run.data.batch).map_err(|e| Error::Usage(e.to_string()))?),
+            Some(t) => Some(run.data.evaluate(&mut run.trainer, t)?),
             None => None,
         };
         let entry = EpochLog { epoch: run.trainer.epoch, train, test };

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use d2l_dsl::{LossSpec, LowerOptions, Program, Spec, TrainConfig, Value};
 use d2l_ir::{DType, Graph, Init, Op, Shape};
 use d2l_passes::optimizer::{Optimizer, UpdateSpec, append_update};
-use d2l_runtime::data::{self, Split, TensorDataset};
+use d2l_runtime::data::{self, BatchOptions, Split, TensorDataset};
 use d2l_runtime::train::{Metrics, StateSpec, TrainGraphs, Trainer};
 use d2l_runtime::{Tensor, init_params};
 
@@ -45,6 +45,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// What executes the graphs.
     pub backend: d2l_runtime::Backend,
+    /// Replaces the train block's batch size (quick runs, step-time comparisons).
+    pub batch: Option<usize>,
 }
 
 /// The data a run trains and evaluates on.
@@ -56,6 +58,73 @@ pub struct Datasets {
     pub source: String,
     /// K-fold cross-validation on the training set instead of a test set.
     pub folds: Option<usize>,
+    /// Applied to each minibatch as it is cut (the stored images keep their size).
+    pub transform: ImageTransform,
+}
+
+/// The image transforms of a data source (`resize=`, `flip=`), as the
+/// course's `load_data_fashion_mnist(resize=...)` and augmentations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageTransform {
+    /// Bilinear resize to (height, width), like torchvision's `Resize`.
+    pub resize: Option<(usize, usize)>,
+    /// Flip training images left-right with probability 1/2 (never when evaluating).
+    pub hflip: bool,
+}
+
+/// Resized evaluation sets are transformed this many batches at a time, so
+/// memory stays bounded (10,000 images at 224x224 would be 2 GB).
+const EVAL_CHUNK_BATCHES: usize = 8;
+
+impl Datasets {
+    /// How training minibatches are cut: shuffled with `seed`, then transformed.
+    pub fn train_batches(&self, seed: u64) -> BatchOptions {
+        let opts = BatchOptions::new(self.batch).seed(seed).random_hflip(self.transform.hflip);
+        match self.transform.resize {
+            Some((h, w)) => opts.resize(h, w),
+            None => opts,
+        }
+    }
+
+    /// The features of one example as the model sees them (after resizing).
+    pub fn example_shape(&self) -> Vec<usize> {
+        let mut shape = self.train.features().shape().0[1..].to_vec();
+        if let (Some((h, w)), n) = (self.transform.resize, shape.len())
+            && n >= 2
+        {
+            shape[n - 2] = h;
+            shape[n - 1] = w;
+        }
+        shape
+    }
+
+    /// Loss and metrics of the trainer's model on `set` (these datasets or a
+    /// subset of them), in evaluation mode: resized, never flipped.
+    pub fn evaluate(&self, trainer: &mut Trainer, set: &TensorDataset) -> Result<Metrics, Error> {
+        let run_err = |e: d2l_runtime::train::TrainError| Error::Usage(e.to_string());
+        let Some((h, w)) = self.transform.resize else {
+            return trainer.evaluate(set, self.batch).map_err(run_err);
+        };
+        // The trainer batches stored tensors as they are: resize whole
+        // batches a chunk at a time and combine the chunks' figures.
+        let opts = BatchOptions::new(self.batch * EVAL_CHUNK_BATCHES).shuffle(false).resize(h, w);
+        let mut total = Metrics::default();
+        let (mut loss_sum, mut correct) = (0.0, None::<f64>);
+        for (x, y) in set.batches(&opts, 0).map_err(|e| Error::Usage(e.to_string()))? {
+            let chunk = TensorDataset::new(x, y).map_err(|e| Error::Usage(e.to_string()))?;
+            let m = trainer.evaluate(&chunk, self.batch).map_err(run_err)?;
+            loss_sum += m.loss * m.examples as f64;
+            if let Some(a) = m.accuracy {
+                *correct.get_or_insert(0.0) += a * m.examples as f64;
+            }
+            total.examples += m.examples;
+            total.seconds += m.seconds;
+        }
+        let n = total.examples.max(1) as f64;
+        total.loss = if total.examples == 0 { f64::NAN } else { loss_sum / n };
+        total.accuracy = correct.map(|c| c / n);
+        Ok(total)
+    }
 }
 
 /// Everything `d2l train` needs, ready to run.
@@ -67,7 +136,7 @@ pub struct Training {
     pub param_count: usize,
 }
 
-const DATA_SOURCES: &str = "fashion_mnist(batch=..), mnist(batch=..), synthetic_linear(w=.., b=.., n=.., batch=..), house_prices(batch=.., folds=..)";
+const DATA_SOURCES: &str = "fashion_mnist(batch=.., resize=.., flip=..), mnist(batch=.., resize=.., flip=..), synthetic_linear(w=.., b=.., n=.., batch=..), house_prices(batch=.., folds=..), edge_detection(batch=..)";
 
 fn kw<'a>(spec: &'a Spec, key: &str) -> Option<&'a (Value, d2l_dsl::ast::Span)> {
     spec.kwargs.get(key)
@@ -109,13 +178,14 @@ pub fn load_data(program: &Program, spec: &Spec, opts: &TrainOptions) -> Result<
     let data_err = |e: data::DataError| Error::Usage(e.to_string());
     let mut sets = match spec.name.as_str() {
         "fashion_mnist" | "mnist" => {
-            check_keys(program, spec, &["batch"])?;
+            check_keys(program, spec, &["batch", "resize", "flip"])?;
             let batch = need_batch()?;
+            let transform = image_transform(program, spec)?;
             let folder = if spec.name == "mnist" { "mnist" } else { "fashion-mnist" };
             let dir = data::find_dataset(folder, opts.data_dir.as_deref()).map_err(data_err)?;
             let train = data::load_mnist_like(&dir, Split::Train).map_err(data_err)?.to_tensor_dataset();
             let test = data::load_mnist_like(&dir, Split::Test).map_err(data_err)?.to_tensor_dataset();
-            Datasets { train, test: Some(test), batch, source: format!("{} ({})", spec.name, dir.display()), folds: None }
+            Datasets { train, test: Some(test), batch, source: format!("{} ({})", spec.name, dir.display()), folds: None, transform }
         }
         "synthetic_linear" => {
             check_keys(program, spec, &["w", "dims", "b", "n", "n_test", "batch"])?;
@@ -142,7 +212,7 @@ pub fn load_data(program: &Program, spec: &Spec, opts: &TrainOptions) -> Result<
                 }
                 None => None,
             };
-            Datasets { train, test, batch, source: format!("synthetic_linear (n={n}, {} features)", w.len()), folds: None }
+            Datasets { train, test, batch, source: format!("synthetic_linear (n={n}, {} features)", w.len()), folds: None, transform: ImageTransform::default() }
         }
         "house_prices" => {
             check_keys(program, spec, &["batch", "folds"])?;
@@ -155,16 +225,58 @@ pub fn load_data(program: &Program, spec: &Spec, opts: &TrainOptions) -> Result<
             let h = data::load_house_prices(&dir).map_err(data_err)?;
             let features = h.train_features.shape().0[1];
             let train = TensorDataset::new(h.train_features, h.train_labels).map_err(data_err)?;
-            Datasets { train, test: None, batch, source: format!("house_prices ({}, {features} features)", dir.display()), folds }
+            Datasets { train, test: None, batch, source: format!("house_prices ({}, {features} features)", dir.display()), folds, transform: ImageTransform::default() }
+        }
+        "edge_detection" => {
+            check_keys(program, spec, &["batch"])?;
+            let batch = need_batch()?;
+            let (x, y) = edge_detection_data();
+            let train = TensorDataset::new(x, y).map_err(data_err)?;
+            Datasets { train, test: None, batch, source: "edge_detection (one 6x8 image and its edges)".into(), folds: None, transform: ImageTransform::default() }
         }
         other => return Err(program.error_at(spec.span, format!("unknown data source `{other}` (known: {DATA_SOURCES})")).into()),
     };
+    if let Some(batch) = opts.batch {
+        sets.batch = batch.max(1);
+    }
     if let Some(limit) = opts.limit {
         let head = |d: &TensorDataset| -> Result<TensorDataset, Error> { d.select(&(0..limit.min(d.len())).collect::<Vec<_>>()).map_err(data_err) };
         sets.train = head(&sets.train)?;
         sets.test = sets.test.as_ref().map(head).transpose()?;
     }
     Ok(sets)
+}
+
+/// Reads `resize=N` or `resize=(H, W)` and `flip=true|false`.
+fn image_transform(program: &Program, spec: &Spec) -> Result<ImageTransform, Error> {
+    let side = |v: &Value| match v {
+        Value::Int(n) if (1..=4096).contains(n) => Some(*n as usize),
+        _ => None,
+    };
+    let resize = match kw(spec, "resize") {
+        None => None,
+        Some((Value::Tuple(hw), span)) => match &hw[..] {
+            [h, w] => Some(side(h).zip(side(w)).ok_or_else(|| program.error_at(*span, "`resize` sides must be ints in 1..=4096"))?),
+            _ => return Err(program.error_at(*span, "`resize` is N or (height, width)").into()),
+        },
+        Some((v, span)) => Some(side(v).map(|n| (n, n)).ok_or_else(|| program.error_at(*span, "`resize` is N or (height, width), ints in 1..=4096"))?),
+    };
+    let hflip = match kw(spec, "flip") {
+        None => false,
+        Some((Value::Bool(b), _)) => *b,
+        Some((_, span)) => return Err(program.error_at(*span, "`flip` is true or false").into()),
+    };
+    Ok(ImageTransform { resize, hflip })
+}
+
+/// The course's §19 data: a 6x8 image, white (1) with a black (0) band in
+/// columns 2..6, and its edges, the image cross-correlated with [[1, -1]]:
+/// 1 where white turns black, -1 where black turns white, 0 elsewhere.
+pub fn edge_detection_data() -> (Tensor, Tensor) {
+    let (h, w) = (6, 8);
+    let x: Vec<f32> = (0..h * w).map(|i| if (2..6).contains(&(i % w)) { 0.0 } else { 1.0 }).collect();
+    let y: Vec<f32> = (0..h).flat_map(|r| (0..w - 1).map(move |c| (r, c))).map(|(r, c)| x[r * w + c] - x[r * w + c + 1]).collect();
+    (Tensor::from_f32(&[1, 1, h, w], x), Tensor::from_f32(&[1, 1, h, w - 1], y))
 }
 
 /// Reads `optimizer = sgd(lr=.., momentum=.., weight_decay=.., clip=..)` or `adam(...)`.
@@ -239,7 +351,7 @@ fn batch_sizes(n: usize, batch: usize) -> Vec<usize> {
 pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Training, Error> {
     let config = program.train_config(model)?;
     let data = load_data(program, &config.data, opts)?;
-    let (trainer, param_count) = build_trainer(program, model, &config, &data.train, data.test.as_ref(), data.batch, opts)?;
+    let (trainer, param_count) = build_trainer(program, model, &config, &data, &data.train, data.test.as_ref(), opts)?;
     let epochs = opts.epochs.unwrap_or(config.epochs);
     Ok(Training { config, data, trainer, epochs, param_count })
 }
@@ -247,17 +359,19 @@ pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Tr
 /// Metric names the trainer knows.
 const METRICS: &[&str] = &["accuracy", "log_rmse"];
 
-/// Builds the training-step and evaluation graphs for these datasets, and a
-/// trainer with freshly initialised parameters.
+/// Builds the training-step and evaluation graphs for `train` and `test`
+/// (`data` or subsets of it, which set the batch size and image transform),
+/// and a trainer with freshly initialised parameters.
 pub fn build_trainer(
     program: &Program,
     model: &str,
     config: &TrainConfig,
+    data: &Datasets,
     train: &TensorDataset,
     test: Option<&TensorDataset>,
-    batch: usize,
     opts: &TrainOptions,
 ) -> Result<(Trainer, usize), Error> {
+    let batch = data.batch;
     for (m, span) in &config.metrics {
         if !METRICS.contains(&m.as_str()) {
             return Err(program.error_at(*span, format!("unknown metric `{m}` (known: {})", METRICS.join(", "))).into());
@@ -265,7 +379,7 @@ pub fn build_trainer(
     }
     let update = update_spec(program, &config.optimizer)?;
     let input = data_input(program, model)?;
-    let x_tail = train.features().shape().0[1..].to_vec();
+    let x_tail = data.example_shape();
     let y_tail = train.labels().shape().0[1..].to_vec();
     let label_dtype = train.labels().dtype();
     let lower = |batch: usize, training: bool| -> Result<Graph, Error> {
@@ -296,7 +410,8 @@ pub fn build_trainer(
     }
     let first = step.values().next().expect("a dataset yields at least one batch size");
     let params = initial_params(first, config.init.as_ref(), derive_seed(opts.seed, Stream::Init));
-    let param_count = params.values().map(Tensor::numel).sum();
+    // Buffers (batch-norm statistics) are initialised too, but not counted.
+    let param_count = first.params().iter().map(|&p| first.shape(p).numel()).sum();
     let needs_step_counter = matches!(update.optimizer, Optimizer::Adam { .. });
     let log_rmse = config.metrics.iter().any(|(m, _)| m == "log_rmse");
     let graphs = TrainGraphs { step, eval, state, input, label: "label".into(), needs_step_counter, log_rmse };
@@ -322,13 +437,13 @@ pub fn k_fold(program: &Program, run: &Training, k: usize, opts: &TrainOptions, 
         let (train_idx, valid_idx) = data::k_fold(run.data.train.len(), k, i).map_err(data_err)?;
         let train = run.data.train.select(&train_idx).map_err(data_err)?;
         let valid = run.data.train.select(&valid_idx).map_err(data_err)?;
-        let (mut trainer, _) = build_trainer(program, &run.config.model, &run.config, &train, Some(&valid), run.data.batch, opts)?;
-        let batches = data::BatchOptions::new(run.data.batch).seed(derive_seed(opts.seed, Stream::Shuffle).wrapping_add(i as u64));
+        let (mut trainer, _) = build_trainer(program, &run.config.model, &run.config, &run.data, &train, Some(&valid), opts)?;
+        let batches = run.data.train_batches(derive_seed(opts.seed, Stream::Shuffle).wrapping_add(i as u64));
         for _ in 0..run.epochs {
             trainer.train_epoch(&train, &batches, &mut d2l_runtime::train::Silent).map_err(|e| Error::Usage(e.to_string()))?;
         }
-        let train_m = trainer.evaluate(&train, run.data.batch).map_err(|e| Error::Usage(e.to_string()))?;
-        let valid_m = trainer.evaluate(&valid, run.data.batch).map_err(|e| Error::Usage(e.to_string()))?;
+        let train_m = run.data.evaluate(&mut trainer, &train)?;
+        let valid_m = run.data.evaluate(&mut trainer, &valid)?;
         let result = FoldResult { fold: i + 1, train: train_m, valid: valid_m };
         on_fold(&result);
         results.push(result);
@@ -340,7 +455,9 @@ pub fn k_fold(program: &Program, run: &Training, k: usize, opts: &TrainOptions, 
 fn step_graph(forward: Graph, update: &UpdateSpec) -> Result<(Graph, Vec<StateSpec>), Error> {
     let grads = d2l_passes::differentiate_params(&forward, "loss", &d2l_passes::DiffOptions::default()).map_err(|e| Error::Usage(format!("autodiff: {e}")))?;
     let mut graph = grads.graph;
-    graph.retain_outputs(|n| n == "loss" || n == "output");
+    // `update:*` outputs are new buffer values (batch-norm statistics): the
+    // trainer feeds them back like optimizer state.
+    graph.retain_outputs(|n| n == "loss" || n == "output" || n.starts_with("update:"));
     let params = graph.params();
     let pairs: Vec<_> = params.iter().copied().zip(grads.grads.iter().copied()).collect();
     let slots = append_update(&mut graph, &pairs, update).map_err(|e| Error::Usage(e.to_string()))?;
@@ -485,6 +602,7 @@ fn label_type(program: &Program, spec: &Spec) -> Result<(DType, Vec<usize>), Err
     match spec.name.as_str() {
         "fashion_mnist" | "mnist" => Ok((DType::I64, vec![])),
         "synthetic_linear" | "house_prices" => Ok((DType::F32, vec![1])),
+        "edge_detection" => Ok((DType::F32, vec![1, 6, 7])),
         other => Err(program.error_at(spec.span, format!("unknown data source `{other}` (known: {DATA_SOURCES})")).into()),
     }
 }
