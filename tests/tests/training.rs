@@ -11,12 +11,12 @@ fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize) -
     let program = load(file);
     let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed: 1, ..TrainOptions::default() };
     let mut run = prepare(&program, model, &opts).unwrap_or_else(|e| panic!("{model}: {e}"));
-    let before = run.trainer.evaluate(&run.data.train, run.data.batch).unwrap().loss;
-    let batches = BatchOptions::new(run.data.batch).seed(1);
+    let before = run.data.evaluate(&mut run.trainer, &run.data.train).unwrap().loss;
+    let batches = run.data.train_batches(1);
     for _ in 0..epochs {
         run.trainer.train_epoch(&run.data.train, &batches, &mut Silent).unwrap();
     }
-    let after = run.trainer.evaluate(&run.data.train, run.data.batch).unwrap().loss;
+    let after = run.data.evaluate(&mut run.trainer, &run.data.train).unwrap().loss;
     (before, after)
 }
 
@@ -37,6 +37,21 @@ fn every_model_learns_on_a_small_subset() {
         ("house_prices.d2l", "house_prices", 512, 5, 0.95),
         ("weight_decay.d2l", "weight_decay_none", 20, 10, 0.2),
         ("weight_decay.d2l", "weight_decay", 20, 10, 0.2),
+        // One example, ten steps: the course's §19 run.
+        ("edge_detector.d2l", "edge_detector", 1, 10, 0.2),
+        // Batch norm lets LeNet's sigmoids learn fast (lr 1.0); enough steps
+        // (48) for the running statistics that evaluation uses to settle.
+        ("batchnorm_lenet.d2l", "batchnorm_lenet", 4096, 3, 0.7),
+        ("batchnorm_lenet.d2l", "batchnorm_lenet_concise", 4096, 3, 0.7),
+        // The big networks at the course's resolution: a couple of steps on
+        // a handful of examples (each step takes seconds in the interpreter).
+        ("alexnet.d2l", "alexnet", 16, 2, 0.997),
+        ("vgg.d2l", "vgg11", 16, 2, 0.99),
+        ("nin.d2l", "nin", 16, 2, 0.998),
+        ("googlenet.d2l", "googlenet", 16, 2, 0.99),
+        // Evaluation uses batch norm's running statistics, which need a few
+        // dozen steps to settle (momentum 0.9): more, smaller steps.
+        ("resnet.d2l", "resnet18", 8, 20, 0.9),
     ];
     let mut covered: Vec<String> = Vec::new();
     for (file, model, limit, epochs, ratio) in cases {
