@@ -1,5 +1,7 @@
 //! The `d2l` command: check, summarise, inspect and run `.d2l` models.
 
+mod image;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -77,13 +79,20 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
-    /// Run a model on inputs from .npy files and print (or save) its outputs.
+    /// Run a model on inputs from .npy files and print (or save) its outputs, or classify an image.
     Run {
         #[command(flatten)]
         model: ModelArgs,
         /// Input as NAME=FILE.npy, or just FILE.npy for a model with one input.
-        #[arg(long = "input", value_name = "[NAME=]FILE", required = true)]
+        #[arg(long = "input", value_name = "[NAME=]FILE", required_unless_present = "image")]
         inputs: Vec<String>,
+        /// Classify a picture instead: a PNG/JPEG file, or a dataset example such
+        /// as fashion-mnist:test:123; prints the most likely classes.
+        #[arg(long, value_name = "FILE|DATASET:SPLIT:INDEX", conflicts_with_all = ["inputs", "output"])]
+        image: Option<String>,
+        /// How many classes --image prints.
+        #[arg(long, default_value_t = 3, requires = "image")]
+        top: usize,
         /// Parameters from a safetensors checkpoint (default: freshly initialised with --seed).
         #[arg(long, value_name = "FILE")]
         params: Option<PathBuf>,
@@ -169,7 +178,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             train(&model, &opts, &out, resume)
         }
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
-        Command::Run { model, inputs, params, output, seed } => run_model(&model, &inputs, params.as_deref(), output.as_deref(), seed),
+        Command::Run { model, image: Some(spec), params, seed, top, .. } => {
+            let compiled = load(&model, seed)?;
+            let name = pick_model(&compiled, &model)?;
+            print!("{}", image::classify(&compiled, &name, &spec, params.as_deref(), top)?);
+            Ok(())
+        }
+        Command::Run { model, inputs, params, output, seed, .. } => run_model(&model, &inputs, params.as_deref(), output.as_deref(), seed),
     }
 }
 
