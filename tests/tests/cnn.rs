@@ -429,3 +429,52 @@ fn residual_gradients() {
     let tiny = "model tiny(x: f32[B, 2, 6, 6]) {\n    x = resnet_block(x, 3, 2)\n    return linear(flatten(global_avg_pool2d(x)), 4)\n}\n";
     gradcheck("resnet.d2l", tiny, "tiny");
 }
+
+// ---- image data sources ---------------------------------------------------
+
+fn image_program(data: &str) -> Program {
+    let src = format!(
+        "model m(x: f32[B, 1, 32, 32]) -> f32[B, 10] {{\n    return linear(flatten(x), 10)\n}}\n\ntrain m {{\n    data = {data}\n    loss = cross_entropy\n    optimizer = sgd(lr=0.1)\n}}\n"
+    );
+    Program::load("images.d2l", &src, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn fashion_mnist_resizes_and_flips_per_batch() {
+    use d2l::train::{ImageTransform, TrainOptions, prepare};
+    let program = image_program("fashion_mnist(batch=4, resize=32, flip=true)");
+    let mut run = prepare(&program, "m", &TrainOptions { limit: Some(40), ..TrainOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.data.transform, ImageTransform { resize: Some((32, 32)), hflip: true });
+    // The stored images keep their size; the model sees them resized.
+    assert_eq!(run.data.train.features().shape().0, vec![40, 1, 28, 28]);
+    assert_eq!(run.data.example_shape(), vec![1, 32, 32]);
+    let opts = run.data.train_batches(3);
+    assert_eq!((opts.resize, opts.random_hflip), (Some((32, 32)), true));
+    run.trainer.train_epoch(&run.data.train, &opts, &mut d2l_runtime::train::Silent).unwrap();
+    // Evaluation resizes a few batches at a time (here 32 examples, then 8)
+    // and combines them: the same figures as on the whole set resized at once.
+    let test = run.data.test.clone().unwrap();
+    let chunked = run.data.evaluate(&mut run.trainer, &test).unwrap();
+    let (x, y) = test.batches(&d2l_runtime::data::BatchOptions::new(40).shuffle(false).resize(32, 32), 0).unwrap().next().unwrap();
+    let whole = run.trainer.evaluate(&d2l_runtime::data::TensorDataset::new(x, y).unwrap(), 4).unwrap();
+    assert_eq!(chunked.examples, 40);
+    assert!((chunked.loss - whole.loss).abs() < 1e-9 && chunked.accuracy == whole.accuracy, "{chunked:?} vs {whole:?}");
+}
+
+#[test]
+fn bad_image_options_are_reported_at_the_source() {
+    use d2l::train::{TrainOptions, prepare};
+    for (data, message) in [
+        ("fashion_mnist(batch=4, resize=0)", "`resize` is N or (height, width)"),
+        ("fashion_mnist(batch=4, resize=(32, 32, 1))", "`resize` is N or (height, width)"),
+        ("fashion_mnist(batch=4, resize=(32, -1))", "`resize` sides must be ints"),
+        ("fashion_mnist(batch=4, flip=1)", "`flip` is true or false"),
+        ("edge_detection(batch=1, resize=8)", "takes no argument `resize`"),
+    ] {
+        let err = match prepare(&image_program(data), "m", &TrainOptions { limit: Some(8), ..TrainOptions::default() }) {
+            Ok(_) => panic!("{data} should be rejected"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(message) && err.contains("images.d2l:6:"), "{data}: {err}");
+    }
+}
