@@ -1,0 +1,224 @@
+//! The loop-level kernel representation shared by the CPU (Cranelift) and,
+//! later, GPU (PTX) backends.
+//!
+//! A [`LoopKernel`] is one perfect loop nest over `extents` (outermost
+//! first) whose body is a list of SSA instructions: strided loads from
+//! numbered buffer slots, constants, index arithmetic and the elementwise
+//! ops of the IR, then stores. A store with a `reduce` op combines into its
+//! destination instead of overwriting it; the destination's stride is 0 along
+//! the reduced loops. Every address is `slot base + (offset + Σ stride·i)`
+//! elements, so a backend needs no other indexing rule.
+
+use std::fmt::{self, Write};
+
+use d2l_ir::{BinaryOp, CmpOp, DType, ReduceOp, UnaryOp};
+
+/// A value computed by an instruction of the body (its index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Val(pub u32);
+
+/// `slot`'s buffer at element `offset + Σ strides[d] · i[d]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub slot: usize,
+    pub offset: i64,
+    pub strides: Vec<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inst {
+    Load { dtype: DType, access: Access },
+    Const { dtype: DType, value: f64 },
+    /// `offset + Σ strides[d] · i[d]` as an i64 (iota).
+    Index { offset: i64, strides: Vec<i64> },
+    Unary { op: UnaryOp, dtype: DType, x: Val },
+    Binary { op: BinaryOp, dtype: DType, a: Val, b: Val },
+    /// Compares two values of `dtype`; the result is bool.
+    Compare { op: CmpOp, dtype: DType, a: Val, b: Val },
+    Select { dtype: DType, cond: Val, a: Val, b: Val },
+    Cast { from: DType, to: DType, x: Val },
+}
+
+impl Inst {
+    /// The dtype of the value this instruction produces.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Inst::Load { dtype, .. } | Inst::Const { dtype, .. } => *dtype,
+            Inst::Index { .. } => DType::I64,
+            Inst::Unary { dtype, .. } | Inst::Binary { dtype, .. } | Inst::Select { dtype, .. } => *dtype,
+            Inst::Compare { .. } => DType::Bool,
+            Inst::Cast { to, .. } => *to,
+        }
+    }
+
+    pub fn operands(&self) -> Vec<Val> {
+        match self {
+            Inst::Load { .. } | Inst::Const { .. } | Inst::Index { .. } => vec![],
+            Inst::Unary { x, .. } | Inst::Cast { x, .. } => vec![*x],
+            Inst::Binary { a, b, .. } | Inst::Compare { a, b, .. } => vec![*a, *b],
+            Inst::Select { cond, a, b, .. } => vec![*cond, *a, *b],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Store {
+    pub value: Val,
+    pub dtype: DType,
+    pub access: Access,
+    /// Combine into the destination (which starts at the op's identity)
+    /// instead of overwriting it.
+    pub reduce: Option<ReduceOp>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopKernel {
+    pub name: String,
+    pub extents: Vec<usize>,
+    pub insts: Vec<Inst>,
+    pub stores: Vec<Store>,
+}
+
+impl LoopKernel {
+    pub fn new(name: impl Into<String>, extents: Vec<usize>) -> LoopKernel {
+        LoopKernel { name: name.into(), extents, insts: Vec::new(), stores: Vec::new() }
+    }
+
+    /// Appends an instruction, reusing an identical load, constant or index.
+    pub fn push(&mut self, inst: Inst) -> Val {
+        if matches!(inst, Inst::Load { .. } | Inst::Const { .. } | Inst::Index { .. })
+            && let Some(i) = self.insts.iter().position(|x| *x == inst)
+        {
+            return Val(i as u32);
+        }
+        self.insts.push(inst);
+        Val(self.insts.len() as u32 - 1)
+    }
+
+    pub fn numel(&self) -> usize {
+        self.extents.iter().product()
+    }
+
+    /// Every stride vector of the kernel (loads, indices, stores).
+    fn stride_vectors_mut(&mut self) -> impl Iterator<Item = &mut Vec<i64>> {
+        let insts = self.insts.iter_mut().filter_map(|i| match i {
+            Inst::Load { access, .. } => Some(&mut access.strides),
+            Inst::Index { strides, .. } => Some(strides),
+            _ => None,
+        });
+        insts.chain(self.stores.iter_mut().map(|s| &mut s.access.strides))
+    }
+
+    fn stride_vectors(&self) -> impl Iterator<Item = &Vec<i64>> {
+        let insts = self.insts.iter().filter_map(|i| match i {
+            Inst::Load { access, .. } => Some(&access.strides),
+            Inst::Index { strides, .. } => Some(strides),
+            _ => None,
+        });
+        insts.chain(self.stores.iter().map(|s| &s.access.strides))
+    }
+
+    /// Drops unit loops and merges neighbouring loops that every access
+    /// walks as one run (`stride[d] = stride[d+1] · extent[d+1]`), so the
+    /// innermost loop is as long as possible. Always leaves at least one loop.
+    pub fn normalize(&mut self) {
+        let keep: Vec<usize> = (0..self.extents.len()).filter(|&d| self.extents[d] != 1).collect();
+        let extents: Vec<usize> = keep.iter().map(|&d| self.extents[d]).collect();
+        for s in self.stride_vectors_mut() {
+            *s = keep.iter().map(|&d| s[d]).collect();
+        }
+        self.extents = extents;
+        let mut d = self.extents.len();
+        while d >= 2 {
+            d -= 1;
+            let inner = self.extents[d];
+            if self.stride_vectors().all(|s| s[d - 1] == s[d] * inner as i64) {
+                self.extents[d - 1] *= inner;
+                self.extents.remove(d);
+                for s in self.stride_vectors_mut() {
+                    let st = s.remove(d);
+                    s[d - 1] = st;
+                }
+            }
+        }
+        if self.extents.is_empty() || self.extents.contains(&0) {
+            let empty = self.extents.contains(&0);
+            self.extents = vec![if empty { 0 } else { 1 }];
+            for s in self.stride_vectors_mut() {
+                *s = vec![0];
+            }
+        }
+    }
+
+    /// Whether loop 0 can be split into ranges run independently (in
+    /// parallel, or per chunk of a convolution): no reduction along it.
+    pub fn splittable(&self) -> bool {
+        self.stores.iter().all(|s| s.reduce.is_none() || s.access.strides[0] != 0)
+    }
+}
+
+fn dt(d: DType) -> &'static str {
+    d.name()
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "b{}[", self.slot)?;
+        if self.offset != 0 {
+            write!(f, "{}; ", self.offset)?;
+        }
+        let s: Vec<String> = self.strides.iter().map(i64::to_string).collect();
+        write!(f, "{}]", s.join(" "))
+    }
+}
+
+impl fmt::Display for LoopKernel {
+    /// `kernel k3 [256, 10]` then one line per instruction and store.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "kernel {} {:?}", self.name, self.extents)?;
+        for (i, inst) in self.insts.iter().enumerate() {
+            let mut line = format!("  v{i}: {} = ", dt(inst.dtype()));
+            let _ = match inst {
+                Inst::Load { access, .. } => write!(line, "load {access}"),
+                Inst::Const { value, .. } => write!(line, "const {value}"),
+                Inst::Index { offset, strides } => write!(line, "index {offset} + {strides:?}·i"),
+                Inst::Unary { op, x, .. } => write!(line, "{op:?} v{}", x.0),
+                Inst::Binary { op, a, b, .. } => write!(line, "{op:?} v{}, v{}", a.0, b.0),
+                Inst::Compare { op, dtype, a, b } => write!(line, "{op:?}.{} v{}, v{}", dt(*dtype), a.0, b.0),
+                Inst::Select { cond, a, b, .. } => write!(line, "select v{}, v{}, v{}", cond.0, a.0, b.0),
+                Inst::Cast { from, x, .. } => write!(line, "cast.{} v{}", dt(*from), x.0),
+            };
+            writeln!(f, "{}", line.to_lowercase())?;
+        }
+        for s in &self.stores {
+            match s.reduce {
+                Some(op) => writeln!(f, "  {} {} v{}", format!("{op:?}").to_lowercase(), s.access, s.value.0)?,
+                None => writeln!(f, "  store {} v{}", s.access, s.value.0)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_merges_contiguous_loops_and_keeps_broadcasts_apart() {
+        // out[i, j] = x[i, j] + b[j] over [4, 1, 8]: the unit loop goes, and
+        // the bias (stride 0 along i) keeps the two loops apart.
+        let mut k = LoopKernel::new("t", vec![4, 1, 8]);
+        let x = k.push(Inst::Load { dtype: DType::F32, access: Access { slot: 1, offset: 0, strides: vec![8, 8, 1] } });
+        let b = k.push(Inst::Load { dtype: DType::F32, access: Access { slot: 2, offset: 0, strides: vec![0, 0, 1] } });
+        let y = k.push(Inst::Binary { op: BinaryOp::Add, dtype: DType::F32, a: x, b });
+        k.stores.push(Store { value: y, dtype: DType::F32, access: Access { slot: 3, offset: 0, strides: vec![8, 8, 1] }, reduce: None });
+        k.normalize();
+        assert_eq!(k.extents, vec![4, 8]);
+        // Without the bias everything is one run of 32.
+        k.insts[1] = Inst::Const { dtype: DType::F32, value: 1.0 };
+        k.normalize();
+        assert_eq!(k.extents, vec![32]);
+        assert!(k.splittable());
+    }
+}
