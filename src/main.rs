@@ -71,6 +71,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
         backend: BackendArg,
     },
+    /// Print the code generated for a model's loop kernels (of its training
+    /// step when it has a `train` block, else of its forward graph).
+    Emit {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Which code: Cranelift IR.
+        #[arg(long, value_enum, default_value_t = Target::Clif)]
+        target: Target,
+    },
     /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
     Fetch {
         /// fashion-mnist, mnist, time-machine, ... (see `d2l fetch --list`)
@@ -117,6 +126,12 @@ impl From<BackendArg> for d2l_runtime::Backend {
             BackendArg::Interp => d2l_runtime::Backend::Interpreter,
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    /// Cranelift IR of every loop kernel, with the kernel's loop-level form as comments.
+    Clif,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -177,6 +192,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let opts = d2l::train::TrainOptions { data_dir: data, epochs, limit, seed, backend: backend.into(), batch };
             train(&model, &opts, &out, resume)
         }
+        Command::Emit { model, target } => emit(&model, target),
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
         Command::Run { model, image: Some(spec), params, seed, top, .. } => {
             let compiled = load(&model, seed)?;
@@ -307,16 +323,30 @@ fn ir(args: &ModelArgs, stage: Stage, locs: bool) -> Result<(), Error> {
             print!("{}", d2l_ir::text::print(&graph, locs));
         }
         Stage::Fused => {
-            let compiled = load(args, 0)?;
-            let model = pick_model(&compiled, args)?;
-            let graph = if compiled.program.train_config(&model).is_ok() {
-                let dims = args.dims.iter().cloned().collect();
-                d2l::train::stage_graph(&compiled.program, &model, d2l::train::TrainStage::Opt, 1, &dims)?
-            } else {
-                d2l_passes::simplify(&compiled.program.lower(&model, &trace_options(args))?.graph)
-            };
+            let graph = step_or_forward(args)?;
             print!("{}", d2l_passes::fusion::text(&graph, &d2l_passes::fusion::fuse(&graph)));
         }
+    }
+    Ok(())
+}
+
+/// The graph the JIT compiles for a model: its training step when it has a
+/// `train` block, else its forward graph (unbound dims are 1, or --dim).
+fn step_or_forward(args: &ModelArgs) -> Result<d2l::Graph, Error> {
+    let compiled = load(args, 0)?;
+    let model = pick_model(&compiled, args)?;
+    if compiled.program.train_config(&model).is_ok() {
+        let dims = args.dims.iter().cloned().collect();
+        Ok(d2l::train::stage_graph(&compiled.program, &model, d2l::train::TrainStage::Opt, 1, &dims)?)
+    } else {
+        Ok(d2l_passes::simplify(&compiled.program.lower(&model, &trace_options(args))?.graph))
+    }
+}
+
+fn emit(args: &ModelArgs, target: Target) -> Result<(), Error> {
+    let graph = step_or_forward(args)?;
+    match target {
+        Target::Clif => print!("{}", d2l_codegen::clif_listing(&graph).map_err(|e| Error::Usage(e.to_string()))?),
     }
     Ok(())
 }

@@ -133,7 +133,7 @@ pub enum Source {
 pub enum Value {
     /// No output depends on it.
     Unused,
-    /// An input or parameter: the caller's buffer.
+    /// An input, parameter or state: the caller's buffer.
     Feed,
     /// A constant, an index expression or a strided view of another buffer:
     /// no kernel, its readers compute it.
@@ -407,7 +407,7 @@ impl Fuser<'_> {
     fn place(&mut self, id: NodeId) {
         let node = self.graph.node(id);
         match &node.op {
-            Op::Input { .. } | Op::Param { .. } => {}
+            Op::Input { .. } | Op::Param { .. } | Op::State { .. } => {}
             Op::Full { .. } | Op::Iota { .. } => {
                 if self.need[id.index()] != Need::Any {
                     self.new_group(node.shape.clone(), None, vec![id]);
@@ -624,7 +624,7 @@ impl Fuser<'_> {
                 continue;
             }
             values[i] = match (&graph.node(id).op, self.group_of[i], &self.views[i]) {
-                (Op::Input { .. } | Op::Param { .. }, _, _) => Value::Feed,
+                (Op::Input { .. } | Op::Param { .. } | Op::State { .. }, _, _) => Value::Feed,
                 (_, Some(g), _) => {
                     let kernel = kernel_of_group[g];
                     if matches!(self.groups[g].root, Some((r, _)) if r == id) {

@@ -10,9 +10,12 @@
 //! - [`fusion`]: partitions a graph into kernels (elementwise chains,
 //!   reductions with their producers, GEMM epilogues, routines), what
 //!   `d2l ir --stage fused` prints and codegen compiles.
+//! - [`memory`](mod@memory): liveness-based arena offsets for the buffers
+//!   of a fused graph.
 
 pub mod autodiff;
 pub mod fusion;
+pub mod memory;
 pub mod optimizer;
 pub mod simplify;
 

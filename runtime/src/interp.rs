@@ -113,6 +113,9 @@ pub enum RunError {
     /// unreachable; it exists so that a broken invariant is an error, not a panic.
     #[error("{node}: {message}")]
     IllTyped { node: String, message: String },
+    /// A compiled backend could not compile the graph.
+    #[error("cannot compile graph `{graph}`: {message}")]
+    Compile { graph: String, message: String },
 }
 
 /// A kernel failure, before the executor attaches the node it happened at.

@@ -1,0 +1,342 @@
+//! Library routines: the kernels that are not loops we generate. Matmul and
+//! convolution run on [`crate::gemm`]; layout and indexing ops (pad, concat,
+//! gather, scatter_add, pooling, argmax, random numbers) are data movement
+//! that a plain Rust loop does at memory speed. Each works on raw buffers
+//! of a known dtype and shape, reads and writes only inside them, and
+//! allocates nothing.
+//!
+//! Semantics match the reference interpreter (`runtime/src/interp/`).
+
+use d2l_ir::{DType, PoolKind, RandDist};
+use d2l_passes::fusion::Affine;
+use rand::Rng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// A typed view of raw buffer memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Buf {
+    pub ptr: *mut u8,
+    pub dtype: DType,
+}
+
+impl Buf {
+    /// # Safety
+    /// `i` must be inside the buffer, which must hold `T`s.
+    #[inline(always)]
+    unsafe fn at<T>(self, i: usize) -> *mut T {
+        unsafe { (self.ptr as *mut T).add(i) }
+    }
+}
+
+/// Calls `f(flat index, element offset)` for every position of `dims` in
+/// row-major order, where the offset follows `map` (an odometer: no division).
+pub fn for_each_offset(dims: &[usize], map: &Affine, mut f: impl FnMut(usize, i64)) {
+    if dims.contains(&0) {
+        return;
+    }
+    // Index digits on the stack (ranks above 16 fall back to the heap).
+    let mut small = [0usize; 16];
+    let mut large = Vec::new();
+    let idx: &mut [usize] = if dims.len() <= small.len() {
+        &mut small[..dims.len()]
+    } else {
+        large.resize(dims.len(), 0);
+        &mut large
+    };
+    let mut off = map.offset;
+    let mut flat = 0;
+    loop {
+        f(flat, off);
+        flat += 1;
+        let mut k = dims.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            off += map.strides[k];
+            if idx[k] < dims[k] {
+                break;
+            }
+            off -= map.strides[k] * dims[k] as i64;
+            idx[k] = 0;
+        }
+    }
+}
+
+/// Element size in bytes as buffers store it.
+fn size_of(dtype: DType) -> usize {
+    dtype.size_bytes()
+}
+
+/// Copies the elements `src[map(i)]` for all `i` of `dims` to `dst` row-major.
+///
+/// # Safety
+/// Every mapped offset must be inside `src`; `dst` holds `numel(dims)` elements.
+pub unsafe fn gather_strided(src: Buf, map: &Affine, dims: &[usize], dst: Buf) {
+    let size = size_of(src.dtype);
+    for_each_offset(dims, map, |flat, off| unsafe {
+        std::ptr::copy_nonoverlapping(src.ptr.offset(off as isize * size as isize), dst.ptr.add(flat * size), size);
+    });
+}
+
+/// Fills `n` elements of `dst` with `value` converted to its dtype (as the
+/// interpreter's `Elem::from_f64`: floats round, i64 truncates, bool is `!= 0`).
+///
+/// # Safety
+/// `dst` must hold `n` elements.
+pub unsafe fn fill(dst: Buf, n: usize, value: f64) {
+    unsafe {
+        match dst.dtype {
+            DType::F32 => std::slice::from_raw_parts_mut(dst.ptr as *mut f32, n).fill(value as f32),
+            DType::F64 => std::slice::from_raw_parts_mut(dst.ptr as *mut f64, n).fill(value),
+            DType::I64 => std::slice::from_raw_parts_mut(dst.ptr as *mut i64, n).fill(value as i64),
+            DType::Bool => std::slice::from_raw_parts_mut(dst.ptr, n).fill(u8::from(value != 0.0)),
+        }
+    }
+}
+
+/// XLA pad: `value` everywhere (`out_numel` elements), then the row-major
+/// operand of `dims` written through `write` (stride `interior + 1` from
+/// `lo`, see [`pad_map`]).
+///
+/// # Safety
+/// `src` holds `dims`; `write` stays inside `dst`, which holds `out_numel`.
+pub unsafe fn pad(src: Buf, dims: &[usize], write: &Affine, value: f64, dst: Buf, out_numel: usize) {
+    unsafe { fill(dst, out_numel, value) };
+    let size = size_of(src.dtype);
+    for_each_offset(dims, write, |flat, off| unsafe {
+        std::ptr::copy_nonoverlapping(src.ptr.add(flat * size), dst.ptr.offset(off as isize * size as isize), size);
+    });
+}
+
+/// Where a pad writes its operand's elements in its output.
+pub fn pad_map(dims: &[usize], lo: &[usize], hi: &[usize], interior: &[usize]) -> (Affine, usize) {
+    let out_dims: Vec<usize> = (0..dims.len()).map(|k| lo[k] + hi[k] + dims[k] + interior[k] * dims[k].saturating_sub(1)).collect();
+    let out_strides = Affine::contiguous(&out_dims).strides;
+    let map = Affine {
+        offset: (0..dims.len()).map(|k| lo[k] as i64 * out_strides[k]).sum(),
+        strides: (0..dims.len()).map(|k| out_strides[k] * (interior[k] as i64 + 1)).collect(),
+    };
+    (map, out_dims.iter().product())
+}
+
+/// Appends `outer` rows of `row_bytes` from `src` to `dst` at `at` bytes,
+/// interleaved with the other operands of a concat (`stride` bytes per
+/// output row).
+///
+/// # Safety
+/// `src` holds `outer · row_bytes` bytes; `dst` `outer · stride`.
+pub unsafe fn concat_part(src: Buf, outer: usize, row_bytes: usize, dst: Buf, at: usize, stride: usize) {
+    for o in 0..outer {
+        unsafe { std::ptr::copy_nonoverlapping(src.ptr.add(o * row_bytes), dst.ptr.add(o * stride + at), row_bytes) };
+    }
+}
+
+/// Checked indices: the first out-of-range one is returned as the error.
+unsafe fn index_at(idx: Buf, i: usize, size: usize) -> Result<usize, i64> {
+    let v = unsafe { *idx.at::<i64>(i) };
+    match usize::try_from(v) {
+        Ok(u) if u < size => Ok(u),
+        _ => Err(v),
+    }
+}
+
+/// `out[o, i, :] = x[o, idx[i], :]` with `x` viewed as `[outer, n, inner]`.
+/// Returns `Err((index, size))` for an index outside `0..n`.
+///
+/// # Safety
+/// Buffers hold their shapes: `x` `outer·n·inner`, `idx` `m` i64s, `dst` `outer·m·inner`.
+pub unsafe fn gather(x: Buf, (outer, n, inner): (usize, usize, usize), idx: Buf, m: usize, dst: Buf) -> Result<(), (i64, usize)> {
+    let size = size_of(x.dtype);
+    let row = inner * size;
+    for i in 0..m {
+        unsafe { index_at(idx, i, n) }.map_err(|v| (v, n))?;
+    }
+    for o in 0..outer {
+        for i in 0..m {
+            let r = unsafe { index_at(idx, i, n) }.unwrap_or(0);
+            unsafe { std::ptr::copy_nonoverlapping(x.ptr.add((o * n + r) * row), dst.ptr.add((o * m + i) * row), row) };
+        }
+    }
+    Ok(())
+}
+
+/// Zeros, then `out[o, idx[i], :] += updates[o, i, :]` (i64 wraps, bool ors).
+///
+/// # Safety
+/// As [`gather`], with `updates` `outer·m·inner` and `dst` `outer·n·inner`.
+pub unsafe fn scatter_add(idx: Buf, m: usize, updates: Buf, (outer, n, inner): (usize, usize, usize), dst: Buf) -> Result<(), (i64, usize)> {
+    for i in 0..m {
+        unsafe { index_at(idx, i, n) }.map_err(|v| (v, n))?;
+    }
+    unsafe { fill(dst, outer * n * inner, 0.0) };
+    for o in 0..outer {
+        for i in 0..m {
+            let r = unsafe { index_at(idx, i, n) }.unwrap_or(0);
+            let (d, u) = ((o * n + r) * inner, (o * m + i) * inner);
+            for j in 0..inner {
+                unsafe {
+                    match updates.dtype {
+                        DType::F32 => *dst.at::<f32>(d + j) += *updates.at::<f32>(u + j),
+                        DType::F64 => *dst.at::<f64>(d + j) += *updates.at::<f64>(u + j),
+                        DType::I64 => *dst.at::<i64>(d + j) = (*dst.at::<i64>(d + j)).wrapping_add(*updates.at::<i64>(u + j)),
+                        DType::Bool => *dst.at::<u8>(d + j) |= *updates.at::<u8>(u + j),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Max or average pooling over the last two axes of `[n, c, h, w]`, no padding.
+///
+/// # Safety
+/// `x` holds `[n, c, h, w]` floats, `dst` the pooled shape.
+pub unsafe fn pool2d(kind: PoolKind, x: Buf, [n, c, h, w]: [usize; 4], [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], dst: Buf) {
+    let (ho, wo) = ((h - wh) / sy + 1, (w - ww) / sx + 1);
+    match x.dtype {
+        DType::F32 => unsafe { pool_planes::<f32>(kind, x.ptr as *const f32, n * c, h, w, [wh, ww], [sy, sx], ho, wo, dst.ptr as *mut f32) },
+        DType::F64 => unsafe { pool_planes::<f64>(kind, x.ptr as *const f64, n * c, h, w, [wh, ww], [sy, sx], ho, wo, dst.ptr as *mut f64) },
+        _ => {}
+    }
+}
+
+trait PoolElem: Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Div<Output = Self> {
+    const LOWEST: Self;
+    const ZERO: Self;
+    fn from_usize(n: usize) -> Self;
+    fn is_nan(self) -> bool;
+}
+
+impl PoolElem for f32 {
+    const LOWEST: Self = f32::NEG_INFINITY;
+    const ZERO: Self = 0.0;
+    fn from_usize(n: usize) -> Self {
+        n as f32
+    }
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl PoolElem for f64 {
+    const LOWEST: Self = f64::NEG_INFINITY;
+    const ZERO: Self = 0.0;
+    fn from_usize(n: usize) -> Self {
+        n as f64
+    }
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn pool_planes<T: PoolElem>(kind: PoolKind, x: *const T, planes: usize, h: usize, w: usize, [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], ho: usize, wo: usize, dst: *mut T) {
+    let area = T::from_usize(wh * ww);
+    let mut out = dst;
+    for p in 0..planes {
+        let plane = unsafe { x.add(p * h * w) };
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut acc = if kind == PoolKind::Max { T::LOWEST } else { T::ZERO };
+                for ki in 0..wh {
+                    let row = unsafe { plane.add((oy * sy + ki) * w + ox * sx) };
+                    for kj in 0..ww {
+                        let v = unsafe { *row.add(kj) };
+                        acc = match kind {
+                            // NaN-propagating, as the interpreter's max_of.
+                            PoolKind::Max if acc.is_nan() || v.is_nan() => if acc.is_nan() { acc } else { v },
+                            PoolKind::Max => if v > acc { v } else { acc },
+                            PoolKind::Avg => acc + v,
+                        };
+                    }
+                }
+                unsafe {
+                    *out = if kind == PoolKind::Avg { acc / area } else { acc };
+                    out = out.add(1);
+                }
+            }
+        }
+    }
+}
+
+/// Index of the maximum along the middle axis of `[outer, n, inner]`, first
+/// on ties, a NaN counting as the maximum.
+///
+/// # Safety
+/// `x` holds `outer·n·inner` elements, `dst` `outer·inner` i64s.
+pub unsafe fn argmax(x: Buf, (outer, n, inner): (usize, usize, usize), dst: Buf) {
+    fn go<T: Copy + PartialOrd>(x: *const T, (outer, n, inner): (usize, usize, usize), dst: *mut i64, is_nan: impl Fn(T) -> bool) {
+        for o in 0..outer {
+            for j in 0..inner {
+                let at = |k: usize| unsafe { *x.add((o * n + k) * inner + j) };
+                let mut best = 0;
+                for k in 1..n {
+                    let (v, b) = (at(k), at(best));
+                    if v > b || (is_nan(v) && !is_nan(b)) {
+                        best = k;
+                    }
+                }
+                unsafe { *dst.add(o * inner + j) = best as i64 };
+            }
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    let dst = x_as::<i64>(dst);
+    match x.dtype {
+        DType::F32 => go(x.ptr as *const f32, (outer, n, inner), dst, f32::is_nan),
+        DType::F64 => go(x.ptr as *const f64, (outer, n, inner), dst, f64::is_nan),
+        DType::I64 => go(x.ptr as *const i64, (outer, n, inner), dst, |_| false),
+        DType::Bool => go(x.ptr as *const u8, (outer, n, inner), dst, |_| false),
+    }
+}
+
+fn x_as<T>(b: Buf) -> *mut T {
+    b.ptr as *mut T
+}
+
+/// Fresh random numbers, drawn exactly as the interpreter draws them (same
+/// generator, same order), so equal seeds give equal dropout masks.
+///
+/// # Safety
+/// `dst` holds `n` elements of its (float) dtype.
+pub unsafe fn rand(rng: &mut StdRng, dist: RandDist, dst: Buf, n: usize) {
+    for i in 0..n {
+        unsafe {
+            match (dist, dst.dtype) {
+                (RandDist::Uniform, DType::F32) => *dst.at::<f32>(i) = rng.random::<f32>(),
+                (RandDist::Uniform, DType::F64) => *dst.at::<f64>(i) = rng.random::<f64>(),
+                (RandDist::Normal, DType::F32) => *dst.at::<f32>(i) = StandardNormal.sample(rng),
+                (RandDist::Normal, DType::F64) => *dst.at::<f64>(i) = StandardNormal.sample(rng),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// f64 `C[m, n] = A·B` by direct loops (gradient checks run in f64; speed
+/// does not matter there).
+///
+/// # Safety
+/// Strided `a` (`m × k`) and `b` (`k × n`) in range; `c` row-major `m × n`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dgemm_naive(m: usize, n: usize, k: usize, a: *const f64, (ars, acs): (isize, isize), b: *const f64, (brs, bcs): (isize, isize), c: *mut f64, accumulate: bool) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0;
+            for p in 0..k {
+                unsafe { s += *a.offset(i as isize * ars + p as isize * acs) * *b.offset(p as isize * brs + j as isize * bcs) };
+            }
+            unsafe {
+                let d = c.add(i * n + j);
+                *d = if accumulate { *d + s } else { s };
+            }
+        }
+    }
+}

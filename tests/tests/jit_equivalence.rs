@@ -1,0 +1,369 @@
+//! The JIT against the reference interpreter: every primitive (in the
+//! dtypes and layouts that exercise its code paths: vector and scalar
+//! loops, tails, strided and broadcast operands, reductions along inner and
+//! outer axes) and every model of `models/` (forward in evaluation mode, and
+//! one whole training step: loss, outputs and every updated parameter).
+
+use std::collections::HashMap;
+
+use d2l::train::{TrainStage, stage_graph};
+use d2l_dsl::LowerOptions;
+use d2l_ir::{BinaryOp, CmpOp, DType, Graph, NodeId, Op, PoolKind, RandDist, ReduceOp, Shape, UnaryOp};
+use d2l_runtime::{Backend, Interpreter, Tensor, init_params};
+use d2l_tests::{load, model_files};
+
+/// splitmix64: deterministic data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn shape(d: &[usize]) -> Shape {
+    Shape(d.to_vec())
+}
+
+/// A random tensor for a leaf: floats in [-2, 2), i64 in `0..int_range`, bools.
+fn random(rng: &mut Rng, dtype: DType, dims: &[usize], int_range: i64) -> Tensor {
+    let n: usize = dims.iter().product();
+    match dtype {
+        DType::F32 => Tensor::from_f32(dims, (0..n).map(|_| (rng.next() * 4.0 - 2.0) as f32).collect()),
+        DType::F64 => Tensor::from_f64(dims, (0..n).map(|_| rng.next() * 4.0 - 2.0).collect()),
+        DType::I64 => Tensor::from_i64(dims, (0..n).map(|_| (rng.next() * int_range as f64) as i64).collect()),
+        DType::Bool => Tensor::from_bool(dims, (0..n).map(|_| rng.next() < 0.5).collect()),
+    }
+}
+
+/// Feeds for every input and parameter of `graph`.
+fn feeds_for(graph: &Graph, seed: u64, int_range: i64) -> HashMap<String, Tensor> {
+    let mut rng = Rng(seed);
+    let mut feeds = init_params(graph, seed);
+    for id in graph.ids() {
+        let node = graph.node(id);
+        if let Op::Input { name } = &node.op {
+            feeds.insert(name.clone(), random(&mut rng, node.dtype, node.shape.dims(), int_range));
+        }
+    }
+    feeds
+}
+
+/// Runs `graph` on both backends and compares every output elementwise:
+/// |jit - interp| <= tol · (1 + |interp|), equal NaN-ness, equal ints.
+fn check(name: &str, graph: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
+    // Both run twice (the second JIT run reuses every buffer and must not see
+    // stale state; random ops draw the same stream twice on both sides).
+    let mut interp = Interpreter::new(7);
+    let mut want = Vec::new();
+    for _ in 0..2 {
+        want = interp.run(graph, feeds).unwrap_or_else(|e| panic!("{name}: interpreter: {e}"));
+    }
+    let mut exe = Backend::Jit.compile(graph, 7).unwrap_or_else(|e| panic!("{name}: compile: {e}"));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        exe.run_into(feeds, &mut got).unwrap_or_else(|e| panic!("{name}: jit: {e}"));
+    }
+    assert_eq!(got.len(), want.len(), "{name}: number of outputs");
+    for ((gn, g), (wn, w)) in got.iter().zip(&want) {
+        assert_eq!(gn, wn, "{name}: output order");
+        assert_eq!((g.dtype(), g.shape()), (w.dtype(), w.shape()), "{name}: output {wn} type");
+        let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
+        for (i, (a, b)) in gv.iter().zip(&wv).enumerate() {
+            let ok = if a.is_nan() || b.is_nan() { a.is_nan() && b.is_nan() } else { (a - b).abs() <= tol * (1.0 + b.abs()) || a == b };
+            assert!(ok, "{name}: output `{wn}`[{i}] jit {a} vs interpreter {b} (tol {tol})");
+        }
+    }
+}
+
+/// One-op graphs: the op applied to inputs of the given types.
+struct Case {
+    g: Graph,
+    int_range: i64,
+}
+
+impl Case {
+    fn new(name: &str) -> Case {
+        Case { g: Graph::new(name), int_range: 5 }
+    }
+    fn input(&mut self, name: &str, dtype: DType, dims: &[usize]) -> NodeId {
+        self.g.input(name, dtype, shape(dims))
+    }
+    fn out(mut self, id: NodeId) {
+        self.g.set_output("out", id);
+        let name = self.g.name.clone();
+        let feeds = feeds_for(&self.g, 11, self.int_range);
+        check(&name, &self.g, &feeds, 2e-6);
+    }
+}
+
+#[test]
+fn unary_ops_in_vector_and_scalar_loops() {
+    use UnaryOp::*;
+    for op in [Neg, Exp, Log, Sqrt, Tanh, Sigmoid, Abs, Sin, Cos] {
+        // 37 elements: vector main loop, vector tail and scalar tail.
+        for dims in [&[37][..], &[3, 5], &[]] {
+            let mut c = Case::new(&format!("{op:?}{dims:?}"));
+            let x = c.input("x", DType::F32, dims);
+            // Log and sqrt of negatives are NaN on both sides, which `check` compares.
+            let y = c.g.unary(op, x).unwrap();
+            c.out(y);
+        }
+        let mut c = Case::new(&format!("{op:?} f64"));
+        let x = c.input("x", DType::F64, &[9]);
+        let y = c.g.unary(op, x).unwrap();
+        c.out(y);
+    }
+    for op in [Neg, Abs] {
+        let mut c = Case::new(&format!("{op:?} i64"));
+        let x = c.input("x", DType::I64, &[9]);
+        let y = c.g.unary(op, x).unwrap();
+        c.out(y);
+    }
+}
+
+#[test]
+fn binary_compare_select_and_cast() {
+    use BinaryOp::*;
+    for op in [Add, Sub, Mul, Div, Max, Min, Pow] {
+        for dtype in [DType::F32, DType::F64] {
+            let mut c = Case::new(&format!("{op:?} {dtype}"));
+            let a = c.input("a", dtype, &[4, 9]);
+            let b = c.input("b", dtype, &[4, 9]);
+            let y = c.g.binary(op, a, b).unwrap();
+            c.out(y);
+        }
+    }
+    for op in [Add, Sub, Mul, Div, Max, Min] {
+        let mut c = Case::new(&format!("{op:?} i64"));
+        c.int_range = 7;
+        let a = c.input("a", DType::I64, &[13]);
+        let b = c.input("b", DType::I64, &[13]);
+        // Keep divisors nonzero: b + 1.
+        let one = c.g.full(1.0, DType::I64, shape(&[13]));
+        let b = c.g.binary(Add, b, one).unwrap();
+        let y = c.g.binary(op, a, b).unwrap();
+        c.out(y);
+    }
+    for op in [Max, Min] {
+        let mut c = Case::new(&format!("{op:?} bool"));
+        let a = c.input("a", DType::Bool, &[11]);
+        let b = c.input("b", DType::Bool, &[11]);
+        let y = c.g.binary(op, a, b).unwrap();
+        c.out(y);
+    }
+    for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+        for dtype in [DType::F32, DType::I64, DType::Bool] {
+            let mut c = Case::new(&format!("{op:?} {dtype}"));
+            c.int_range = 3;
+            let a = c.input("a", dtype, &[21]);
+            let b = c.input("b", dtype, &[21]);
+            let m = c.g.compare(op, a, b).unwrap();
+            // Also through select, in a vector loop (f32) and as a stored mask.
+            let x = c.input("x", DType::F32, &[21]);
+            let zero = c.g.full(0.0, DType::F32, shape(&[21]));
+            let s = c.g.select(m, x, zero).unwrap();
+            c.g.set_output("mask", m);
+            c.out(s);
+        }
+    }
+    let dtypes = [DType::F32, DType::F64, DType::I64, DType::Bool];
+    for from in dtypes {
+        for to in dtypes {
+            let mut c = Case::new(&format!("cast {from} -> {to}"));
+            c.int_range = 3;
+            let x = c.input("x", from, &[10]);
+            let y = c.g.cast(x, to);
+            c.out(y);
+        }
+    }
+}
+
+#[test]
+fn integer_division_by_zero_is_an_error() {
+    let mut g = Graph::new("div0");
+    let a = g.input("a", DType::I64, shape(&[3]));
+    let b = g.input("b", DType::I64, shape(&[3]));
+    let q = g.binary(BinaryOp::Div, a, b).unwrap();
+    g.set_output("q", q);
+    let feeds: HashMap<String, Tensor> = [("a".to_string(), Tensor::from_i64(&[3], vec![1, 2, 3])), ("b".to_string(), Tensor::from_i64(&[3], vec![1, 0, 1]))].into();
+    let mut exe = Backend::Jit.compile(&g, 0).unwrap();
+    let err = exe.run(&feeds).unwrap_err().to_string();
+    assert!(err.contains("division by zero"), "{err}");
+}
+
+#[test]
+fn reductions_along_inner_outer_and_several_axes() {
+    for op in [ReduceOp::Sum, ReduceOp::Max] {
+        for axes in [&[0][..], &[1], &[2], &[0, 2], &[0, 1, 2], &[1, 2]] {
+            for dtype in [DType::F32, DType::I64] {
+                let mut c = Case::new(&format!("{op:?}{axes:?} {dtype}"));
+                let x = c.input("x", dtype, &[3, 5, 19]);
+                // An elementwise producer fused into the reduction, stored too.
+                let y = c.g.unary(UnaryOp::Neg, x).unwrap();
+                let r = c.g.reduce(op, y, axes).unwrap();
+                c.g.set_output("neg", y);
+                c.out(r);
+            }
+        }
+    }
+    let mut c = Case::new("argmax");
+    let x = c.input("x", DType::F32, &[4, 7]);
+    let y = c.g.argmax(x, 1).unwrap();
+    c.out(y);
+}
+
+#[test]
+fn layout_ops_as_views_and_copies() {
+    let mut c = Case::new("reshape of a transpose");
+    let x = c.input("x", DType::F32, &[3, 4]);
+    let t = c.g.permute(x, &[1, 0]).unwrap();
+    let r = c.g.reshape(t, shape(&[12])).unwrap();
+    let e = c.g.unary(UnaryOp::Exp, r).unwrap();
+    c.g.set_output("flat", r);
+    c.out(e);
+
+    let mut c = Case::new("broadcast and strided slice");
+    let x = c.input("x", DType::F32, &[6, 1]);
+    let b = c.g.broadcast(x, shape(&[2, 6, 5])).unwrap();
+    let s = c.g.slice(b, &[0, 1, 0], &[2, 6, 5], &[1, 2, 2]).unwrap();
+    let y = c.input("y", DType::F32, &[2, 3, 3]);
+    let z = c.g.binary(BinaryOp::Mul, s, y).unwrap();
+    c.g.set_output("slice", s);
+    c.out(z);
+
+    let mut c = Case::new("pad with interior");
+    let x = c.input("x", DType::F32, &[2, 3, 3]);
+    let p = c.g.pad(x, &[0, 1, 2], &[1, 0, 1], &[0, 1, 2], 0.5).unwrap();
+    c.out(p);
+
+    let mut c = Case::new("concat of a view");
+    let x = c.input("x", DType::F32, &[2, 3]);
+    let y = c.input("y", DType::F32, &[3, 2]);
+    let yt = c.g.permute(y, &[1, 0]).unwrap();
+    let z = c.g.concat(&[x, yt, x], 1).unwrap();
+    c.out(z);
+
+    let mut c = Case::new("gather and scatter_add");
+    c.int_range = 4;
+    let x = c.input("x", DType::F32, &[3, 4, 2]);
+    let idx = c.input("idx", DType::I64, &[5]);
+    let g = c.g.gather(x, idx, 1).unwrap();
+    let s = c.g.scatter_add(idx, g, shape(&[3, 4, 2]), 1).unwrap();
+    c.g.set_output("gathered", g);
+    c.out(s);
+
+    let mut c = Case::new("full, iota and stop_gradient outputs");
+    let x = c.input("x", DType::F32, &[2, 3]);
+    let f = c.g.full(1.5, DType::F32, shape(&[2, 3]));
+    let i = c.g.iota(shape(&[2, 3]), 1, DType::F32).unwrap();
+    let s = c.g.stop_gradient(x);
+    let y = c.g.binary(BinaryOp::Add, f, i).unwrap();
+    c.g.set_output("iota", i);
+    c.g.set_output("full", f);
+    c.g.set_output("x again", s);
+    c.g.set_output("x", x);
+    c.out(y);
+}
+
+#[test]
+fn gather_out_of_range_is_an_error() {
+    let mut g = Graph::new("bad index");
+    let x = g.input("x", DType::F32, shape(&[3]));
+    let i = g.input("i", DType::I64, shape(&[2]));
+    let y = g.gather(x, i, 0).unwrap();
+    g.set_output("y", y);
+    let feeds: HashMap<String, Tensor> = [("x".to_string(), Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0])), ("i".to_string(), Tensor::from_i64(&[2], vec![0, 3]))].into();
+    let err = Backend::Jit.compile(&g, 0).unwrap().run(&feeds).unwrap_err().to_string();
+    assert!(err.contains("index 3 is out of range"), "{err}");
+}
+
+#[test]
+fn matmul_plain_batched_and_transposed() {
+    for (m, k, n) in [(1, 1, 1), (5, 7, 3), (33, 70, 20), (64, 300, 130)] {
+        let mut c = Case::new(&format!("matmul {m}x{k}x{n}"));
+        let a = c.input("a", DType::F32, &[m, k]);
+        let b = c.input("b", DType::F32, &[n, k]);
+        let bt = c.g.permute(b, &[1, 0]).unwrap();
+        let y = c.g.matmul(a, bt).unwrap();
+        // A bias + relu epilogue.
+        let bias = c.input("bias", DType::F32, &[n]);
+        let bias = c.g.broadcast(bias, shape(&[m, n])).unwrap();
+        let z = c.g.binary(BinaryOp::Add, y, bias).unwrap();
+        let zero = c.g.full(0.0, DType::F32, shape(&[m, n]));
+        let z = c.g.binary(BinaryOp::Max, z, zero).unwrap();
+        c.out(z);
+    }
+    let mut c = Case::new("batched matmul");
+    let a = c.input("a", DType::F32, &[2, 3, 4, 5]);
+    let b = c.input("b", DType::F32, &[2, 3, 5, 6]);
+    let y = c.g.matmul(a, b).unwrap();
+    c.out(y);
+    let mut c = Case::new("f64 matmul");
+    let a = c.input("a", DType::F64, &[3, 4]);
+    let b = c.input("b", DType::F64, &[4, 2]);
+    let y = c.g.matmul(a, b).unwrap();
+    c.out(y);
+}
+
+#[test]
+fn convolution_and_pooling() {
+    for (stride, dtype) in [([1, 1], DType::F32), ([2, 1], DType::F32), ([1, 2], DType::F64)] {
+        let mut c = Case::new(&format!("conv2d {stride:?} {dtype}"));
+        let x = c.input("x", dtype, &[3, 2, 9, 8]);
+        let w = c.input("w", dtype, &[4, 2, 3, 2]);
+        let y = c.g.conv2d(x, w, stride).unwrap();
+        c.out(y);
+    }
+    // The weight-gradient form autodiff produces: both operands permuted.
+    let mut c = Case::new("conv2d of permuted operands");
+    let x = c.input("x", DType::F32, &[3, 2, 8, 8]);
+    let dy = c.input("dy", DType::F32, &[3, 4, 6, 6]);
+    let xt = c.g.permute(x, &[1, 0, 2, 3]).unwrap();
+    let dyt = c.g.permute(dy, &[1, 0, 2, 3]).unwrap();
+    let dw = c.g.conv2d(xt, dyt, [1, 1]).unwrap();
+    let dw = c.g.permute(dw, &[1, 0, 2, 3]).unwrap();
+    c.out(dw);
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        let mut c = Case::new(&format!("{kind:?} pool"));
+        let x = c.input("x", DType::F32, &[2, 3, 7, 6]);
+        let y = c.g.pool2d(kind, x, [3, 2], [2, 2]).unwrap();
+        c.out(y);
+    }
+}
+
+#[test]
+fn random_numbers_match_the_interpreter_stream() {
+    let mut c = Case::new("rand");
+    let u = c.g.rand(RandDist::Uniform, DType::F32, shape(&[5, 3])).unwrap();
+    let n = c.g.rand(RandDist::Normal, DType::F32, shape(&[7])).unwrap();
+    c.g.set_output("uniform", u);
+    c.out(n);
+}
+
+/// Every model: the forward pass (evaluation mode) and a training step.
+#[test]
+fn every_model_forward_and_training_step() {
+    for path in model_files() {
+        let file = path.file_name().and_then(|f| f.to_str()).expect("utf-8 name").to_string();
+        let program = load(&file);
+        for model in program.model_names().to_vec() {
+            let started = std::time::Instant::now();
+            let forward = program
+                .lower(&model, &LowerOptions { default_dim: Some(3), ..LowerOptions::default() })
+                .unwrap_or_else(|e| panic!("{model}: {e}"))
+                .graph;
+            let forward = d2l_passes::simplify(&forward);
+            check(&format!("{model} forward"), &forward, &feeds_for(&forward, 5, 10), 1e-4);
+            if program.train_config(&model).is_ok() {
+                let step = stage_graph(&program, &model, TrainStage::Opt, 3, &Default::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
+                check(&format!("{model} training step"), &step, &feeds_for(&step, 6, 10), 1e-4);
+            }
+            eprintln!("{model}: {:.1} s", started.elapsed().as_secs_f64());
+        }
+    }
+}
