@@ -12,6 +12,7 @@
 //! # Ok::<(), d2l::Error>(())
 //! ```
 
+pub mod bench;
 pub mod train;
 
 use std::collections::{BTreeMap, HashMap};

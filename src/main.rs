@@ -80,6 +80,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Target::Clif)]
         target: Target,
     },
+    /// Measure compile time, step time (median/min/max), samples/s and GFLOP/s
+    /// of a model's training step and inference, on synthetic inputs.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// What executes the graphs.
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+        backend: BackendArg,
+        /// Batch size (default: the `train` block's).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Timed steps at least (after 5 warm-up steps; also at least 1 s).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Peak GFLOP/s for the "% of peak" column (default: measured FMA peak of all cores).
+        #[arg(long)]
+        peak: Option<f64>,
+    },
     /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
     Fetch {
         /// fashion-mnist, mnist, time-machine, ... (see `d2l fetch --list`)
@@ -118,12 +136,15 @@ enum Command {
 enum BackendArg {
     /// The reference interpreter.
     Interp,
+    /// Fused kernels compiled with Cranelift.
+    Jit,
 }
 
 impl From<BackendArg> for d2l_runtime::Backend {
     fn from(b: BackendArg) -> Self {
         match b {
             BackendArg::Interp => d2l_runtime::Backend::Interpreter,
+            BackendArg::Jit => d2l_runtime::Backend::Jit,
         }
     }
 }
@@ -193,6 +214,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),
+        Command::Bench { model, backend, batch, steps, peak } => {
+            let compiled = load(&model, 0)?;
+            let name = pick_model(&compiled, &model)?;
+            let opts = d2l::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, ..Default::default() };
+            let report = d2l::bench::bench(&compiled.program, &name, &opts)?;
+            let peak = peak.unwrap_or_else(d2l::bench::measured_peak_gflops);
+            print!("{}", d2l::bench::render(&report, peak));
+            Ok(())
+        }
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
         Command::Run { model, image: Some(spec), params, seed, top, .. } => {
             let compiled = load(&model, seed)?;

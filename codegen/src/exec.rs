@@ -62,7 +62,7 @@ pub struct Program {
     gemm: Scratches,
     /// Per thread: im2col block, and per conv a packed weight copy.
     cols: Vec<UnsafeCell<Vec<f32>>>,
-    wpack: Vec<f32>,
+    wpack: UnsafeCell<Vec<f32>>,
     rng: StdRng,
     pool: &'static Pool,
     /// Node descriptions for errors, by node index.
@@ -135,7 +135,7 @@ impl Program {
         Ok(Program {
             gemm: Scratches::new(threads, max_n.max(1)),
             cols: (0..threads).map(|_| UnsafeCell::new(vec![0.0; cols])).collect(),
-            wpack: vec![0.0; wpack],
+            wpack: UnsafeCell::new(vec![0.0; wpack]),
             plan,
             code,
             table,
@@ -226,6 +226,18 @@ impl Program {
     }
 
     unsafe fn step(&mut self, s: usize) -> Result<(), ExecError> {
+        if let Step::Routine { routine: Routine::Rand { dist }, out, .. } = &self.plan.steps[s] {
+            let dst = Buf { ptr: self.table[*out], dtype: self.plan.slots[*out].dtype };
+            let n = self.plan.slots[*out].numel;
+            // SAFETY: the output slot holds `n` elements of its dtype.
+            unsafe { routines::rand(&mut self.rng, *dist, dst, n) };
+            return Ok(());
+        }
+        unsafe { self.step_shared(s) }
+    }
+
+    /// Every step but random numbers (which advance the generator).
+    unsafe fn step_shared(&self, s: usize) -> Result<(), ExecError> {
         match &self.plan.steps[s] {
             Step::Loop { kernel } => unsafe { self.run_loop(*kernel) },
             Step::MatMul { dtype, batch, m, n, k, a, b, out, epilogue, .. } => {
@@ -270,18 +282,15 @@ impl Program {
                 }
             }
             Step::Conv2d { dtype, x, x_dims, w, w_dims, stride, out, epilogue, .. } => {
-                let (x, w, x_dims, w_dims, stride, out) = (x.clone(), w.clone(), *x_dims, *w_dims, *stride, *out);
-                let dtype = *dtype;
-                let epilogue = *epilogue;
                 unsafe {
-                    if dtype == DType::F64 {
-                        conv2d_f64(self.table[x.slot] as *const f64, &x.map, x_dims, self.table[w.slot] as *const f64, &w.map, w_dims, stride, self.table[out] as *mut f64);
+                    if *dtype == DType::F64 {
+                        conv2d_f64(self.table[x.slot] as *const f64, &x.map, *x_dims, self.table[w.slot] as *const f64, &w.map, *w_dims, *stride, self.table[*out] as *mut f64);
                     } else {
-                        self.conv2d_f32(&x, x_dims, &w, w_dims, stride, out);
+                        self.conv2d_f32(x, *x_dims, w, *w_dims, *stride, *out);
                     }
                 }
                 match epilogue {
-                    Some(e) => unsafe { self.run_loop(e) },
+                    Some(e) => unsafe { self.run_loop(*e) },
                     None => Ok(()),
                 }
             }
@@ -313,11 +322,7 @@ impl Program {
                             routines::argmax(buf(*x), *split, dst);
                             Ok(())
                         }
-                        Routine::Rand { dist } => {
-                            let n = self.plan.slots[*out].numel;
-                            routines::rand(&mut self.rng, *dist, dst, n);
-                            Ok(())
-                        }
+                        Routine::Rand { .. } => Ok(()),
                     }
                 };
                 result.map_err(|(index, size)| ExecError::IndexOutOfRange { node: self.names[node.index()].clone(), index, size })
@@ -329,7 +334,7 @@ impl Program {
     /// cache, each block one GEMM accumulated into the image's output.
     /// Images are split over threads; with fewer images than threads the
     /// GEMMs themselves are.
-    unsafe fn conv2d_f32(&mut self, x: &lower::Operand, x_dims: [usize; 4], w: &lower::Operand, w_dims: [usize; 4], stride: [usize; 2], out: usize) {
+    unsafe fn conv2d_f32(&self, x: &lower::Operand, x_dims: [usize; 4], w: &lower::Operand, w_dims: [usize; 4], stride: [usize; 2], out: usize) {
         let [n, c, h, wd] = x_dims;
         let [o, _, kh, kw] = w_dims;
         let (pixels, field) = conv_sizes(&x_dims, &w_dims, stride);
@@ -349,9 +354,11 @@ impl Program {
             (unsafe { wp.offset(w.map.offset as isize) }, ws[0] as isize)
         } else {
             let dims = [o, c, kh, kw];
-            let dst = Buf { ptr: self.wpack.as_mut_ptr() as *mut u8, dtype: DType::F32 };
+            // SAFETY: one conv runs at a time; this is its packed weight.
+            let wpack = unsafe { &mut *self.wpack.get() };
+            let dst = Buf { ptr: wpack.as_mut_ptr() as *mut u8, dtype: DType::F32 };
             unsafe { routines::gather_strided(Buf { ptr: wp as *mut u8, dtype: DType::F32 }, &w.map, &dims, dst) };
-            (self.wpack.as_ptr(), field as isize)
+            (wpack.as_ptr(), field as isize)
         };
         let per_channel = kh * kw * pixels;
         let block = (COLS_BUDGET / per_channel).clamp(1, c);
@@ -360,7 +367,7 @@ impl Program {
         let cols = SyncCell(&self.cols);
         let gemm = &self.gemm;
         let pool = self.pool;
-        let xm = x.map.clone();
+        let xm = &x.map;
         let wmat_addr = wmat as usize;
         let (xp_addr, out_addr) = (xp as usize, outp as usize);
         let image = move |img: usize, part: usize, parallel_gemm: bool| {

@@ -94,6 +94,9 @@ pub struct Trainer {
     /// Parameters, optimizer state, the step counter and the current batch,
     /// by input name: fed to every step and updated in place from its outputs.
     feeds: HashMap<String, Tensor>,
+    /// Last outputs per (graph kind, batch size): the next run writes into
+    /// them (`run_into`), so steady-state steps allocate nothing.
+    outputs: HashMap<(bool, usize), Vec<(String, Tensor)>>,
     /// Epochs completed (also after a resume).
     pub epoch: usize,
     /// Optimizer steps taken.
@@ -112,7 +115,12 @@ impl Trainer {
         };
         let step = compile(&graphs.step, 0x51)?;
         let eval = compile(&graphs.eval, 0xe7)?;
-        Ok(Trainer { graphs, step, eval, feeds, epoch: 0, step_count: 0 })
+        // The batch lives in the feeds (swapped in and out), so no step
+        // inserts a key.
+        for name in [&graphs.input, &graphs.label] {
+            feeds.insert(name.clone(), Tensor::zeros(DType::F32, &[0]));
+        }
+        Ok(Trainer { graphs, step, eval, feeds, outputs: HashMap::new(), epoch: 0, step_count: 0 })
     }
 
     /// Current parameter values (and nothing else), by name.
@@ -139,33 +147,45 @@ impl Trainer {
         let mut acc = Accumulator { log_rmse: self.graphs.log_rmse, ..Accumulator::default() };
         let mut done = 0;
         while batches.next_into(&mut x, &mut y) {
-            let b = x.shape().0[0];
+            let b = x.dims()[0];
             let exe = self.step.get_mut(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.step.keys().copied().collect()))?;
             self.step_count += 1;
             if self.graphs.needs_step_counter {
-                self.feeds.insert("step".into(), Tensor::from_f32(&[], vec![self.step_count as f32]));
+                match self.feeds.get_mut("step") {
+                    Some(Tensor::F32(a)) => a.fill(self.step_count as f32),
+                    _ => {
+                        self.feeds.insert("step".into(), Tensor::from_f32(&[], vec![self.step_count as f32]));
+                    }
+                }
             }
-            let label = std::mem::replace(&mut y, Tensor::zeros(DType::F32, &[0]));
-            self.feeds.insert(self.graphs.input.clone(), std::mem::replace(&mut x, Tensor::zeros(DType::F32, &[0])));
-            self.feeds.insert(self.graphs.label.clone(), label);
-            let outputs = exe.run(&self.feeds)?;
+            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
+            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
+            let outputs = self.outputs.entry((true, b)).or_default();
+            let result = exe.run_into(&self.feeds, outputs);
+            // Hand the batch buffers back so the next batch reuses them.
+            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
+            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
+            result?;
             let mut loss = f64::NAN;
-            for (name, t) in outputs {
+            for (name, t) in outputs.iter_mut() {
                 if let Some(target) = name.strip_prefix("update:") {
-                    self.feeds.insert(target.to_string(), t);
+                    // The new value becomes the feed; the old one is the next step's output buffer.
+                    match self.feeds.get_mut(target) {
+                        Some(slot) => std::mem::swap(slot, t),
+                        None => {
+                            self.feeds.insert(target.to_string(), t.clone());
+                        }
+                    }
                 } else if name == "loss" {
-                    loss = t.to_f64_vec()[0];
+                    loss = first_value(t);
                 } else if name == "output" {
-                    acc.add_predictions(&t, &self.feeds[&self.graphs.label]);
+                    acc.add_predictions(t, &y);
                 }
             }
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.step_count });
             }
             acc.add_loss(loss, b);
-            // Hand the batch buffers back so the next batch reuses them.
-            x = self.feeds.remove(&self.graphs.input).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
-            y = self.feeds.remove(&self.graphs.label).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
             done += 1;
             progress.batch(done, total, acc.mean_loss());
         }
@@ -181,18 +201,20 @@ impl Trainer {
         let (mut x, mut y) = (Tensor::zeros(DType::F32, &[0]), Tensor::zeros(DType::F32, &[0]));
         let mut acc = Accumulator { log_rmse: self.graphs.log_rmse, ..Accumulator::default() };
         while batches.next_into(&mut x, &mut y) {
-            let b = x.shape().0[0];
+            let b = x.dims()[0];
             let exe = self.eval.get_mut(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.eval.keys().copied().collect()))?;
             // The batch joins the parameters in `feeds` for this run only.
-            self.feeds.insert(self.graphs.input.clone(), std::mem::replace(&mut x, Tensor::zeros(DType::F32, &[0])));
-            self.feeds.insert(self.graphs.label.clone(), std::mem::replace(&mut y, Tensor::zeros(DType::F32, &[0])));
-            let outputs = exe.run(&self.feeds);
-            x = self.feeds.remove(&self.graphs.input).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
-            y = self.feeds.remove(&self.graphs.label).unwrap_or_else(|| Tensor::zeros(DType::F32, &[0]));
-            for (name, t) in outputs? {
+            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
+            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
+            let outputs = self.outputs.entry((false, b)).or_default();
+            let result = exe.run_into(&self.feeds, outputs);
+            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
+            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
+            result?;
+            for (name, t) in outputs.iter() {
                 match name.as_str() {
-                    "loss" => acc.add_loss(t.to_f64_vec()[0], b),
-                    "output" => acc.add_predictions(&t, &y),
+                    "loss" => acc.add_loss(first_value(t), b),
+                    "output" => acc.add_predictions(t, &y),
                     _ => {}
                 }
             }
@@ -235,6 +257,26 @@ impl Trainer {
     }
 }
 
+/// Exchanges `t` with the feed `name` (inserting it the first time).
+fn swap_feed(feeds: &mut HashMap<String, Tensor>, name: &str, t: &mut Tensor) {
+    match feeds.get_mut(name) {
+        Some(slot) => std::mem::swap(slot, t),
+        None => {
+            feeds.insert(name.to_string(), std::mem::replace(t, Tensor::zeros(DType::F32, &[0])));
+        }
+    }
+}
+
+/// The first element (a scalar loss) as f64, without copying the tensor.
+fn first_value(t: &Tensor) -> f64 {
+    match t {
+        Tensor::F32(a) => a.iter().next().map_or(f64::NAN, |&v| v as f64),
+        Tensor::F64(a) => a.iter().next().copied().unwrap_or(f64::NAN),
+        Tensor::I64(a) => a.iter().next().map_or(f64::NAN, |&v| v as f64),
+        Tensor::Bool(a) => a.iter().next().map_or(f64::NAN, |&v| f64::from(u8::from(v))),
+    }
+}
+
 /// Running sums for [`Metrics`].
 #[derive(Default)]
 struct Accumulator {
@@ -268,15 +310,26 @@ impl Accumulator {
                 self.log_count += 1;
             }
         }
-        let (Tensor::I64(labels), shape) = (labels, output.shape()) else { return };
-        let [b, k] = shape.0[..] else { return };
+        let Tensor::I64(labels) = labels else { return };
+        let &[b, k] = output.dims() else { return };
         if labels.len() != b || k == 0 {
             return;
         }
-        let scores = output.to_f64_vec();
+        // f32 scores are read in place (no copy per step).
+        let scores: std::borrow::Cow<'_, [f64]> = match output {
+            Tensor::F32(_) => std::borrow::Cow::Borrowed(&[]),
+            other => std::borrow::Cow::Owned(other.to_f64_vec()),
+        };
+        let f32_scores = match output {
+            Tensor::F32(a) => a.as_slice(),
+            _ => None,
+        };
         for (i, &label) in labels.iter().enumerate() {
-            let row = &scores[i * k..(i + 1) * k];
-            let best = row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+            let best = match f32_scores {
+                Some(s) => argmax_row(&s[i * k..(i + 1) * k]),
+                None if scores.len() == b * k => argmax_row(&scores[i * k..(i + 1) * k]),
+                None => continue,
+            };
             self.correct += usize::from(best as i64 == label);
         }
         self.classified += b;
@@ -291,4 +344,9 @@ impl Accumulator {
             seconds: start.elapsed().as_secs_f64(),
         }
     }
+}
+
+/// Index of the first maximum of a row.
+fn argmax_row<T: PartialOrd + Copy>(row: &[T]) -> usize {
+    row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
 }

@@ -296,10 +296,22 @@ fn standard_layout(t: Tensor) -> Tensor {
 /// Copies rows `idx` of a row-major `src` into `reuse`'s storage (when it
 /// has the same dtype): one memcpy per row, no per-element work.
 fn gather(src: &Tensor, idx: &[usize], reuse: Tensor) -> Tensor {
-    let shape = src.shape().0;
-    let row: usize = shape[1..].iter().product();
-    let mut out_shape = shape.clone();
-    out_shape[0] = idx.len();
+    let dims = src.dims();
+    let row: usize = dims[1..].iter().product();
+    // The batch's shape without a heap allocation (IxDyn keeps up to 4 dims
+    // inline), so that a training step allocates nothing.
+    let mut small = [0usize; 8];
+    let owned;
+    let out_shape: &[usize] = if dims.len() <= small.len() {
+        small[..dims.len()].copy_from_slice(dims);
+        small[0] = idx.len();
+        &small[..dims.len()]
+    } else {
+        let mut v = dims.to_vec();
+        v[0] = idx.len();
+        owned = v;
+        &owned
+    };
     macro_rules! go {
         ($variant:ident, $a:expr) => {{
             let s = $a
@@ -315,7 +327,7 @@ fn gather(src: &Tensor, idx: &[usize], reuse: Tensor) -> Tensor {
                 buf.extend_from_slice(&s[i * row..(i + 1) * row]);
             }
             Tensor::$variant(
-                ArrayD::from_shape_vec(IxDyn(&out_shape), buf)
+                ArrayD::from_shape_vec(IxDyn(out_shape), buf)
                     .expect("batch buffer matches its shape"),
             )
         }};

@@ -1,0 +1,264 @@
+//! `d2l bench`: compile time, step time, throughput and achieved GFLOP/s of
+//! a model's training step and inference, on synthetic inputs of the right
+//! shapes (like the PyTorch harness in `../shared/bench`, one fixed batch
+//! reused every step).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use d2l_dsl::{LowerOptions, Program};
+use d2l_ir::{DType, Graph, Op};
+use d2l_runtime::{Backend, Executable, Tensor, init_params};
+
+use crate::Error;
+use crate::train::{TrainStage, stage_graph};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub backend: Backend,
+    /// Batch size (default: the `train` block's).
+    pub batch: Option<usize>,
+    /// Timed steps: at least this many, and at least `min_seconds`.
+    pub min_steps: usize,
+    pub min_seconds: f64,
+    pub warmup: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions { backend: Backend::Jit, batch: None, min_steps: 20, min_seconds: 1.0, warmup: 5 }
+    }
+}
+
+/// Step times of one graph, in seconds.
+#[derive(Clone, Debug, Default)]
+pub struct Timing {
+    pub steps: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// One measured graph (training step or inference).
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// Building the graph (lowering, autodiff, simplification), ms.
+    pub lower_ms: f64,
+    /// The backend's compile (fusion, planning, code generation), ms.
+    pub compile_ms: f64,
+    pub timing: Timing,
+    /// Multiply-adds ×2 of every matmul and convolution in the graph.
+    pub flops: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub model: String,
+    pub batch: usize,
+    pub backend: &'static str,
+    pub train: Option<Measured>,
+    pub infer: Measured,
+}
+
+/// FLOPs of the graph's contractions (what the PyTorch harness counts).
+pub fn contraction_flops(graph: &Graph) -> f64 {
+    let mut total = 0.0;
+    for id in graph.ids() {
+        let node = graph.node(id);
+        match &node.op {
+            Op::MatMul => {
+                let a = graph.shape(node.args[0]).dims();
+                let k = a[a.len() - 1] as f64;
+                total += 2.0 * node.shape.numel() as f64 * k;
+            }
+            Op::Conv2d { .. } => {
+                let w = graph.shape(node.args[1]).dims();
+                let field: usize = w[1..].iter().product();
+                total += 2.0 * node.shape.numel() as f64 * field as f64;
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// Synthetic feeds: parameters as initialised, zero state, random inputs,
+/// labels valid for the loss (class indices below the output width).
+fn synthetic_feeds(graph: &Graph, classes: usize) -> HashMap<String, Tensor> {
+    let mut feeds = init_params(graph, 1);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for id in graph.ids() {
+        let node = graph.node(id);
+        let Op::Input { name } = &node.op else { continue };
+        let dims = node.shape.dims();
+        let n = node.shape.numel();
+        let t = match node.dtype {
+            DType::F32 => Tensor::from_f32(dims, (0..n).map(|_| next() as f32).collect()),
+            DType::F64 => Tensor::from_f64(dims, (0..n).map(|_| next()).collect()),
+            DType::I64 => Tensor::from_i64(dims, (0..n).map(|_| (next() * classes as f64) as i64).collect()),
+            DType::Bool => Tensor::from_bool(dims, (0..n).map(|_| next() < 0.5).collect()),
+        };
+        feeds.insert(name.clone(), t);
+    }
+    feeds
+}
+
+/// Runs `exe` until both `min_steps` and `min_seconds` are reached, after
+/// `warmup` runs; a training step's updates are fed back like the trainer does.
+fn time(exe: &mut dyn Executable, feeds: &mut HashMap<String, Tensor>, opts: &BenchOptions) -> Result<Timing, Error> {
+    let mut outputs = Vec::new();
+    let mut step = |feeds: &mut HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>| -> Result<(), Error> {
+        exe.run_into(feeds, outputs)?;
+        for (name, t) in outputs.iter_mut() {
+            if let Some(target) = name.strip_prefix("update:")
+                && let Some(slot) = feeds.get_mut(target)
+            {
+                std::mem::swap(slot, t);
+            }
+        }
+        Ok(())
+    };
+    for _ in 0..opts.warmup {
+        step(feeds, &mut outputs)?;
+    }
+    let mut times = Vec::new();
+    let started = Instant::now();
+    while times.len() < opts.min_steps || started.elapsed().as_secs_f64() < opts.min_seconds {
+        let t = Instant::now();
+        step(feeds, &mut outputs)?;
+        times.push(t.elapsed().as_secs_f64());
+        if times.len() >= 100_000 {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Timing { steps: times.len(), median: times[times.len() / 2], min: times[0], max: times[times.len() - 1] })
+}
+
+fn measure(graph: &Graph, lower_ms: f64, classes: usize, opts: &BenchOptions) -> Result<Measured, Error> {
+    let started = Instant::now();
+    let mut exe = opts.backend.compile(graph, 1)?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut feeds = synthetic_feeds(graph, classes);
+    let timing = time(exe.as_mut(), &mut feeds, opts)?;
+    Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph) })
+}
+
+/// Measures `model`'s training step (when it has a `train` block) and its inference.
+pub fn bench(program: &Program, model: &str, opts: &BenchOptions) -> Result<BenchReport, Error> {
+    let config = program.train_config(model).ok();
+    let batch = match (opts.batch, &config) {
+        (Some(b), _) => b,
+        (None, Some(c)) => match c.data.kwargs.get("batch") {
+            Some((d2l_dsl::Value::Int(b), _)) if *b > 0 => *b as usize,
+            _ => 1,
+        },
+        (None, None) => 1,
+    };
+    let started = Instant::now();
+    let forward = program.lower(model, &LowerOptions { default_dim: Some(batch), training: false, ..LowerOptions::default() })?.graph;
+    let forward = d2l_passes::simplify(&forward);
+    let infer_lower_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Class labels index the last axis of the model's (first) output.
+    let classes = forward.outputs().first().map_or(1, |(_, id)| forward.shape(*id).dims().last().copied().unwrap_or(1)).max(1);
+    let train = match config {
+        Some(_) => {
+            let started = Instant::now();
+            let step = stage_graph(program, model, TrainStage::Opt, batch, &BTreeMap::new())?;
+            let lower_ms = started.elapsed().as_secs_f64() * 1e3;
+            Some(measure(&step, lower_ms, classes, opts)?)
+        }
+        None => None,
+    };
+    let infer = measure(&forward, infer_lower_ms, classes, opts)?;
+    Ok(BenchReport { model: model.to_string(), batch, backend: opts.backend.name(), train, infer })
+}
+
+/// The machine's FMA peak, measured: independent f32 multiply-adds on every
+/// core for a few milliseconds (GFLOP/s). What "% of peak" is relative to.
+pub fn measured_peak_gflops() -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cores).map(|_| s.spawn(core_peak_gflops)).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    })
+}
+
+fn core_peak_gflops() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { fma_peak() };
+    }
+    // Portable: 64 independent multiply-adds (mul + add, no FMA).
+    let mut acc = [0.0f32; 64];
+    let (a, b) = (std::hint::black_box(0.999_f32), std::hint::black_box(1e-3f32));
+    let iters = 1_000_000u64;
+    let start = Instant::now();
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = *v * a + b;
+        }
+    }
+    std::hint::black_box(&acc);
+    (iters * 64 * 2) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Ten independent 8-wide FMA chains: enough to fill two FMA pipes of
+/// latency 4-5 (Zen, Skylake).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_peak() -> f64 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(std::hint::black_box(0.999));
+    let b = _mm256_set1_ps(std::hint::black_box(1e-3));
+    let mut acc = [_mm256_setzero_ps(); 10];
+    let iters = 4_000_000u64;
+    let start = Instant::now();
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    std::hint::black_box(&acc);
+    (iters * 10 * 16) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// A duration, in µs below a millisecond.
+fn duration(seconds: f64) -> String {
+    if seconds < 1e-3 { format!("{:.2} µs", seconds * 1e6) } else { format!("{:.3} ms", seconds * 1e3) }
+}
+
+/// The report as the CLI prints it.
+pub fn render(r: &BenchReport, peak: f64) -> String {
+    let mut out = format!("{} (batch {}, backend {}, peak {:.0} GFLOP/s)\n", r.model, r.batch, r.backend, peak);
+    let mut row = |what: &str, m: &Measured| {
+        let t = &m.timing;
+        let gflops = m.flops / t.median / 1e9;
+        out.push_str(&format!(
+            "  {what:<9} compile {:>6.1} ms (graph {:.1} + backend {:.1})  step median {:>10}  min {}  max {}  ({} steps)  {:>10.0} samples/s  {:>6.1} GFLOP/s  {:>5.1}% of peak\n",
+            m.lower_ms + m.compile_ms,
+            m.lower_ms,
+            m.compile_ms,
+            duration(t.median),
+            duration(t.min),
+            duration(t.max),
+            t.steps,
+            r.batch as f64 / t.median,
+            gflops,
+            100.0 * gflops / peak
+        ));
+    };
+    if let Some(t) = &r.train {
+        row("train", t);
+    }
+    row("inference", &r.infer);
+    out
+}

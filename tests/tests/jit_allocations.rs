@@ -1,0 +1,112 @@
+//! A JIT-compiled training step allocates nothing once warmed up: buffers
+//! are planned at compile time and outputs reuse the previous step's
+//! tensors. Proved with a counting global allocator (this test binary's
+//! own), on the compiled step alone and on the whole training loop.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use d2l::train::{TrainOptions, TrainStage, prepare, stage_graph};
+use d2l_ir::{DType, Op};
+use d2l_runtime::data::BatchOptions;
+use d2l_runtime::train::Silent;
+use d2l_runtime::{Backend, Tensor, init_params};
+use d2l_tests::load;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// The counter is global: tests that read it take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Feeds for a step graph: initial parameters, zero state, constant data.
+fn feeds(graph: &d2l_ir::Graph) -> HashMap<String, Tensor> {
+    let mut feeds = init_params(graph, 3);
+    for id in graph.ids() {
+        let node = graph.node(id);
+        if let Op::Input { name } = &node.op {
+            let t = match node.dtype {
+                DType::I64 => Tensor::from_i64(node.shape.dims(), vec![1; node.shape.numel()]),
+                d => Tensor::zeros(d, node.shape.dims()),
+            };
+            feeds.insert(name.clone(), t);
+        }
+    }
+    feeds
+}
+
+#[test]
+fn a_compiled_training_step_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Matmul and convolution GEMMs (split over threads), epilogues,
+    // reductions, routines (pad, pooling), random numbers (dropout).
+    for (file, model, batch) in [("mlp.d2l", "mlp", 64), ("mlp.d2l", "mlp_dropout", 32), ("lenet.d2l", "lenet", 16), ("softmax_regression.d2l", "softmax_regression", 256)] {
+        let program = load(file);
+        let graph = stage_graph(&program, model, TrainStage::Opt, batch, &Default::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let mut exe = Backend::Jit.compile(&graph, 0).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let mut feeds = feeds(&graph);
+        let mut outputs = Vec::new();
+        let mut step = |feeds: &mut HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>| {
+            exe.run_into(feeds, outputs).unwrap_or_else(|e| panic!("{model}: {e}"));
+            for (name, t) in outputs.iter_mut() {
+                if let Some(target) = name.strip_prefix("update:") {
+                    std::mem::swap(feeds.get_mut(target).expect("a fed parameter"), t);
+                }
+            }
+        };
+        for _ in 0..3 {
+            step(&mut feeds, &mut outputs);
+        }
+        let before = allocations();
+        for _ in 0..5 {
+            step(&mut feeds, &mut outputs);
+        }
+        assert_eq!(allocations() - before, 0, "{model}: allocations in 5 steady-state steps");
+    }
+}
+
+#[test]
+fn the_training_loop_allocates_per_epoch_not_per_step() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let program = load("linear_regression.d2l");
+    let opts = TrainOptions { backend: Backend::Jit, ..TrainOptions::default() };
+    let mut run = prepare(&program, "linear_regression", &opts).unwrap_or_else(|e| panic!("{e}"));
+    let full = run.data.train.clone();
+    let tenth = full.select(&(0..full.len() / 10).collect::<Vec<_>>()).expect("a subset");
+    let batch = BatchOptions::new(run.data.batch);
+    let mut epoch = |data: &d2l_runtime::data::TensorDataset| {
+        let before = allocations();
+        run.trainer.train_epoch(data, &batch, &mut Silent).unwrap_or_else(|e| panic!("{e}"));
+        allocations() - before
+    };
+    epoch(&full);
+    epoch(&tenth);
+    // 100 steps and 10 steps cost the same: what an epoch allocates (its
+    // shuffled order, the batch buffers) does not grow with its steps.
+    let (many, few) = (epoch(&full), epoch(&tenth));
+    assert_eq!(many, few, "allocations: {many} for 100 steps, {few} for 10");
+}
