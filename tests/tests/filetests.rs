@@ -19,7 +19,7 @@ use d2l_runtime::{Backend, Tensor, init_params};
 use serde_json::Value as Json;
 
 /// Every backend that must agree with the expectations.
-const BACKENDS: &[Backend] = &[Backend::Interpreter];
+const BACKENDS: &[Backend] = &[Backend::Interpreter, Backend::Jit];
 
 /// Splits `s` at commas outside brackets.
 fn split_top(s: &str) -> Vec<&str> {
