@@ -23,11 +23,13 @@ pub struct BenchOptions {
     pub min_steps: usize,
     pub min_seconds: f64,
     pub warmup: usize,
+    /// Also time every step of the JIT's program (`d2l bench --profile`).
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { backend: Backend::Jit, batch: None, min_steps: 20, min_seconds: 1.0, warmup: 5 }
+        BenchOptions { backend: Backend::Jit, batch: None, min_steps: 20, min_seconds: 1.0, warmup: 5, profile: false }
     }
 }
 
@@ -50,6 +52,9 @@ pub struct Measured {
     pub timing: Timing,
     /// Multiply-adds ×2 of every matmul and convolution in the graph.
     pub flops: f64,
+    /// With `profile`: each step of the compiled program and its mean time
+    /// per run (seconds), slowest first.
+    pub profile: Vec<(String, f64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -143,12 +148,21 @@ fn time(exe: &mut dyn Executable, feeds: &mut HashMap<String, Tensor>, opts: &Be
 }
 
 fn measure(graph: &Graph, lower_ms: f64, classes: usize, opts: &BenchOptions) -> Result<Measured, Error> {
+    let mut feeds = synthetic_feeds(graph, classes);
     let started = Instant::now();
+    if opts.profile && opts.backend == Backend::Jit {
+        let mut exe = d2l_runtime::backend::Jitted::compile(graph, 1)?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        exe.program_mut().start_profile();
+        let timing = time(&mut exe, &mut feeds, opts)?;
+        let runs = (timing.steps + opts.warmup) as f64;
+        let profile = exe.program().profile().into_iter().map(|(name, t)| (name, t / runs)).collect();
+        return Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile });
+    }
     let mut exe = opts.backend.compile(graph, 1)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut feeds = synthetic_feeds(graph, classes);
     let timing = time(exe.as_mut(), &mut feeds, opts)?;
-    Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph) })
+    Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile: Vec::new() })
 }
 
 /// Measures `model`'s training step (when it has a `train` block) and its inference.
@@ -255,6 +269,9 @@ pub fn render(r: &BenchReport, peak: f64) -> String {
             gflops,
             100.0 * gflops / peak
         ));
+        for (name, t) in m.profile.iter().take(25) {
+            out.push_str(&format!("      {:>10} {:>5.1}%  {name}\n", duration(*t), 100.0 * t / m.timing.median));
+        }
     };
     if let Some(t) = &r.train {
         row("train", t);

@@ -97,6 +97,9 @@ enum Command {
         /// Peak GFLOP/s for the "% of peak" column (default: measured FMA peak of all cores).
         #[arg(long)]
         peak: Option<f64>,
+        /// Also print the time of each step of the compiled program (JIT only).
+        #[arg(long)]
+        profile: bool,
     },
     /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
     Fetch {
@@ -214,10 +217,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),
-        Command::Bench { model, backend, batch, steps, peak } => {
+        Command::Bench { model, backend, batch, steps, peak, profile } => {
             let compiled = load(&model, 0)?;
             let name = pick_model(&compiled, &model)?;
-            let opts = d2l::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, ..Default::default() };
+            let opts = d2l::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, profile, ..Default::default() };
             let report = d2l::bench::bench(&compiled.program, &name, &opts)?;
             let peak = peak.unwrap_or_else(d2l::bench::measured_peak_gflops);
             print!("{}", d2l::bench::render(&report, peak));

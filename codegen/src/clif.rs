@@ -775,6 +775,10 @@ impl<'k, 'f> Emitter<'k, 'f> {
                 DType::Bool => self.b.ins().iconst(types::I8, i64::from(value != 0.0)),
             },
             Inst::Unary { op, dtype, x } => self.unary(op, dtype, arg(x), lanes),
+            Inst::Binary { op: op @ (BinaryOp::Max | BinaryOp::Min), dtype: dtype @ (DType::F32 | DType::F64), a, b } => {
+                let b_const = matches!(self.k.insts[b.0 as usize], Inst::Const { value, .. } if !value.is_nan());
+                self.float_max_min(op == BinaryOp::Max, arg(a), arg(b), b_const, dtype, lanes)
+            }
             Inst::Binary { op, dtype, a, b } => self.binary(op, dtype, arg(a), arg(b), lanes),
             Inst::Compare { op, dtype, a, b } => self.compare(op, dtype, arg(a), arg(b), lanes),
             Inst::Select { dtype, cond, a, b } => {
@@ -845,6 +849,21 @@ impl<'k, 'f> Emitter<'k, 'f> {
                 _ => self.b.ins().bor(a, b),
             },
         }
+    }
+
+    /// The interpreter's max/min: `b` if it is strictly greater (smaller),
+    /// else `a`, and NaN if either is. Compare and select: one `blendv`
+    /// when `b` is a known non-NaN constant (ReLU), cheaper than fmax.
+    fn float_max_min(&mut self, max: bool, a: Value, b: Value, b_const: bool, dtype: DType, lanes: Lanes) -> Value {
+        let math = Math::new(if lanes == Lanes::Vector { types::F32X4 } else { float_ty(dtype) });
+        let cc = if max { FloatCC::GreaterThan } else { FloatCC::LessThan };
+        let better = self.b.ins().fcmp(cc, b, a);
+        let r = math.select(&mut self.b, better, b, a);
+        if b_const {
+            return r;
+        }
+        let b_nan = self.b.ins().fcmp(FloatCC::Unordered, b, b);
+        math.select(&mut self.b, b_nan, b, r)
     }
 
     /// i64 division as the interpreter does it: truncating, `MIN / -1`

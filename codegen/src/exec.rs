@@ -12,13 +12,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::clif::{Compiled, Jit, JitError, KernelFn};
+use crate::conv;
 use crate::gemm::{self, MatMut, MatRef, Scratches};
 use crate::lower::{self, CopySource, FeedSlot, LowerError, OutputFill, OutputSlot, Place, Plan, Routine, Step};
 use crate::pool::{Pool, pool};
 use crate::routines::{self, Buf};
 
-/// Elements of one im2col block (per thread): 256 KiB of f32, cache-resident.
-const COLS_BUDGET: usize = 1 << 16;
 /// Elementwise loops below this many elements stay on one thread.
 const PARALLEL_LOOP: usize = 1 << 15;
 
@@ -60,19 +59,35 @@ pub struct Program {
     _arena: Vec<Line>,
     status: Box<i64>,
     gemm: Scratches,
-    /// Per thread: im2col block, and per conv a packed weight copy.
-    cols: Vec<UnsafeCell<Vec<f32>>>,
-    wpack: UnsafeCell<Vec<f32>>,
+    /// Per conv2d step, its GEMM operand tables.
+    convs: Vec<Option<ConvTables>>,
+    /// Per thread: a channel-outer convolution's partial output.
+    conv_acc: Vec<UnsafeCell<Vec<f32>>>,
     rng: StdRng,
     pool: &'static Pool,
     /// Node descriptions for errors, by node index.
     names: Vec<String>,
     pub times: CompileTimes,
+    /// Seconds spent in each step, summed over runs, when profiling.
+    profile: Option<Vec<f64>>,
+    /// Seconds spent in each loop kernel (epilogues apart from their GEMM).
+    loop_times: Vec<std::cell::Cell<f64>>,
 }
 
 // SAFETY: the raw pointers in `table` point into buffers this program owns
 // or that the caller lends for the duration of `run`.
 unsafe impl Send for Program {}
+
+/// The buffer table, readable from parallel parts of a routine.
+struct Slots<'a>(&'a [*mut u8], &'a [lower::Slot]);
+// SAFETY: read-only during a step; the buffers' parallel users write disjoint parts.
+unsafe impl Sync for Slots<'_> {}
+
+impl Slots<'_> {
+    fn buf(&self, slot: usize) -> Buf {
+        Buf { ptr: self.0[slot], dtype: self.1[slot].dtype }
+    }
+}
 
 struct SyncCell<'a>(&'a [UnsafeCell<Vec<f32>>]);
 // SAFETY: part `i` of a parallel job uses only cell `i`.
@@ -117,25 +132,31 @@ impl Program {
                 Place::Feed(_) | Place::Output(_) => std::ptr::null_mut(),
             };
         }
-        let (mut max_n, mut cols, mut wpack) = (0usize, 0usize, 0usize);
+        let (mut max_n, mut acc) = (0usize, 0usize);
+        let mut convs = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
+            let mut conv = None;
             match step {
                 Step::MatMul { n, .. } => max_n = max_n.max(*n),
-                Step::Conv2d { x_dims, w_dims, stride, .. } => {
-                    let (pixels, field) = conv_sizes(x_dims, w_dims, *stride);
-                    let per_channel = w_dims[2] * w_dims[3] * pixels;
-                    cols = cols.max(per_channel.max(COLS_BUDGET / per_channel.max(1) * per_channel));
-                    wpack = wpack.max(w_dims[0] * field);
-                    max_n = max_n.max(pixels);
+                Step::Conv2d { dtype: DType::F32, x, x_dims, w, w_dims, stride, .. } => {
+                    let (pixels, _) = conv_sizes(x_dims, w_dims, *stride);
+                    let ho = (x_dims[2] - w_dims[2]) / stride[0] + 1;
+                    let t = ConvTables::new(&x.map, *x_dims, &w.map, *w_dims, (ho, pixels / ho.max(1)), *stride);
+                    max_n = max_n.max(t.gemm_n());
+                    if t.channel_outer {
+                        acc = acc.max(t.o * t.n * t.pixels);
+                    }
+                    conv = Some(t);
                 }
                 _ => {}
             }
+            convs.push(conv);
         }
         let names = graph.ids().map(|id| lower::describe(graph, id)).collect();
         Ok(Program {
             gemm: Scratches::new(threads, max_n.max(1)),
-            cols: (0..threads).map(|_| UnsafeCell::new(vec![0.0; cols])).collect(),
-            wpack: UnsafeCell::new(vec![0.0; wpack]),
+            convs,
+            conv_acc: (0..threads).map(|_| UnsafeCell::new(vec![0.0; acc])).collect(),
             plan,
             code,
             table,
@@ -145,7 +166,43 @@ impl Program {
             pool,
             names,
             times,
+            profile: None,
+            loop_times: Vec::new(),
         })
+    }
+
+    /// Starts (or restarts) timing every step of every run.
+    pub fn start_profile(&mut self) {
+        self.profile = Some(vec![0.0; self.plan.steps.len()]);
+        self.loop_times = (0..self.plan.kernels.len()).map(|_| std::cell::Cell::new(0.0)).collect();
+    }
+
+    /// Per step: what it is and the seconds spent in it, slowest first.
+    pub fn profile(&self) -> Vec<(String, f64)> {
+        let Some(p) = &self.profile else { return Vec::new() };
+        let mut rows: Vec<(String, f64)> = Vec::new();
+        for (step, &t) in self.plan.steps.iter().zip(p) {
+            let epilogue = match step {
+                Step::MatMul { epilogue, .. } | Step::Conv2d { epilogue, .. } => *epilogue,
+                _ => None,
+            };
+            let loop_time = epilogue.map_or(0.0, |e| self.loop_times[e].get());
+            rows.push((self.step_name(step), t - loop_time));
+            if let Some(e) = epilogue {
+                rows.push((format!("  its epilogue k{e} {:?}", self.plan.kernels[e].extents), loop_time));
+            }
+        }
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rows
+    }
+
+    fn step_name(&self, step: &Step) -> String {
+        match step {
+            Step::Loop { kernel } => format!("loop k{} {:?} over {}", kernel, self.plan.kernels[*kernel].extents, self.names[self.plan.kernel_nodes[*kernel].index()]),
+            Step::MatMul { node, m, n, k, batch, .. } => format!("matmul {batch:?}{m}x{k}x{n} {}", self.names[node.index()]),
+            Step::Conv2d { node, x_dims, w_dims, .. } => format!("conv2d {x_dims:?}*{w_dims:?} {}", self.names[node.index()]),
+            Step::Routine { node, .. } => format!("routine {}", self.names[node.index()]),
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -176,8 +233,12 @@ impl Program {
         }
         *self.status = 0;
         for s in 0..self.plan.steps.len() {
+            let started = self.profile.is_some().then(Instant::now);
             // SAFETY: the plan's slots describe the buffers `table` points to.
             unsafe { self.step(s)? };
+            if let (Some(p), Some(t)) = (self.profile.as_mut(), started) {
+                p[s] += t.elapsed().as_secs_f64();
+            }
         }
         for o in 0..self.plan.outputs.len() {
             let out = &self.plan.outputs[o];
@@ -202,6 +263,15 @@ impl Program {
 
     /// Runs loop kernel `k` over its whole range, split over threads when big.
     unsafe fn run_loop(&self, k: usize) -> Result<(), ExecError> {
+        let started = self.profile.is_some().then(Instant::now);
+        let result = unsafe { self.run_loop_untimed(k) };
+        if let Some(t) = started {
+            self.loop_times[k].set(self.loop_times[k].get() + t.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    unsafe fn run_loop_untimed(&self, k: usize) -> Result<(), ExecError> {
         let kernel = &self.plan.kernels[k];
         let f = self.kernel_fn(k);
         let extent = kernel.extents[0];
@@ -212,17 +282,45 @@ impl Program {
             unsafe { f(self.table.as_ptr(), 0, extent as i64) };
         } else {
             let chunk = extent.div_ceil(parts);
-            self.pool.run(parts, &|p| {
+            self.pool.run(parts, &|p, _| {
                 let lo = (p * chunk).min(extent);
                 let hi = ((p + 1) * chunk).min(extent);
                 // SAFETY: parts cover disjoint ranges of loop 0, which no store reduces over.
                 unsafe { f(table as *const *mut u8, lo as i64, hi as i64) };
             });
         }
+        self.check_status(k)
+    }
+
+    /// Runs `f` over ranges of `dims[0]`, split over the threads when the
+    /// work (`numel` elements) is big enough. Callers split only routines
+    /// whose output slices along dim 0 are disjoint.
+    fn split(&self, dims: &[usize], numel: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+        let n = dims.first().copied().unwrap_or(1);
+        let parts = if numel >= PARALLEL_LOOP { self.pool.threads().min(n).max(1) } else { 1 };
+        if parts <= 1 {
+            f(0..n);
+            return;
+        }
+        let chunk = n.div_ceil(parts);
+        self.pool.run(parts, &|p, _| f((p * chunk).min(n)..((p + 1) * chunk).min(n)));
+    }
+
+    /// The error loop kernel `k` reported, if any.
+    fn check_status(&self, k: usize) -> Result<(), ExecError> {
         if *self.status != 0 {
             return Err(ExecError::DivisionByZero { node: self.names[self.plan.kernel_nodes[k].index()].clone() });
         }
         Ok(())
+    }
+
+    /// How to run loop kernel `e` one image at a time (its loop 0 covers
+    /// the images, `r` iterations each), if it can be.
+    fn per_image(&self, e: Option<usize>, images: usize) -> Option<(KernelFn, usize)> {
+        let e = e?;
+        let k = &self.plan.kernels[e];
+        let extent = k.extents[0];
+        (k.splittable() && images > 0 && extent.is_multiple_of(images)).then(|| (self.kernel_fn(e), extent / images))
     }
 
     unsafe fn step(&mut self, s: usize) -> Result<(), ExecError> {
@@ -266,8 +364,8 @@ impl Program {
                                 m,
                                 n,
                                 k,
-                                MatRef { ptr: (pa as *const f32).offset(oa as isize), rs: ars, cs: acs },
-                                MatRef { ptr: (pb as *const f32).offset(ob as isize), rs: brs, cs: bcs },
+                                MatRef::strided((pa as *const f32).offset(oa as isize), ars, acs),
+                                MatRef::strided((pb as *const f32).offset(ob as isize), brs, bcs),
                                 MatMut { ptr: c as *mut f32, rs: n as isize },
                                 false,
                                 &self.gemm,
@@ -282,15 +380,17 @@ impl Program {
                 }
             }
             Step::Conv2d { dtype, x, x_dims, w, w_dims, stride, out, epilogue, .. } => {
+                let mut fused = false;
                 unsafe {
                     if *dtype == DType::F64 {
                         conv2d_f64(self.table[x.slot] as *const f64, &x.map, *x_dims, self.table[w.slot] as *const f64, &w.map, *w_dims, *stride, self.table[*out] as *mut f64);
                     } else {
-                        self.conv2d_f32(x, *x_dims, w, *w_dims, *stride, *out);
+                        fused = self.conv2d_f32(s, x, w, *out, *epilogue);
                     }
                 }
                 match epilogue {
-                    Some(e) => unsafe { self.run_loop(*e) },
+                    Some(e) if !fused => unsafe { self.run_loop(*e) },
+                    Some(e) => self.check_status(*e),
                     None => Ok(()),
                 }
             }
@@ -301,7 +401,8 @@ impl Program {
                 let result = unsafe {
                     match routine {
                         Routine::Pad { src, dims, write, out_numel, value } => {
-                            routines::pad(buf(*src), dims, write, *value, dst, *out_numel);
+                            let (src, value, out_numel) = (buf(*src), *value, *out_numel);
+                            self.split(dims, out_numel, |images| routines::pad(src, dims, write, Some(value), false, dst, out_numel, images));
                             Ok(())
                         }
                         Routine::Concat { parts, outer, stride } => {
@@ -315,7 +416,9 @@ impl Program {
                         Routine::Gather { x, split, idx, m } => routines::gather(buf(*x), *split, buf(*idx), *m, dst),
                         Routine::ScatterAdd { idx, m, updates, split } => routines::scatter_add(buf(*idx), *m, buf(*updates), *split, dst),
                         Routine::Pool2d { kind, x, dims, window, stride } => {
-                            routines::pool2d(*kind, buf(*x), *dims, *window, *stride, dst);
+                            let (kind, x, dims, window, stride) = (*kind, buf(*x), *dims, *window, *stride);
+                            let planes = [dims[0] * dims[1]];
+                            self.split(&planes, dims.iter().product(), |range| routines::pool2d(kind, x, dims, window, stride, dst, range));
                             Ok(())
                         }
                         Routine::ArgMax { x, split } => {
@@ -323,6 +426,18 @@ impl Program {
                             Ok(())
                         }
                         Routine::Rand { .. } => Ok(()),
+                        Routine::PadSum { parts, out_numel } => {
+                            let out_numel = *out_numel;
+                            let Some((_, dims0, _)) = parts.first() else { return Ok(()) };
+                            let slots = Slots(&self.table, &self.plan.slots);
+                            self.split(dims0, out_numel, |images| {
+                                for (i, (src, dims, write)) in parts.iter().enumerate() {
+                                    let value = (i == 0).then_some(0.0);
+                                    routines::pad(slots.buf(*src), dims, write, value, true, dst, out_numel, images.clone());
+                                }
+                            });
+                            Ok(())
+                        }
                     }
                 };
                 result.map_err(|(index, size)| ExecError::IndexOutOfRange { node: self.names[node.index()].clone(), index, size })
@@ -330,96 +445,204 @@ impl Program {
         }
     }
 
-    /// f32 convolution: per image, im2col in channel blocks that fit the
-    /// cache, each block one GEMM accumulated into the image's output.
-    /// Images are split over threads; with fewer images than threads the
-    /// GEMMs themselves are.
-    unsafe fn conv2d_f32(&self, x: &lower::Operand, x_dims: [usize; 4], w: &lower::Operand, w_dims: [usize; 4], stride: [usize; 2], out: usize) {
-        let [n, c, h, wd] = x_dims;
-        let [o, _, kh, kw] = w_dims;
-        let (pixels, field) = conv_sizes(&x_dims, &w_dims, stride);
-        let (ho, wo) = ((h - kh) / stride[0] + 1, (wd - kw) / stride[1] + 1);
-        let _ = (ho, wd);
-        if n == 0 || o == 0 || pixels == 0 {
-            return;
-        }
-        let xp = self.table[x.slot] as *const f32;
-        let wp = self.table[w.slot] as *const f32;
-        let outp = self.table[out] as *mut f32;
-        // The weight as an [O, C·kh·kw] matrix: in place when its (c, i, j)
-        // axes are one run, else packed once.
-        let ws = &w.map.strides;
-        let flat = ws[2] == kw as i64 * ws[3] && ws[1] == kh as i64 * ws[2] && ws[3] == 1;
-        let (wmat, wrs) = if flat {
-            (unsafe { wp.offset(w.map.offset as isize) }, ws[0] as isize)
-        } else {
-            let dims = [o, c, kh, kw];
-            // SAFETY: one conv runs at a time; this is its packed weight.
-            let wpack = unsafe { &mut *self.wpack.get() };
-            let dst = Buf { ptr: wpack.as_mut_ptr() as *mut u8, dtype: DType::F32 };
-            unsafe { routines::gather_strided(Buf { ptr: wp as *mut u8, dtype: DType::F32 }, &w.map, &dims, dst) };
-            (wpack.as_ptr(), field as isize)
+    /// f32 convolution as implicit GEMM (see [`ConvTables`]): the GEMM
+    /// packs patches straight from the input through offset tables, so no
+    /// im2col buffer is written.
+    ///
+    /// Returns whether it also ran `epilogue`, image by image while each
+    /// image's output is in cache.
+    unsafe fn conv2d_f32(&self, s: usize, x: &lower::Operand, w: &lower::Operand, out: usize, epilogue: Option<usize>) -> bool {
+        let Some(t) = &self.convs[s] else { return false };
+        let per_image = if t.channel_outer { None } else { self.per_image(epilogue, t.n) };
+        let table = self.table.as_ptr() as usize;
+        let finish = |img: usize| {
+            if let Some((f, r)) = per_image {
+                // SAFETY: disjoint ranges of a splittable kernel's loop 0.
+                unsafe { f(table as *const *mut u8, (img * r) as i64, ((img + 1) * r) as i64) };
+            }
         };
-        let per_channel = kh * kw * pixels;
-        let block = (COLS_BUDGET / per_channel).clamp(1, c);
+        let xp = unsafe { (self.table[x.slot] as *const f32).offset(x.map.offset as isize) };
+        let wp = unsafe { (self.table[w.slot] as *const f32).offset(w.map.offset as isize) };
+        let outp = self.table[out] as *mut f32;
+        let (o, n_out, c, p) = (t.o, t.n, t.c, t.pixels);
         let threads = self.pool.threads();
-        let by_image = n >= threads && threads > 1;
-        let cols = SyncCell(&self.cols);
         let gemm = &self.gemm;
         let pool = self.pool;
-        let xm = &x.map;
-        let wmat_addr = wmat as usize;
-        let (xp_addr, out_addr) = (xp as usize, outp as usize);
-        let image = move |img: usize, part: usize, parallel_gemm: bool| {
-            // SAFETY: part `part` owns cols cell `part` and GEMM scratch `part`.
-            let buf = unsafe { cols.get(part) };
-            let xp = xp_addr as *const f32;
-            let wmat = wmat_addr as *const f32;
-            let dst = unsafe { (out_addr as *mut f32).add(img * o * pixels) };
-            for c0 in (0..c).step_by(block) {
-                let cb = block.min(c - c0);
-                // im2col: row (ch, i, j), column (oy, ox).
-                for ch in 0..cb {
-                    let base = xm.offset + img as i64 * xm.strides[0] + (c0 + ch) as i64 * xm.strides[1];
-                    for i in 0..kh {
-                        for j in 0..kw {
-                            let row = ((ch * kh + i) * kw + j) * pixels;
-                            for oy in 0..ho {
-                                let src = base + (oy * stride[0] + i) as i64 * xm.strides[2] + j as i64 * xm.strides[3];
-                                let d = &mut buf[row + oy * wo..row + (oy + 1) * wo];
-                                let step = stride[1] as i64 * xm.strides[3];
-                                for (ox, v) in d.iter_mut().enumerate() {
-                                    // SAFETY: in range of x by the conv's shape rule.
-                                    *v = unsafe { *xp.offset((src + ox as i64 * step) as isize) };
-                                }
-                            }
-                        }
-                    }
-                }
-                let a = MatRef { ptr: unsafe { wmat.offset(c0 as isize * (kh * kw) as isize) }, rs: wrs, cs: 1 };
-                let b = MatRef { ptr: buf.as_ptr(), rs: pixels as isize, cs: 1 };
-                let cmat = MatMut { ptr: dst, rs: pixels as isize };
-                unsafe {
-                    if parallel_gemm {
-                        gemm::sgemm_parallel(o, pixels, cb * kh * kw, a, b, cmat, c0 > 0, gemm, pool);
-                    } else {
-                        gemm::sgemm(o, pixels, cb * kh * kw, a, b, cmat, c0 > 0, gemm.get(part));
-                    }
-                }
-            }
-        };
-        if by_image {
-            let chunk = n.div_ceil(threads);
-            self.pool.run(threads, &|part| {
-                for img in part * chunk..((part + 1) * chunk).min(n) {
-                    image(img, part, false);
+        let (xp, wp, outp) = (xp as usize, wp as usize, outp as usize);
+        if t.direct {
+            let (xm, wm) = (&x.map, &w.map);
+            let (x_dims, w_dims) = (t.x_dims, t.w_dims);
+            // Small parts, claimed dynamically: balanced even on a busy machine.
+            let parts = (4 * threads).min(n_out).max(1);
+            let chunk = n_out.div_ceil(parts);
+            pool.run(parts, &|part, _| {
+                for img in part * chunk..((part + 1) * chunk).min(n_out) {
+                    // SAFETY: `direct` was chosen because it applies; parts write disjoint images.
+                    unsafe { conv::direct_f32(xp as *const f32, xm, x_dims, wp as *const f32, wm, w_dims, outp as *mut f32, img..img + 1) };
+                    finish(img);
                 }
             });
-        } else {
-            for img in 0..n {
-                image(img, 0, true);
+            return per_image.is_some();
+        }
+        if !t.channel_outer {
+            // out[n] [O, P] = W [O, C·kh·kw] · patches(x[n]) [C·kh·kw, P]
+            let k = t.a_cols.len();
+            let image = |img: usize, worker: usize, parallel_gemm: bool| {
+                let a = MatRef { ptr: wp as *const f32, rs: t.w_o, cs: 0, rows: None, cols: Some(&t.a_cols) };
+                let b = MatRef { ptr: unsafe { (xp as *const f32).offset(img as isize * t.x_n) }, rs: 0, cs: 0, rows: Some(&t.b_rows), cols: Some(&t.b_cols) };
+                let cm = MatMut { ptr: unsafe { (outp as *mut f32).add(img * o * p) }, rs: p as isize };
+                unsafe {
+                    if parallel_gemm {
+                        gemm::sgemm_parallel(o, p, k, a, b, cm, false, gemm, pool);
+                    } else {
+                        gemm::sgemm(o, p, k, a, b, cm, false, gemm.get(worker));
+                    }
+                }
+                finish(img);
+            };
+            if n_out >= threads && threads > 1 {
+                let parts = (4 * threads).min(n_out);
+                let chunk = n_out.div_ceil(parts);
+                pool.run(parts, &|part, worker| {
+                    for img in part * chunk..((part + 1) * chunk).min(n_out) {
+                        image(img, worker, false);
+                    }
+                });
+            } else {
+                for img in 0..n_out {
+                    image(img, 0, true);
+                }
+            }
+            return per_image.is_some();
+        }
+        // Weight-gradient shape (kernel bigger than the output): reduce over
+        // the input channels outermost, each thread into its own [O, N·P]
+        // accumulator: acc += W[:, c] [O, kh·kw] · patches(x[:, c]) [kh·kw, N·P].
+        let k = t.a_cols.len();
+        let np = n_out * p;
+        let parts = threads.min(c).max(1);
+        let chunk = c.div_ceil(parts);
+        let accs = SyncCell(&self.conv_acc);
+        pool.run(parts, &|part, worker| {
+            // SAFETY: part `part` owns accumulator `part`; worker `worker` its GEMM scratch.
+            let acc = unsafe { accs.get(part) };
+            let acc = &mut acc[..o * np];
+            let (first, last) = (part * chunk, ((part + 1) * chunk).min(c));
+            if first >= last {
+                acc.fill(0.0);
+            }
+            for ch in first..last {
+                let a = MatRef { ptr: unsafe { (wp as *const f32).offset(ch as isize * t.w_c) }, rs: t.w_o, cs: 0, rows: None, cols: Some(&t.a_cols) };
+                let b = MatRef { ptr: unsafe { (xp as *const f32).offset(ch as isize * t.x_c) }, rs: 0, cs: 0, rows: Some(&t.b_rows), cols: Some(&t.b_cols) };
+                let cm = MatMut { ptr: acc.as_mut_ptr(), rs: np as isize };
+                unsafe { gemm::sgemm(o, np, k, a, b, cm, ch > first, gemm.get(worker)) };
+            }
+        });
+        // out[n, o, p] = Σ_parts acc[o, n·P + p]
+        let out = outp as *mut f32;
+        for oc in 0..o {
+            for img in 0..n_out {
+                for px in 0..p {
+                    let mut sum = 0.0f32;
+                    for part in 0..parts {
+                        // SAFETY: the parallel job is over; read-only now.
+                        sum += unsafe { accs.get(part)[oc * np + img * p + px] };
+                    }
+                    unsafe { *out.add((img * o + oc) * p + px) = sum };
+                }
             }
         }
+        false
+    }
+}
+
+/// A convolution as GEMM operands, prepared at compile time. Image-outer
+/// (the forward and input-gradient shape): per image, `W [O, C·kh·kw]`
+/// times the image's patches. Channel-outer (the weight-gradient shape,
+/// where the "kernel" is the big forward output): per input channel,
+/// `W[:, c] [O, kh·kw]` times the channel's patches across all images.
+/// Offsets are in elements, relative to the operand's (image or channel) base.
+struct ConvTables {
+    /// Small channels, stride 1: the direct kernel (no GEMM).
+    direct: bool,
+    x_dims: [usize; 4],
+    w_dims: [usize; 4],
+    channel_outer: bool,
+    o: usize,
+    n: usize,
+    c: usize,
+    pixels: usize,
+    /// Strides of x along n and c, and of w along o and c.
+    x_n: isize,
+    x_c: isize,
+    w_o: isize,
+    w_c: isize,
+    /// Column offsets of the weight matrix A (its reduction index).
+    a_cols: Vec<isize>,
+    /// Patch matrix B: rows are the reduction index, columns the outputs.
+    b_rows: Vec<isize>,
+    b_cols: Vec<isize>,
+}
+
+impl ConvTables {
+    fn new(x: &Affine, [n, c, h, wd]: [usize; 4], w: &Affine, [o, _, kh, kw]: [usize; 4], (ho, wo): (usize, usize), [sy, sx]: [usize; 2]) -> ConvTables {
+        let (xs, ws) = (&x.strides, &w.strides);
+        let pixel = |y: usize, x: usize| (y * sy) as isize * xs[2] as isize + (x * sx) as isize * xs[3] as isize;
+        let tap = |i: usize, j: usize| i as isize * xs[2] as isize + j as isize * xs[3] as isize;
+        let wtap = |i: usize, j: usize| i as isize * ws[2] as isize + j as isize * ws[3] as isize;
+        let channel_outer = kh * kw > ho * wo;
+        let mut t = ConvTables {
+            direct: !channel_outer && conv::direct_applies(x, [o, c, kh, kw], [sy, sx]),
+            x_dims: [n, c, h, wd],
+            w_dims: [o, c, kh, kw],
+            channel_outer,
+            o,
+            n,
+            c,
+            pixels: ho * wo,
+            x_n: xs[0] as isize,
+            x_c: xs[1] as isize,
+            w_o: ws[0] as isize,
+            w_c: ws[1] as isize,
+            a_cols: Vec::new(),
+            b_rows: Vec::new(),
+            b_cols: Vec::new(),
+        };
+        if channel_outer {
+            for i in 0..kh {
+                for j in 0..kw {
+                    t.a_cols.push(wtap(i, j));
+                    t.b_rows.push(tap(i, j));
+                }
+            }
+            for img in 0..n {
+                for y in 0..ho {
+                    for x in 0..wo {
+                        t.b_cols.push(img as isize * t.x_n + pixel(y, x));
+                    }
+                }
+            }
+        } else {
+            for ch in 0..c {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        t.a_cols.push(ch as isize * t.w_c + wtap(i, j));
+                        t.b_rows.push(ch as isize * t.x_c + tap(i, j));
+                    }
+                }
+            }
+            for y in 0..ho {
+                for x in 0..wo {
+                    t.b_cols.push(pixel(y, x));
+                }
+            }
+        }
+        t
+    }
+
+    /// Columns of the GEMM's output (what GEMM scratch must hold).
+    fn gemm_n(&self) -> usize {
+        if self.channel_outer { self.n * self.pixels } else { self.pixels }
     }
 }
 

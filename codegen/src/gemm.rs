@@ -27,31 +27,76 @@ const SMALL: usize = 4096;
 /// Below this many multiply-adds per thread, one thread does it all.
 const PER_THREAD: usize = 1 << 17;
 
-/// A read-only strided matrix: element `(i, j)` is at `ptr + i·rs + j·cs`.
+/// A read-only matrix: element `(i, j)` is at `ptr + row(i) + col(j)`, where
+/// `row(i)` is `rows[i]` when a row table is given, else `i·rs` (likewise
+/// for columns). Tables make a GEMM operand of any gather pattern, such as
+/// the patches of a convolution (implicit im2col: no copy of the patches).
 #[derive(Clone, Copy, Debug)]
-pub struct MatRef {
+pub struct MatRef<'t> {
     pub ptr: *const f32,
     pub rs: isize,
     pub cs: isize,
+    pub rows: Option<&'t [isize]>,
+    pub cols: Option<&'t [isize]>,
 }
 
-impl MatRef {
+impl<'t> MatRef<'t> {
+    /// A strided matrix.
+    pub fn strided(ptr: *const f32, rs: isize, cs: isize) -> MatRef<'t> {
+        MatRef { ptr, rs, cs, rows: None, cols: None }
+    }
+
+    #[inline(always)]
+    fn row(&self, i: usize) -> isize {
+        match self.rows {
+            Some(t) => t[i],
+            None => i as isize * self.rs,
+        }
+    }
+
+    #[inline(always)]
+    fn col(&self, j: usize) -> isize {
+        match self.cols {
+            Some(t) => t[j],
+            None => j as isize * self.cs,
+        }
+    }
+
     /// # Safety
     /// `(i, j)` must be inside the matrix.
     #[inline(always)]
     unsafe fn at(&self, i: usize, j: usize) -> f32 {
-        unsafe { *self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
+        unsafe { *self.ptr.offset(self.row(i) + self.col(j)) }
     }
 
-    fn shifted(&self, i: usize, j: usize) -> MatRef {
-        MatRef { ptr: self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs), ..*self }
+    fn shifted(&self, i: usize, j: usize) -> MatRef<'t> {
+        let mut m = *self;
+        match self.rows {
+            Some(t) => m.rows = Some(&t[i.min(t.len())..]),
+            None => m.ptr = m.ptr.wrapping_offset(i as isize * self.rs),
+        }
+        match self.cols {
+            Some(t) => m.cols = Some(&t[j.min(t.len())..]),
+            None => m.ptr = m.ptr.wrapping_offset(j as isize * self.cs),
+        }
+        m
+    }
+
+    /// Columns are one unit-stride run (packing can copy rows).
+    fn unit_cols(&self) -> bool {
+        self.cols.is_none() && self.cs == 1
+    }
+
+    /// Rows are one unit-stride run (packing can copy columns).
+    fn unit_rows(&self) -> bool {
+        self.rows.is_none() && self.rs == 1
     }
 }
 
 // SAFETY: descriptors only; parallel parts read shared inputs and write
 // disjoint blocks of the output.
-unsafe impl Send for MatRef {}
-unsafe impl Sync for MatRef {}
+unsafe impl Send for MatRef<'_> {}
+unsafe impl Sync for MatRef<'_> {}
 unsafe impl Send for MatMut {}
 unsafe impl Sync for MatMut {}
 
@@ -129,7 +174,7 @@ fn micro_kernel() -> MicroKernel {
 /// # Safety
 /// The matrices must be valid for those shapes; `C` must not overlap `A` or `B`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMut, accumulate: bool, scratch: &mut Scratch) {
+pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratch: &mut Scratch) {
     if m == 0 || n == 0 {
         return;
     }
@@ -172,10 +217,10 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMu
 /// column panels when `C` is wide, else by row panels.
 ///
 /// # Safety
-/// As [`sgemm`]; `scratches` has one entry per pool thread and no other
+/// As [`sgemm`]; `scratches` has one entry per pool worker and no other
 /// user during the call.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool) {
+pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool) {
     let work = m * n * k;
     let threads = pool.threads().min(scratches.len()).min(work / PER_THREAD).max(1);
     if threads == 1 {
@@ -187,11 +232,11 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef, b: MatRef,
     let (extent, unit) = if by_cols { (n, NR) } else { (m, MR) };
     let chunk = extent.div_ceil(unit).div_ceil(threads) * unit;
     let parts = extent.div_ceil(chunk);
-    pool.run(parts, &move |part| {
+    pool.run(parts, &move |part, worker| {
         let start = part * chunk;
         let len = chunk.min(extent - start);
-        // SAFETY: part `part` is the only user of scratch `part`.
-        let scratch = unsafe { scratches.get(part) };
+        // SAFETY: a worker runs one part at a time, with its own scratch.
+        let scratch = unsafe { scratches.get(worker) };
         unsafe {
             if by_cols {
                 sgemm(m, len, k, a, b.shifted(0, start), c.shifted(0, start), accumulate, scratch);
@@ -203,7 +248,7 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef, b: MatRef,
 }
 
 /// Direct loops for tiny products, where packing costs more than it saves.
-unsafe fn small(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMut, accumulate: bool) {
+unsafe fn small(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool) {
     for i in 0..m {
         let row = c.shifted(i, 0).ptr;
         for j in 0..n {
@@ -221,15 +266,15 @@ unsafe fn small(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatMut, a
 
 /// Packs an `mc × kc` block of A as `MR`-row panels, each `kc` columns of
 /// `MR` consecutive values (zero-padded rows at the bottom edge).
-unsafe fn pack_a(mc: usize, kc: usize, a: MatRef, dst: *mut f32) {
+unsafe fn pack_a(mc: usize, kc: usize, a: MatRef<'_>, dst: *mut f32) {
     let mut d = dst;
     for ir in (0..mc).step_by(MR) {
         let rows = MR.min(mc - ir);
         let panel = a.shifted(ir, 0);
         unsafe {
-            if rows == MR && panel.rs == 1 {
+            if rows == MR && panel.unit_rows() {
                 for p in 0..kc {
-                    std::ptr::copy_nonoverlapping(panel.ptr.offset(p as isize * panel.cs), d, MR);
+                    std::ptr::copy_nonoverlapping(panel.ptr.offset(panel.col(p)), d, MR);
                     d = d.add(MR);
                 }
             } else {
@@ -246,21 +291,27 @@ unsafe fn pack_a(mc: usize, kc: usize, a: MatRef, dst: *mut f32) {
 
 /// Packs a `kc × nc` block of B as `NR`-column panels, each `kc` rows of
 /// `NR` consecutive values (zero-padded columns at the right edge).
-unsafe fn pack_b(kc: usize, nc: usize, b: MatRef, dst: *mut f32) {
+unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<'_>, dst: *mut f32) {
     let mut d = dst;
     for jr in (0..nc).step_by(NR) {
         let cols = NR.min(nc - jr);
         let panel = b.shifted(0, jr);
         unsafe {
-            if cols == NR && panel.cs == 1 {
+            if cols == NR && panel.unit_cols() {
                 for p in 0..kc {
-                    std::ptr::copy_nonoverlapping(panel.ptr.offset(p as isize * panel.rs), d, NR);
+                    std::ptr::copy_nonoverlapping(panel.ptr.offset(panel.row(p)), d, NR);
                     d = d.add(NR);
                 }
             } else {
+                // Gather: column offsets once per panel, then one row base per step.
+                let mut offs = [0isize; NR];
+                for (j, o) in offs.iter_mut().enumerate().take(cols) {
+                    *o = panel.col(j);
+                }
                 for p in 0..kc {
-                    for j in 0..NR {
-                        *d.add(j) = if j < cols { panel.at(p, j) } else { 0.0 };
+                    let base = panel.ptr.offset(panel.row(p));
+                    for (j, &o) in offs.iter().enumerate() {
+                        *d.add(j) = if j < cols { *base.offset(o) } else { 0.0 };
                     }
                     d = d.add(NR);
                 }
@@ -377,8 +428,8 @@ mod tests {
                 let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
                 let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
                 let want = reference(m, n, k, &a, a_t, &b);
-                let am = if a_t { MatRef { ptr: a.as_ptr(), rs: 1, cs: m as isize } } else { MatRef { ptr: a.as_ptr(), rs: k as isize, cs: 1 } };
-                let bm = MatRef { ptr: b.as_ptr(), rs: n as isize, cs: 1 };
+                let am = if a_t { MatRef::strided(a.as_ptr(), 1, m as isize) } else { MatRef::strided(a.as_ptr(), k as isize, 1) };
+                let bm = MatRef::strided(b.as_ptr(), n as isize, 1);
                 for threads in [1, 2] {
                     let scratches = Scratches::new(pool.threads(), n);
                     let mut c = vec![1.0f32; m * n];

@@ -6,11 +6,13 @@
 //!   [`math`]).
 //! - [`lower`]: a fused graph to slots, loop kernels and steps; [`exec`]:
 //!   the compiled program that runs them.
-//! - [`gemm`]: the packed SGEMM that matmul and convolutions run on.
+//! - [`gemm`]: the packed SGEMM that matmul and convolutions run on;
+//!   [`conv`]: direct convolution for small channel counts.
 //! - [`routines`]: layout and indexing ops as library routines.
 //! - [`pool`]: the worker threads big kernels are split over.
 
 pub mod clif;
+pub mod conv;
 pub mod exec;
 pub mod gemm;
 pub mod kernel;

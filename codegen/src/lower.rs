@@ -87,6 +87,8 @@ pub enum Routine {
     Pool2d { kind: PoolKind, x: usize, dims: [usize; 4], window: [usize; 2], stride: [usize; 2] },
     ArgMax { x: usize, split: (usize, usize, usize) },
     Rand { dist: RandDist },
+    /// Zeros, then each operand added at its pad's positions.
+    PadSum { parts: Vec<(usize, Vec<usize>, Affine)>, out_numel: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -271,6 +273,18 @@ impl Lower<'_> {
             });
         }
         let split = |d: &[usize], axis: usize| -> (usize, usize, usize) { (d[..axis].iter().product(), d[axis], d[axis + 1..].iter().product()) };
+        let pads = self.fusion.pad_sum_parts(self.graph, root);
+        if !pads.is_empty() {
+            let mut parts = Vec::new();
+            for &p in &pads {
+                let Op::Pad { lo, hi, interior, .. } = &self.graph.node(p).op else { continue };
+                let src = self.graph.node(p).args[0];
+                let d = dims(src);
+                let (write, _) = crate::routines::pad_map(&d, lo, hi, interior);
+                parts.push((self.contiguous(root, src)?, d, write));
+            }
+            return Ok(Step::Routine { node: root, routine: Routine::PadSum { parts, out_numel: node.shape.numel() }, out });
+        }
         let routine = match &node.op {
             Op::Pad { lo, hi, interior, value } => {
                 let d = dims(node.args[0]);

@@ -16,7 +16,11 @@ pub struct Math {
 
 impl Math {
     pub fn new(float: Type) -> Math {
-        let int = if float.is_vector() { types::I32X4 } else { types::I32 };
+        let int = match float {
+            types::F32X4 => types::I32X4,
+            types::F64 => types::I64,
+            _ => types::I32,
+        };
         Math { float, int }
     }
 
@@ -58,11 +62,21 @@ impl Math {
         acc
     }
 
-    /// 2^n for an integer-valued float `n` in [-252, 256], as two exact
-    /// powers so that results near the overflow and underflow limits are
-    /// right (2^128 alone is not a float).
-    fn scale(&self, b: &mut FunctionBuilder, p: Value, n: Value) -> Value {
-        let ni = b.ins().fcvt_to_sint_sat(self.int, n);
+    /// `x` limited to `[lo, hi]`; NaN stays NaN (compare and select,
+    /// cheaper than IEEE fmin/fmax on x86).
+    fn clamp(&self, b: &mut FunctionBuilder, x: Value, lo: f32, hi: f32) -> Value {
+        let hi = self.f(b, hi);
+        let lo = self.f(b, lo);
+        let above = b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let x = self.select(b, above, hi, x);
+        let below = b.ins().fcmp(FloatCC::LessThan, x, lo);
+        self.select(b, below, lo, x)
+    }
+
+    /// `p · 2^n` for an integer `n` in [-252, 256], as two exact powers so
+    /// that results near the overflow and underflow limits are right (2^128
+    /// alone is not a float).
+    fn scale(&self, b: &mut FunctionBuilder, p: Value, ni: Value) -> Value {
         let half = b.ins().sshr_imm_s(ni, 1);
         let rest = b.ins().isub(ni, half);
         let bias = self.i(b, 127);
@@ -78,13 +92,17 @@ impl Math {
 
     pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
         // Beyond these, exp is +inf or 0 in f32; clamping keeps n small.
-        let hi = self.f(b, 88.8);
-        let lo = self.f(b, -104.0);
-        let x = b.ins().fmin(x, hi);
-        let x = b.ins().fmax(x, lo);
+        let x = self.clamp(b, x, -104.0, 88.8);
+        // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer and
+        // leaves it in the low mantissa bits (no float-to-int conversion).
+        const MAGIC: f32 = 12_582_912.0;
         let log2e = self.f(b, std::f32::consts::LOG2_E);
-        let t = b.ins().fmul(x, log2e);
-        let n = b.ins().nearest(t);
+        let magic = self.f(b, MAGIC);
+        let t = b.ins().fma(x, log2e, magic);
+        let n = b.ins().fsub(t, magic);
+        let tbits = self.to_int(b, t);
+        let mbits = self.i(b, MAGIC.to_bits() as i32);
+        let ni = b.ins().isub(tbits, mbits);
         // r = x - n·ln2, in two parts so the subtraction is exact.
         let c1 = self.f(b, -0.693_359_4);
         let c2 = self.f(b, 2.121_944_4e-4);
@@ -95,7 +113,7 @@ impl Math {
         let one = self.f(b, 1.0);
         let y = b.ins().fma(p, r2, r);
         let y = b.ins().fadd(y, one);
-        self.scale(b, y, n)
+        self.scale(b, y, ni)
     }
 
     pub fn log(&self, b: &mut FunctionBuilder, x: Value) -> Value {

@@ -1,44 +1,45 @@
-//! Worker threads for the big kernels: `run(parts, f)` calls `f(0..parts)`
-//! spread over the machine's cores, part 0 on the calling thread.
+//! Worker threads for the big kernels: `run(parts, f)` calls `f(part,
+//! worker)` for every part, spread over the machine's cores; the calling
+//! thread is worker 0 and takes parts too.
 //!
 //! Built for many short jobs per training step: a helper spins for a while
 //! after each job (a wake-up from sleep costs tens of microseconds on a VM)
 //! before it parks, and publishing a job allocates nothing, so compiled
-//! steps stay allocation-free. One job runs at a time; a job that calls
-//! `run` again (or a second caller) runs its parts inline.
+//! steps stay allocation-free. Parts are claimed from a shared counter, so
+//! a helper that the OS has descheduled (a busy shared machine) only costs
+//! the part it has already started: the others run on whoever is free. One
+//! job runs at a time; a nested or concurrent `run` runs inline.
 
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread;
 
 /// How long an idle helper spins before it sleeps (iterations of a pause loop, ~50 µs).
 const SPIN: u32 = 20_000;
 
-/// A job: the closure, erased to a raw fat pointer that lives on the caller's
-/// stack while the caller waits for every helper to finish it.
-#[derive(Clone, Copy)]
+/// A job: the closure, erased to a raw fat pointer; the job itself lives on
+/// the caller's stack while the caller waits for every part to finish.
 struct Job {
-    f: *const (dyn Fn(usize) + Sync),
+    f: *const (dyn Fn(usize, usize) + Sync),
     parts: usize,
 }
 
 struct Shared {
-    job: UnsafeCell<Option<Job>>,
+    /// The current job, or null between jobs.
+    job: AtomicPtr<Job>,
     /// Bumped (after `job` is written) to publish a job.
     epoch: AtomicU64,
-    /// Helpers still working on the current job.
-    pending: AtomicUsize,
+    /// Next part to claim, and parts finished, of the current job.
+    next: AtomicUsize,
+    done: AtomicUsize,
+    /// Helpers inside the current job (they may still read `job`).
+    active: AtomicUsize,
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
     busy: AtomicBool,
 }
 
-// SAFETY: `job` is written only by the caller holding `busy`, before the
-// `epoch` release store, and read by helpers after the acquire load of a
-// new epoch; the closure it points to is `Sync` and outlives the job.
-unsafe impl Sync for Shared {}
 
 pub struct Pool {
     shared: &'static Shared,
@@ -55,12 +56,28 @@ pub fn pool() -> &'static Pool {
     })
 }
 
+/// Claims and runs parts of `job` until none are left.
+fn work(s: &Shared, job: &Job, worker: usize) {
+    // SAFETY: the caller keeps the closure alive until every part is done.
+    let f = unsafe { &*job.f };
+    loop {
+        let part = s.next.fetch_add(1, Ordering::AcqRel);
+        if part >= job.parts {
+            return;
+        }
+        f(part, worker);
+        s.done.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 impl Pool {
     fn new(threads: usize) -> Pool {
         let shared: &'static Shared = Box::leak(Box::new(Shared {
-            job: UnsafeCell::new(None),
+            job: AtomicPtr::new(std::ptr::null_mut()),
             epoch: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -68,7 +85,7 @@ impl Pool {
         }));
         let mut spawned = 1;
         for helper in 1..threads {
-            let ok = thread::Builder::new().name(format!("d2l-worker-{helper}")).spawn(move || worker(shared, helper, threads)).is_ok();
+            let ok = thread::Builder::new().name(format!("d2l-worker-{helper}")).spawn(move || worker(shared, helper)).is_ok();
             if !ok {
                 break;
             }
@@ -77,24 +94,26 @@ impl Pool {
         Pool { shared, threads: spawned }
     }
 
+    /// Workers (the caller included): `f`'s second argument is below this.
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Calls `f(i)` for every `i < parts`, in parallel, and returns when all are done.
-    pub fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    /// Calls `f(part, worker)` for every `part < parts`, in parallel, and
+    /// returns when all are done. No two running parts share a worker index.
+    pub fn run(&self, parts: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let s = self.shared;
         if parts <= 1 || self.threads == 1 || s.busy.swap(true, Ordering::Acquire) {
-            (0..parts).for_each(f);
+            (0..parts).for_each(|p| f(p, 0));
             return;
         }
         // SAFETY: the lifetime is erased, but `run` does not return before
-        // every helper has finished with the job (`pending` reaches 0).
-        let f: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
-        let helpers = (self.threads - 1).min(parts - 1);
-        // SAFETY: we hold `busy`; helpers read `job` only after the epoch bump below.
-        unsafe { *s.job.get() = Some(Job { f, parts }) };
-        s.pending.store(helpers, Ordering::Relaxed);
+        // every part is done and no helper can reach the job any more.
+        let f: *const (dyn Fn(usize, usize) + Sync) = unsafe { std::mem::transmute(f) };
+        let mut job = Job { f, parts };
+        s.next.store(0, Ordering::SeqCst);
+        s.done.store(0, Ordering::SeqCst);
+        s.job.store(&mut job, Ordering::SeqCst);
         // SeqCst on both sides (here and in `worker`): a helper about to
         // sleep either sees this epoch or is counted in `sleepers`.
         s.epoch.fetch_add(1, Ordering::SeqCst);
@@ -102,25 +121,28 @@ impl Pool {
             let _guard = s.lock.lock();
             s.wake.notify_all();
         }
-        // SAFETY: `f` is valid for the duration of this call.
-        let job = unsafe { &*f };
-        for part in (0..parts).step_by(self.threads) {
-            job(part);
-        }
+        work(s, &job, 0);
         let mut spins = 0u32;
-        while s.pending.load(Ordering::Acquire) != 0 {
-            spins += 1;
-            if spins < 1 << 20 {
-                std::hint::spin_loop();
-            } else {
-                thread::yield_now();
+        let mut wait = |s: &Shared, until: &dyn Fn(&Shared) -> bool| {
+            while !until(s) {
+                spins += 1;
+                if spins < 2_000 {
+                    std::hint::spin_loop();
+                } else {
+                    // A helper holding a part was descheduled: let it run.
+                    thread::yield_now();
+                }
             }
-        }
+        };
+        wait(s, &|s| s.done.load(Ordering::Acquire) >= parts);
+        // Unpublish, then wait for helpers that may hold the pointer.
+        s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
+        wait(s, &|s| s.active.load(Ordering::SeqCst) == 0);
         s.busy.store(false, Ordering::Release);
     }
 }
 
-fn worker(s: &'static Shared, index: usize, threads: usize) {
+fn worker(s: &'static Shared, index: usize) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
@@ -138,20 +160,19 @@ fn worker(s: &'static Shared, index: usize, threads: usize) {
             let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.sleepers.fetch_add(1, Ordering::SeqCst);
             let guard = if s.epoch.load(Ordering::SeqCst) == seen { s.wake.wait(guard).unwrap_or_else(|e| e.into_inner()) } else { guard };
-            s.sleepers.fetch_sub(1, Ordering::AcqRel);
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
             drop(guard);
             spins = 0;
         }
-        // SAFETY: published before the epoch we just observed (acquire).
-        let Some(job) = (unsafe { *s.job.get() }) else { continue };
-        if index < job.parts {
-            // SAFETY: the caller keeps the closure alive until `pending` is 0.
-            let f = unsafe { &*job.f };
-            for part in (index..job.parts).step_by(threads) {
-                f(part);
-            }
-            s.pending.fetch_sub(1, Ordering::Release);
+        // Announce ourselves before reading the job: its caller unpublishes
+        // it and then waits for `active` to drop, so a job read here stays alive.
+        s.active.fetch_add(1, Ordering::SeqCst);
+        let job = s.job.load(Ordering::SeqCst);
+        if !job.is_null() {
+            // SAFETY: see above.
+            work(s, unsafe { &*job }, index);
         }
+        s.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -160,12 +181,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_part_runs_once() {
+    fn every_part_runs_once_on_distinct_workers() {
         let pool = Pool::new(3);
-        for parts in [1, 2, 3, 7] {
+        for parts in [1, 2, 3, 7, 40] {
             let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(parts, &|i| {
+            let busy: Vec<AtomicBool> = (0..pool.threads()).map(|_| AtomicBool::new(false)).collect();
+            pool.run(parts, &|i, w| {
+                assert!(!busy[w].swap(true, Ordering::AcqRel), "worker {w} runs two parts at once");
                 hits[i].fetch_add(1, Ordering::Relaxed);
+                busy[w].store(false, Ordering::Release);
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "parts = {parts}");
         }

@@ -20,6 +20,11 @@ pub struct Buf {
     pub dtype: DType,
 }
 
+// SAFETY: a description of memory; routines that share one across threads
+// write disjoint parts of it.
+unsafe impl Send for Buf {}
+unsafe impl Sync for Buf {}
+
 impl Buf {
     /// # Safety
     /// `i` must be inside the buffer, which must hold `T`s.
@@ -31,7 +36,12 @@ impl Buf {
 
 /// Calls `f(flat index, element offset)` for every position of `dims` in
 /// row-major order, where the offset follows `map` (an odometer: no division).
-pub fn for_each_offset(dims: &[usize], map: &Affine, mut f: impl FnMut(usize, i64)) {
+pub fn for_each_offset(dims: &[usize], map: &Affine, f: impl FnMut(usize, i64)) {
+    for_each_offset_of(dims, map.offset, &map.strides, f)
+}
+
+/// [`for_each_offset`] with the map's parts given separately (no allocation).
+pub fn for_each_offset_of(dims: &[usize], offset: i64, strides: &[i64], mut f: impl FnMut(usize, i64)) {
     if dims.contains(&0) {
         return;
     }
@@ -44,7 +54,7 @@ pub fn for_each_offset(dims: &[usize], map: &Affine, mut f: impl FnMut(usize, i6
         large.resize(dims.len(), 0);
         &mut large
     };
-    let mut off = map.offset;
+    let mut off = offset;
     let mut flat = 0;
     loop {
         f(flat, off);
@@ -56,14 +66,29 @@ pub fn for_each_offset(dims: &[usize], map: &Affine, mut f: impl FnMut(usize, i6
             }
             k -= 1;
             idx[k] += 1;
-            off += map.strides[k];
+            off += strides[k];
             if idx[k] < dims[k] {
                 break;
             }
-            off -= map.strides[k] * dims[k] as i64;
+            off -= strides[k] * dims[k] as i64;
             idx[k] = 0;
         }
     }
+}
+
+/// Like [`for_each_offset`] but one call per innermost row:
+/// `f(flat index of the row's first element, its offset, row length,
+/// offset step along the row)`, so callers can run a tight inner loop.
+pub fn for_each_row(dims: &[usize], offset: i64, strides: &[i64], mut f: impl FnMut(usize, i64, usize, i64)) {
+    let Some((&len, outer)) = dims.split_last() else {
+        f(0, offset, 1, 0);
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    let step = strides[dims.len() - 1];
+    for_each_offset_of(outer, offset, &strides[..outer.len()], |row, off| f(row * len, off, len, step));
 }
 
 /// Element size in bytes as buffers store it.
@@ -98,17 +123,69 @@ pub unsafe fn fill(dst: Buf, n: usize, value: f64) {
     }
 }
 
-/// XLA pad: `value` everywhere (`out_numel` elements), then the row-major
-/// operand of `dims` written through `write` (stride `interior + 1` from
-/// `lo`, see [`pad_map`]).
+/// XLA pad over images `images` of dim 0 (which a parallel caller splits;
+/// dim 0 must be unpadded unless `images` covers it all): `value`
+/// everywhere, then the row-major operand of `dims` written through `write`
+/// (stride `interior + 1` from `lo`, see [`pad_map`]). With `add`, the
+/// operand is added instead (one part of a sum of pads, into zeros).
 ///
 /// # Safety
 /// `src` holds `dims`; `write` stays inside `dst`, which holds `out_numel`.
-pub unsafe fn pad(src: Buf, dims: &[usize], write: &Affine, value: f64, dst: Buf, out_numel: usize) {
-    unsafe { fill(dst, out_numel, value) };
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pad(src: Buf, dims: &[usize], write: &Affine, value: Option<f64>, add: bool, dst: Buf, out_numel: usize, images: std::ops::Range<usize>) {
+    let n = dims.first().copied().unwrap_or(1).max(1);
+    let whole = images.start == 0 && images.end >= n;
     let size = size_of(src.dtype);
-    for_each_offset(dims, write, |flat, off| unsafe {
-        std::ptr::copy_nonoverlapping(src.ptr.add(flat * size), dst.ptr.offset(off as isize * size as isize), size);
+    // The slice of the output these images cover.
+    let (out_start, out_len) = if whole { (0, out_numel) } else { (images.start * out_numel / n, images.len() * out_numel / n) };
+    if let Some(v) = value {
+        unsafe { fill(Buf { ptr: dst.ptr.add(out_start * size), dtype: dst.dtype }, out_len, v) };
+    }
+    if dims.len() > 16 {
+        return;
+    }
+    let mut part_dims = [0usize; 16];
+    let rank = dims.len();
+    part_dims[..rank].copy_from_slice(dims);
+    let mut offset = write.offset;
+    let mut src_start = 0;
+    if !whole && rank > 0 {
+        part_dims[0] = images.len();
+        src_start = images.start * dims[1..].iter().product::<usize>();
+        offset += images.start as i64 * write.strides[0];
+    }
+    for_each_row(&part_dims[..rank], offset, &write.strides, |flat, off, len, step| unsafe {
+        let flat = src_start + flat;
+        match (src.dtype, add) {
+            (DType::F32, _) => {
+                let (s, d) = (src.at::<f32>(flat), (dst.ptr as *mut f32).offset(off as isize));
+                for j in 0..len {
+                    let p = d.offset(j as isize * step as isize);
+                    *p = if add { *p + *s.add(j) } else { *s.add(j) };
+                }
+            }
+            (DType::F64, true) => {
+                for j in 0..len {
+                    *dst.at::<f64>((off + j as i64 * step) as usize) += *src.at::<f64>(flat + j);
+                }
+            }
+            (DType::I64, true) => {
+                for j in 0..len {
+                    let p = dst.at::<i64>((off + j as i64 * step) as usize);
+                    *p = (*p).wrapping_add(*src.at::<i64>(flat + j));
+                }
+            }
+            (DType::Bool, true) => {
+                for j in 0..len {
+                    *dst.at::<u8>((off + j as i64 * step) as usize) |= *src.at::<u8>(flat + j);
+                }
+            }
+            _ => {
+                for j in 0..len {
+                    std::ptr::copy_nonoverlapping(src.ptr.add((flat + j) * size), dst.ptr.offset((off + j as i64 * step) as isize * size as isize), size);
+                }
+            }
+        }
     });
 }
 
@@ -196,12 +273,15 @@ pub unsafe fn scatter_add(idx: Buf, m: usize, updates: Buf, (outer, n, inner): (
 ///
 /// # Safety
 /// `x` holds `[n, c, h, w]` floats, `dst` the pooled shape.
-pub unsafe fn pool2d(kind: PoolKind, x: Buf, [n, c, h, w]: [usize; 4], [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], dst: Buf) {
+pub unsafe fn pool2d(kind: PoolKind, x: Buf, [_, _, h, w]: [usize; 4], [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], dst: Buf, planes: std::ops::Range<usize>) {
     let (ho, wo) = ((h - wh) / sy + 1, (w - ww) / sx + 1);
-    match x.dtype {
-        DType::F32 => unsafe { pool_planes::<f32>(kind, x.ptr as *const f32, n * c, h, w, [wh, ww], [sy, sx], ho, wo, dst.ptr as *mut f32) },
-        DType::F64 => unsafe { pool_planes::<f64>(kind, x.ptr as *const f64, n * c, h, w, [wh, ww], [sy, sx], ho, wo, dst.ptr as *mut f64) },
-        _ => {}
+    let (first, count) = (planes.start, planes.len());
+    unsafe {
+        match x.dtype {
+            DType::F32 => pool_planes::<f32>(kind, (x.ptr as *const f32).add(first * h * w), count, h, w, [wh, ww], [sy, sx], ho, wo, (dst.ptr as *mut f32).add(first * ho * wo)),
+            DType::F64 => pool_planes::<f64>(kind, (x.ptr as *const f64).add(first * h * w), count, h, w, [wh, ww], [sy, sx], ho, wo, (dst.ptr as *mut f64).add(first * ho * wo)),
+            _ => {}
+        }
     }
 }
 

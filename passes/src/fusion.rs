@@ -15,7 +15,10 @@
 //!    weight gradient), run right after the GEMM while its output is in cache.
 //! 4. Layout and indexing ops (`pad`, `concat`, `gather`, `scatter_add`,
 //!    pooling, `argmax`, `rand`) are kernels of their own, run by library
-//!    routines on contiguous operands.
+//!    routines on contiguous operands. A sum of zero-pads (the gradient of
+//!    pooling: one interior pad per window offset) is one routine that
+//!    scatters every operand into a single output, instead of one full-size
+//!    buffer per pad plus a loop adding them.
 //!
 //! A merge is refused when it would make the kernel graph cyclic (a kernel
 //! reading, through another kernel, a value it computes itself), or would
@@ -25,7 +28,7 @@
 
 use std::fmt::Write;
 
-use d2l_ir::{DType, Graph, NodeId, Op, Shape};
+use d2l_ir::{BinaryOp, DType, Graph, NodeId, Op, Shape};
 
 /// `offset + Σ strides[d] · i[d]` over the indices `i` of a node's shape: the
 /// element a strided view reads, or the value an index expression (iota)
@@ -143,6 +146,8 @@ pub enum Value {
     Loop { kernel: usize, stored: bool },
     /// Written to its own buffer by the root op of kernel `kernel`.
     Root { kernel: usize },
+    /// Part of the routine of kernel `kernel` (a pad or add inside a pad sum).
+    Absorbed { kernel: usize },
 }
 
 /// What a kernel starts with before its loop (if any).
@@ -200,7 +205,7 @@ impl Fusion {
         let kernel = &self.kernels[k];
         let mut sources = Vec::new();
         if let Some((root, _)) = kernel.root {
-            sources.extend(graph.node(root).args.iter().map(|&a| self.source(graph, a)));
+            sources.extend(self.root_inputs(graph, root).iter().map(|&a| self.source(graph, a)));
         }
         for &m in &kernel.body {
             match self.copy_source(graph, m) {
@@ -223,7 +228,34 @@ impl Fusion {
 
     /// Whether `id` is computed inside kernel `k` (its root or a loop member).
     pub fn is_in(&self, k: usize, id: NodeId) -> bool {
-        matches!(self.value(id), Value::Loop { kernel, .. } | Value::Root { kernel } if *kernel == k)
+        matches!(self.value(id), Value::Loop { kernel, .. } | Value::Root { kernel } | Value::Absorbed { kernel } if *kernel == k)
+    }
+
+    /// The pads a pad-sum routine rooted at `root` adds up (empty for any
+    /// other node).
+    pub fn pad_sum_parts(&self, graph: &Graph, root: NodeId) -> Vec<NodeId> {
+        let mut parts = Vec::new();
+        if !matches!(self.value(root), Value::Root { .. }) || !matches!(graph.node(root).op, Op::Binary(BinaryOp::Add)) {
+            return parts;
+        }
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            for &a in graph.node(id).args.iter().rev() {
+                match graph.node(a).op {
+                    Op::Pad { .. } => parts.push(a),
+                    _ => stack.push(a),
+                }
+            }
+        }
+        parts.reverse();
+        parts
+    }
+
+    /// The values a kernel's root reads: its operands, or for a pad sum the
+    /// operands of its pads.
+    pub fn root_inputs(&self, graph: &Graph, root: NodeId) -> Vec<NodeId> {
+        let parts = self.pad_sum_parts(graph, root);
+        if parts.is_empty() { graph.node(root).args.clone() } else { parts.iter().map(|&p| graph.node(p).args[0]).collect() }
     }
 
     /// For a view op (or constant) that is copied into a buffer by a loop:
@@ -327,6 +359,10 @@ struct Fuser<'g> {
     /// What the reader of each node needs it to be.
     need: Vec<Need>,
     live: Vec<bool>,
+    /// Pads and adds inside a pad sum (computed by its root's routine), and
+    /// the roots of pad sums.
+    absorbed: Vec<bool>,
+    pad_sum_root: Vec<bool>,
 }
 
 /// Partitions `graph` into kernels.
@@ -363,13 +399,45 @@ pub fn fuse(graph: &Graph) -> Fusion {
             need[a.index()] = need[a.index()].max(wants);
         }
     }
-    let mut fuser = Fuser { graph, group_of: vec![None; n], groups: Vec::new(), views: vec![None; n], ancestors, need, live };
+    let (absorbed, pad_sum_root) = pad_sums(graph, &live);
+    let mut fuser = Fuser { graph, group_of: vec![None; n], groups: Vec::new(), views: vec![None; n], ancestors, need, live, absorbed, pad_sum_root };
     for &id in &ids {
-        if fuser.live[id.index()] {
+        if fuser.live[id.index()] && !fuser.absorbed[id.index()] {
             fuser.place(id);
         }
     }
     fuser.finish()
+}
+
+/// Finds sums of zero-pads: adds whose operands are each a zero pad of the
+/// sum's shape, or such an add, used nowhere else. Returns (absorbed nodes,
+/// roots).
+fn pad_sums(graph: &Graph, live: &[bool]) -> (Vec<bool>, Vec<bool>) {
+    let n = graph.len();
+    let outputs: Vec<NodeId> = graph.outputs().iter().map(|(_, id)| *id).collect();
+    let mut is_sum = vec![false; n];
+    let only_user = |a: NodeId, id: NodeId| graph.users(a) == [id] && !outputs.contains(&a) && graph.node(id).args.iter().filter(|&&x| x == a).count() == 1;
+    for id in graph.ids() {
+        let node = graph.node(id);
+        if !live[id.index()] || node.op != Op::Binary(BinaryOp::Add) {
+            continue;
+        }
+        is_sum[id.index()] = node.args.iter().all(|&a| {
+            let part = graph.node(a);
+            let zero_pad = matches!(part.op, Op::Pad { value, .. } if value == 0.0) && part.shape == node.shape;
+            (zero_pad || is_sum[a.index()]) && only_user(a, id)
+        });
+    }
+    let mut absorbed = vec![false; n];
+    for id in graph.ids() {
+        if is_sum[id.index()] {
+            for &a in &graph.node(id).args {
+                absorbed[a.index()] = true;
+            }
+        }
+    }
+    let roots = (0..n).map(|i| is_sum[i] && !absorbed[i]).collect();
+    (absorbed, roots)
 }
 
 /// Ops run by a library routine, as kernels of their own.
@@ -446,6 +514,9 @@ impl Fuser<'_> {
                 self.new_group(node.shape.clone(), Some((id, RootKind::Contraction)), Vec::new());
             }
             op if is_routine(op) => {
+                self.new_group(node.shape.clone(), Some((id, RootKind::Routine)), Vec::new());
+            }
+            _ if self.pad_sum_root[id.index()] => {
                 self.new_group(node.shape.clone(), Some((id, RootKind::Routine)), Vec::new());
             }
             Op::Reduce { .. } => {
@@ -534,6 +605,25 @@ impl Fuser<'_> {
         true
     }
 
+    /// What computing `id` reads: its operands, or for a pad-sum root the
+    /// operands of its pads.
+    fn inputs_of(&self, id: NodeId) -> Vec<NodeId> {
+        if !self.pad_sum_root[id.index()] {
+            return self.graph.node(id).args.clone();
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![id];
+        while let Some(x) = stack.pop() {
+            for &a in &self.graph.node(x).args {
+                match self.graph.node(a).op {
+                    Op::Pad { .. } => out.push(self.graph.node(a).args[0]),
+                    _ => stack.push(a),
+                }
+            }
+        }
+        out
+    }
+
     /// Orders the groups into kernels and records every node's value.
     fn finish(self) -> Fusion {
         let graph = self.graph;
@@ -551,7 +641,7 @@ impl Fuser<'_> {
         for &g in &alive {
             let group = &self.groups[g];
             for &m in group.root.iter().map(|(r, _)| r).chain(&group.body) {
-                for &a in &graph.node(m).args {
+                for &a in &self.inputs_of(m) {
                     if let Some(b) = base_of(a)
                         && let Some(h) = self.group_of[b.index()]
                         && h != g
@@ -625,6 +715,7 @@ impl Fuser<'_> {
             }
             values[i] = match (&graph.node(id).op, self.group_of[i], &self.views[i]) {
                 (Op::Input { .. } | Op::Param { .. } | Op::State { .. }, _, _) => Value::Feed,
+                _ if self.absorbed[i] => Value::Unused,
                 (_, Some(g), _) => {
                     let kernel = kernel_of_group[g];
                     if matches!(self.groups[g].root, Some((r, _)) if r == id) {
@@ -636,6 +727,22 @@ impl Fuser<'_> {
                 (_, None, Some(s)) => Value::View(s.clone()),
                 (_, None, None) => Value::Unused,
             };
+        }
+        // Pads and adds inside a pad sum belong to its root's kernel.
+        for id in graph.ids() {
+            if let Value::Root { kernel } = values[id.index()]
+                && self.pad_sum_root[id.index()]
+            {
+                let mut stack = vec![id];
+                while let Some(x) = stack.pop() {
+                    for &a in &graph.node(x).args {
+                        if self.absorbed[a.index()] {
+                            values[a.index()] = Value::Absorbed { kernel };
+                            stack.push(a);
+                        }
+                    }
+                }
+            }
         }
         let kernels = order
             .iter()
@@ -660,8 +767,14 @@ pub fn text(graph: &Graph, fusion: &Fusion) -> String {
         let _ = writeln!(out, "k{k}: {kind}");
         if let Some((root, _)) = kernel.root {
             let node = graph.node(root);
-            let args: Vec<String> = node.args.iter().map(|&a| operand(graph, fusion, k, a)).collect();
-            let _ = writeln!(out, "  {}: {} = {} {}", name(root), ty(root), node.op.mnemonic(), args.join(", "));
+            let parts = fusion.pad_sum_parts(graph, root);
+            if parts.is_empty() {
+                let args: Vec<String> = node.args.iter().map(|&a| operand(graph, fusion, k, a)).collect();
+                let _ = writeln!(out, "  {}: {} = {} {}", name(root), ty(root), node.op.mnemonic(), args.join(", "));
+            } else {
+                let args: Vec<String> = parts.iter().map(|&p| format!("pad({})", operand(graph, fusion, k, graph.node(p).args[0]))).collect();
+                let _ = writeln!(out, "  {}: {} = pad_sum {}", name(root), ty(root), args.join(", "));
+            }
         }
         if !kernel.body.is_empty() {
             let _ = writeln!(out, "  loop {}:", kernel.shape);
@@ -693,6 +806,7 @@ fn kernel_kind(graph: &Graph, kernel: &Kernel) -> String {
     match kernel.root {
         Some((r, RootKind::Contraction)) if kernel.body.is_empty() => graph.node(r).op.mnemonic().to_string(),
         Some((r, RootKind::Contraction)) => format!("{} + {loop_kind} epilogue", graph.node(r).op.mnemonic()),
+        Some((r, RootKind::Routine)) if matches!(graph.node(r).op, Op::Binary(_)) => "pad_sum".into(),
         Some((r, RootKind::Routine)) => graph.node(r).op.mnemonic().to_string(),
         None if kernel.body.len() == 1 && is_copy(graph, kernel.body[0]) => "copy".into(),
         None => loop_kind.into(),

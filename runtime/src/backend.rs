@@ -105,6 +105,10 @@ impl Jitted {
     pub fn program(&self) -> &Program {
         &self.program
     }
+
+    pub fn program_mut(&mut self) -> &mut Program {
+        &mut self.program
+    }
 }
 
 impl Executable for Jitted {

@@ -241,6 +241,22 @@ fn layout_ops_as_views_and_copies() {
     let p = c.g.pad(x, &[0, 1, 2], &[1, 0, 1], &[0, 1, 2], 0.5).unwrap();
     c.out(p);
 
+    // A sum of interior pads (pooling's gradient) is one routine; a pad
+    // that is also used elsewhere stays a kernel of its own.
+    let mut c = Case::new("sum of pads");
+    let x = c.input("x", DType::F32, &[2, 3, 4, 4]);
+    let y = c.input("y", DType::F32, &[2, 3, 4, 4]);
+    let pads: Vec<NodeId> = [(0, 1), (1, 0), (1, 1)]
+        .iter()
+        .map(|&(a, b)| c.g.pad(if a == b { y } else { x }, &[0, 0, a, b], &[0, 0, 1 - a, 1 - b], &[0, 0, 1, 1], 0.0).unwrap())
+        .collect();
+    let s = c.g.binary(BinaryOp::Add, pads[0], pads[1]).unwrap();
+    let s = c.g.binary(BinaryOp::Add, s, pads[2]).unwrap();
+    let shared = c.g.pad(x, &[0, 0, 0, 0], &[0, 0, 1, 1], &[0, 0, 1, 1], 0.0).unwrap();
+    let t = c.g.binary(BinaryOp::Add, s, shared).unwrap();
+    c.g.set_output("shared pad", shared);
+    c.out(t);
+
     let mut c = Case::new("concat of a view");
     let x = c.input("x", DType::F32, &[2, 3]);
     let y = c.input("y", DType::F32, &[3, 2]);
@@ -319,6 +335,13 @@ fn convolution_and_pooling() {
         let y = c.g.conv2d(x, w, stride).unwrap();
         c.out(y);
     }
+    // Wide rows (a full 16-pixel block and a partial one) and output
+    // channels in a full block of 6 and a partial one.
+    let mut c = Case::new("conv2d wide");
+    let x = c.input("x", DType::F32, &[2, 3, 20, 21]);
+    let w = c.input("w", DType::F32, &[8, 3, 3, 4]);
+    let y = c.g.conv2d(x, w, [1, 1]).unwrap();
+    c.out(y);
     // The weight-gradient form autodiff produces: both operands permuted.
     let mut c = Case::new("conv2d of permuted operands");
     let x = c.input("x", DType::F32, &[3, 2, 8, 8]);
