@@ -28,6 +28,8 @@ use crate::math::Math;
 
 /// Vector width in f32 lanes.
 const W: usize = 4;
+/// Innermost loops up to this long (not the outermost) are fully unrolled.
+const SHORT_ROW: usize = 32;
 
 /// The signature every kernel has: the buffer table and a range of loop 0.
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64);
@@ -303,6 +305,10 @@ struct Emitter<'k, 'f> {
     /// (one per unrolled copy) and a scalar one.
     accs: HashMap<usize, (Vec<Variable>, Variable)>,
     unroll: usize,
+    /// The innermost loop is short and of fixed length: emit it unrolled,
+    /// without loop control (rows of 10 classes cost more in branches
+    /// than in arithmetic otherwise).
+    straight: bool,
 }
 
 impl<'k, 'f> Emitter<'k, 'f> {
@@ -331,9 +337,10 @@ impl<'k, 'f> Emitter<'k, 'f> {
             })
             .collect();
         let inner = k.extents[r - 1];
-        let mut e = Emitter { b, k, calls, variant, vector: false, store_kinds, bases: HashMap::new(), accs: HashMap::new(), unroll: 1 };
+        let mut e = Emitter { b, k, calls, variant, vector: false, store_kinds, bases: HashMap::new(), accs: HashMap::new(), unroll: 1, straight: false };
         e.vector = inner >= W && e.vectorizable();
-        e.unroll = if inner >= 8 * W { 4 } else if inner >= 2 * W { 2 } else { 1 };
+        e.straight = r >= 2 && inner <= SHORT_ROW;
+        e.unroll = if e.straight { (inner / W).max(1) } else if inner >= 8 * W { 4 } else if inner >= 2 * W { 2 } else { 1 };
         e
     }
 
@@ -352,7 +359,7 @@ impl<'k, 'f> Emitter<'k, 'f> {
                 return false;
             }
             let ok = match inst {
-                Inst::Load { dtype, access } => *dtype == DType::F32 && access.strides[r - 1] == 1,
+                Inst::Load { dtype, access } => lane_ok(*dtype) && access.strides[r - 1] == 1,
                 Inst::Index { .. } => false,
                 _ => true,
             };
@@ -366,7 +373,8 @@ impl<'k, 'f> Emitter<'k, 'f> {
             value_ok
                 && match kind {
                     StoreKind::Register { .. } => true,
-                    _ => s.dtype == DType::F32 && stride == 1,
+                    StoreKind::Plain => lane_ok(s.dtype) && stride == 1,
+                    StoreKind::Accumulate(_) => s.dtype == DType::F32 && stride == 1,
                 }
         })
     }
@@ -572,6 +580,24 @@ impl<'k, 'f> Emitter<'k, 'f> {
                 self.accs.insert(s, (vecs, scalar));
             }
         }
+        if self.straight {
+            let n = self.k.extents[r - 1];
+            let vectors = if self.vector { n / W } else { 0 };
+            if vectors > 0 {
+                self.body(Lanes::Vector, &rows, start, vectors, &splats);
+            }
+            for t in vectors * W..n {
+                let j = self.iconst(t as i64);
+                self.body(Lanes::Scalar, &rows, j, 1, &invariant);
+            }
+        } else {
+            self.loops(&rows, start, end, &invariant, &splats);
+        }
+        self.write_back(&rows);
+    }
+
+    /// The innermost loop as loops: unrolled vector, vector, scalar tail.
+    fn loops(&mut self, rows: &HashMap<usize, Value>, start: Value, end: Value, invariant: &[Option<Value>], splats: &[Option<Value>]) {
         let mut scalar_from = start;
         if self.vector {
             let u = self.unroll;
@@ -580,21 +606,24 @@ impl<'k, 'f> Emitter<'k, 'f> {
             let main_end = self.b.ins().iadd(start, main);
             if u > 1 {
                 self.for_loop(start, main_end, (W * u) as i64, &mut |e: &mut Self, j| {
-                    e.body(Lanes::Vector, &rows, j, u, &splats);
+                    e.body(Lanes::Vector, rows, j, u, splats);
                 });
             }
             let vec = self.b.ins().band_imm_s(count, !(W as i64 - 1));
             let vec_end = self.b.ins().iadd(start, vec);
             let vec_start = if u > 1 { main_end } else { start };
             self.for_loop(vec_start, vec_end, W as i64, &mut |e: &mut Self, j| {
-                e.body(Lanes::Vector, &rows, j, 1, &splats);
+                e.body(Lanes::Vector, rows, j, 1, splats);
             });
             scalar_from = vec_end;
         }
         self.for_loop(scalar_from, end, 1, &mut |e: &mut Self, j| {
-            e.body(Lanes::Scalar, &rows, j, 1, &invariant);
+            e.body(Lanes::Scalar, rows, j, 1, invariant);
         });
-        // Write back register reductions.
+    }
+
+    /// Writes back register reductions after the innermost loop.
+    fn write_back(&mut self, rows: &HashMap<usize, Value>) {
         for (s, kind) in self.store_kinds.clone().into_iter().enumerate() {
             let StoreKind::Register { op, combine } = kind else { continue };
             let store = &self.k.stores[s];
@@ -620,7 +649,6 @@ impl<'k, 'f> Emitter<'k, 'f> {
             }
             self.b.ins().store(flags(), total, ptr, 0);
         }
-        let _ = r;
     }
 
     /// One iteration of the innermost loop at index `j`: `copies` unrolled
@@ -652,6 +680,16 @@ impl<'k, 'f> Emitter<'k, 'f> {
                     kind => {
                         let addr = self.address(rows[&item], j, stride, store.dtype.size_bytes());
                         let off = (lane_offset * stride * store.dtype.size_bytes() as i64) as i32;
+                        if lanes == Lanes::Vector && store.dtype == DType::Bool {
+                            // Lane mask 0/-1 → four bytes 0/1.
+                            let ones = self.b.ins().ineg(value);
+                            let halves = self.b.ins().snarrow(ones, ones);
+                            let bytes = self.b.ins().snarrow(halves, halves);
+                            let words = self.b.ins().bitcast(types::I32X4, little(), bytes);
+                            let word = self.b.ins().extractlane(words, 0);
+                            self.b.ins().store(flags(), word, addr, off);
+                            continue;
+                        }
                         let value = if let StoreKind::Accumulate(op) = kind {
                             let ty = if lanes == Lanes::Vector { types::F32X4 } else { scalar_ty(store.dtype) };
                             let old = self.b.ins().load(ty, flags(), addr, off);
@@ -755,8 +793,18 @@ impl<'k, 'f> Emitter<'k, 'f> {
                     Some(j) => self.address(row, j, stride, size),
                     None => row,
                 };
+                let off = (lane_offset * stride * size as i64) as i32;
+                if vector && dtype == DType::Bool {
+                    // Four bytes 0/1 → an i32x4 lane mask 0/-1.
+                    let word = self.b.ins().load(types::I32, flags(), addr, off);
+                    let v = self.b.ins().scalar_to_vector(types::I32X4, word);
+                    let bytes = self.b.ins().bitcast(types::I8X16, little(), v);
+                    let halves = self.b.ins().uwiden_low(bytes);
+                    let words = self.b.ins().uwiden_low(halves);
+                    return self.b.ins().ineg(words);
+                }
                 let ty = if vector { types::F32X4 } else { scalar_ty(dtype) };
-                self.b.ins().load(ty, flags(), addr, (lane_offset * stride * size as i64) as i32)
+                self.b.ins().load(ty, flags(), addr, off)
             }
             Inst::Index { strides, .. } => {
                 let row = rows[&self.item_of_inst(i)];

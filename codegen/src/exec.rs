@@ -320,7 +320,7 @@ impl Program {
         let e = e?;
         let k = &self.plan.kernels[e];
         let extent = k.extents[0];
-        (k.splittable() && images > 0 && extent.is_multiple_of(images)).then(|| (self.kernel_fn(e), extent / images))
+        (k.splittable() && !k.hoisted && images > 0 && extent.is_multiple_of(images)).then(|| (self.kernel_fn(e), extent / images))
     }
 
     unsafe fn step(&mut self, s: usize) -> Result<(), ExecError> {

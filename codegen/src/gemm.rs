@@ -159,7 +159,8 @@ impl Scratches {
     }
 }
 
-type MicroKernel = unsafe fn(usize, *const f32, *const f32, MatMut, usize, usize, bool);
+/// `(kc, a, a row stride, a step stride, b, c, rows, cols, load_c)`.
+type MicroKernel = unsafe fn(usize, *const f32, isize, isize, *const f32, MatMut, usize, usize, bool);
 
 fn micro_kernel() -> MicroKernel {
     #[cfg(target_arch = "x86_64")]
@@ -190,21 +191,24 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, 
             let kc = KC.min(k - pc);
             unsafe { pack_b(kc, nc, b.shifted(pc, jc), scratch.b.as_mut_ptr()) };
             let load_c = accumulate || pc > 0;
+            // A block is reused across column panels; with a single panel
+            // (narrow C) packing it would cost as much as the product, so
+            // the micro-kernel reads a plain strided A directly.
+            let direct_a = nc <= NR && a.rows.is_none() && a.cols.is_none();
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                unsafe { pack_a(mc, kc, a.shifted(ic, pc), scratch.a.as_mut_ptr()) };
+                if !direct_a {
+                    unsafe { pack_a(mc, kc, a.shifted(ic, pc), scratch.a.as_mut_ptr()) };
+                }
                 for jr in (0..nc).step_by(NR) {
                     for ir in (0..mc).step_by(MR) {
+                        let (ap, ars, acs) = if direct_a {
+                            (a.shifted(ic + ir, pc).ptr, a.rs, a.cs)
+                        } else {
+                            (unsafe { scratch.a.as_ptr().add(ir * kc) }, 1, MR as isize)
+                        };
                         unsafe {
-                            kernel(
-                                kc,
-                                scratch.a.as_ptr().add(ir * kc),
-                                scratch.b.as_ptr().add(jr * kc),
-                                c.shifted(ic + ir, jc + jr),
-                                MR.min(mc - ir),
-                                NR.min(nc - jr),
-                                load_c,
-                            )
+                            kernel(kc, ap, ars, acs, scratch.b.as_ptr().add(jr * kc), c.shifted(ic + ir, jc + jr), MR.min(mc - ir), NR.min(nc - jr), load_c)
                         };
                     }
                 }
@@ -278,9 +282,16 @@ unsafe fn pack_a(mc: usize, kc: usize, a: MatRef<'_>, dst: *mut f32) {
                     d = d.add(MR);
                 }
             } else {
+                // Row bases once per panel (missing rows read row 0, then
+                // are zeroed), then one column offset per step.
+                let mut bases = [panel.ptr; MR];
+                for (i, b) in bases.iter_mut().enumerate().take(rows) {
+                    *b = panel.ptr.offset(panel.row(i));
+                }
                 for p in 0..kc {
-                    for i in 0..MR {
-                        *d.add(i) = if i < rows { panel.at(i, p) } else { 0.0 };
+                    let off = panel.col(p);
+                    for (i, b) in bases.iter().enumerate() {
+                        *d.add(i) = if i < rows { *b.offset(off) } else { 0.0 };
                     }
                     d = d.add(MR);
                 }
@@ -322,13 +333,15 @@ unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<'_>, dst: *mut f32) {
 
 /// Multiplies a packed A panel by a packed B panel into the `rows × cols`
 /// corner of a `MR × NR` tile of C.
-unsafe fn portable_kernel(kc: usize, a: *const f32, b: *const f32, c: MatMut, rows: usize, cols: usize, load_c: bool) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_kernel(kc: usize, a: *const f32, ars: isize, acs: isize, b: *const f32, c: MatMut, rows: usize, cols: usize, load_c: bool) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
-        let (ap, bp) = unsafe { (std::slice::from_raw_parts(a.add(p * MR), MR), std::slice::from_raw_parts(b.add(p * NR), NR)) };
-        for i in 0..MR {
+        let bp = unsafe { std::slice::from_raw_parts(b.add(p * NR), NR) };
+        for (i, row) in acc.iter_mut().enumerate().take(rows) {
+            let ai = unsafe { *a.offset(i as isize * ars + p as isize * acs) };
             for j in 0..NR {
-                acc[i][j] = ap[i].mul_add(bp[j], acc[i][j]);
+                row[j] = ai.mul_add(bp[j], row[j]);
             }
         }
     }
@@ -353,21 +366,29 @@ mod x86 {
     /// and one broadcast A value per step (FMA-bound, not load-bound).
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; panels hold `kc` packed steps.
+    /// The CPU must support AVX2 and FMA; `a` holds `rows × kc` values at
+    /// strides (`ars`, `acs`), `b` `kc` packed steps.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: MatMut, rows: usize, cols: usize, load_c: bool) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_6x16(kc: usize, a: *const f32, ars: isize, acs: isize, b: *const f32, c: MatMut, rows: usize, cols: usize, load_c: bool) {
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-            let (mut a, mut b) = (a, b);
+            // Rows past `rows` (a bottom edge of a direct, unpacked A) read row 0.
+            let mut rowp = [a; MR];
+            for (i, r) in rowp.iter_mut().enumerate().take(rows) {
+                *r = a.offset(i as isize * ars);
+            }
+            let mut b = b;
+            let mut off = 0isize;
             for _ in 0..kc {
                 let b0 = _mm256_loadu_ps(b);
                 let b1 = _mm256_loadu_ps(b.add(8));
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = _mm256_broadcast_ss(&*a.add(i));
+                    let ai = _mm256_broadcast_ss(&*rowp[i].offset(off));
                     row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
                     row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
                 }
-                a = a.add(MR);
+                off += acs;
                 b = b.add(NR);
             }
             if cols == NR {
@@ -423,7 +444,7 @@ mod tests {
     #[test]
     fn matches_a_reference_on_edges_and_transposes() {
         let pool = crate::pool::pool();
-        for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70)] {
+        for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70), (37, 10, 300), (41, 16, 90)] {
             for a_t in [false, true] {
                 let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
                 let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();

@@ -77,11 +77,15 @@ pub struct LoopKernel {
     pub extents: Vec<usize>,
     pub insts: Vec<Inst>,
     pub stores: Vec<Store>,
+    /// Loop 0 was moved out of the middle of the nest (see
+    /// [`LoopKernel::hoist_parallel_loop`]): it no longer covers the
+    /// iteration space's leading axis.
+    pub hoisted: bool,
 }
 
 impl LoopKernel {
     pub fn new(name: impl Into<String>, extents: Vec<usize>) -> LoopKernel {
-        LoopKernel { name: name.into(), extents, insts: Vec::new(), stores: Vec::new() }
+        LoopKernel { name: name.into(), extents, insts: Vec::new(), stores: Vec::new(), hoisted: false }
     }
 
     /// Appends an instruction, reusing an identical load, constant or index.
@@ -148,6 +152,26 @@ impl LoopKernel {
                 *s = vec![0];
             }
         }
+    }
+
+    /// Makes a reduction kernel splittable when it can be: moves the
+    /// largest middle loop that no reduction runs along to the outside
+    /// (e.g. a bias gradient over `[N, C, HW]` becomes `[C, N, HW]`, split
+    /// over channels). The innermost loop stays.
+    pub fn hoist_parallel_loop(&mut self) {
+        let r = self.extents.len();
+        if self.splittable() || r < 3 {
+            return;
+        }
+        let free = |d: usize| self.stores.iter().all(|s| s.reduce.is_none() || s.access.strides[d] != 0);
+        let Some(d) = (1..r - 1).filter(|&d| free(d) && self.extents[d] >= 2).max_by_key(|&d| self.extents[d]) else { return };
+        let e = self.extents.remove(d);
+        self.extents.insert(0, e);
+        for s in self.stride_vectors_mut() {
+            let st = s.remove(d);
+            s.insert(0, st);
+        }
+        self.hoisted = true;
     }
 
     /// Whether loop 0 can be split into ranges run independently (in

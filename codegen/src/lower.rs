@@ -382,6 +382,7 @@ impl Lower<'_> {
             }
         }
         lk.normalize();
+        lk.hoist_parallel_loop();
         let name_node = kernel.body.first().copied().or(root).unwrap_or(NodeId::new(0));
         self.kernels.push(lk);
         self.kernel_nodes.push(name_node);
