@@ -63,6 +63,11 @@ pub struct Program {
     convs: Vec<Option<ConvTables>>,
     /// Per thread: a channel-outer convolution's partial output.
     conv_acc: Vec<UnsafeCell<Vec<f32>>>,
+    /// A convolution's zero-padded input, for the paths that do not pad as
+    /// they read (one convolution runs at a time), and per conv step that
+    /// pads its input this way, the copy's (row-major) map.
+    padded: UnsafeCell<Vec<Line>>,
+    padded_maps: Vec<Option<Affine>>,
     rng: StdRng,
     pool: &'static Pool,
     /// Node descriptions for errors, by node index.
@@ -132,16 +137,36 @@ impl Program {
                 Place::Feed(_) | Place::Output(_) => std::ptr::null_mut(),
             };
         }
-        let (mut max_n, mut acc) = (0usize, 0usize);
+        let (mut max_n, mut acc, mut pad_bytes) = (0usize, 0usize, 0usize);
         let mut convs = Vec::with_capacity(plan.steps.len());
-        for step in &plan.steps {
+        let mut padded_maps = vec![None; plan.steps.len()];
+        for (index, step) in plan.steps.iter().enumerate() {
             let mut conv = None;
             match step {
                 Step::MatMul { n, .. } => max_n = max_n.max(*n),
-                Step::Conv2d { dtype: DType::F32, x, x_dims, w, w_dims, stride, .. } => {
-                    let (pixels, _) = conv_sizes(x_dims, w_dims, *stride);
-                    let ho = (x_dims[2] - w_dims[2]) / stride[0] + 1;
-                    let t = ConvTables::new(&x.map, *x_dims, &w.map, *w_dims, (ho, pixels / ho.max(1)), *stride);
+                Step::Conv2d { dtype, x, x_dims, pad, w, w_dims, stride, .. } => {
+                    let padded = padded_dims(*x_dims, *pad);
+                    let (pixels, _) = conv_sizes(&padded, w_dims, *stride);
+                    let ho = (padded[2] - w_dims[2]) / stride[0] + 1;
+                    let wo = pixels / ho.max(1);
+                    // The weight-gradient shape (kernel bigger than the output) always uses GEMM.
+                    let direct = *dtype == DType::F32 && w_dims[2] * w_dims[3] <= ho * wo && conv::direct_applies(&x.map, *w_dims, *stride);
+                    // Other paths read a padded copy of the input.
+                    let materialize = *pad != [0; 4] && !direct;
+                    if materialize {
+                        pad_bytes = pad_bytes.max(padded.iter().product::<usize>() * dtype.size_bytes());
+                        padded_maps[index] = Some(Affine::contiguous(&padded));
+                    }
+                    if *dtype != DType::F32 {
+                        convs.push(None);
+                        continue;
+                    }
+                    let map = if materialize { Affine::contiguous(&padded) } else { x.map.clone() };
+                    let mut t = ConvTables::new(&map, padded, &w.map, *w_dims, (ho, wo), *stride);
+                    t.materialize = materialize;
+                    t.direct = direct;
+                    t.x_dims = *x_dims;
+                    t.pad = *pad;
                     max_n = max_n.max(t.gemm_n());
                     if t.channel_outer {
                         acc = acc.max(t.o * t.n * t.pixels);
@@ -157,6 +182,8 @@ impl Program {
             gemm: Scratches::new(threads, max_n.max(1)),
             convs,
             conv_acc: (0..threads).map(|_| UnsafeCell::new(vec![0.0; acc])).collect(),
+            padded: UnsafeCell::new(vec![Line([0; 64]); pad_bytes.div_ceil(64)]),
+            padded_maps,
             plan,
             code,
             table,
@@ -379,13 +406,24 @@ impl Program {
                     None => Ok(()),
                 }
             }
-            Step::Conv2d { dtype, x, x_dims, w, w_dims, stride, out, epilogue, .. } => {
+            Step::Conv2d { dtype, x, x_dims, pad, w, w_dims, stride, out, epilogue, .. } => {
                 let mut fused = false;
+                let direct = self.convs[s].as_ref().is_some_and(|t| t.direct);
+                // The padded input the non-direct paths read.
+                let (xp, xmap, xdims) = match &self.padded_maps[s] {
+                    Some(map) if !direct => {
+                        // SAFETY: sized at compile time for the largest padded input.
+                        let buf = unsafe { (*self.padded.get()).as_mut_ptr() as *mut u8 };
+                        unsafe { pad_input(Buf { ptr: self.table[x.slot], dtype: *dtype }, &x.map, *x_dims, *pad, buf) };
+                        (buf, map, padded_dims(*x_dims, *pad))
+                    }
+                    _ => (self.table[x.slot], &x.map, *x_dims),
+                };
                 unsafe {
                     if *dtype == DType::F64 {
-                        conv2d_f64(self.table[x.slot] as *const f64, &x.map, *x_dims, self.table[w.slot] as *const f64, &w.map, *w_dims, *stride, self.table[*out] as *mut f64);
+                        conv2d_f64(xp as *const f64, xmap, xdims, self.table[w.slot] as *const f64, &w.map, *w_dims, *stride, self.table[*out] as *mut f64);
                     } else {
-                        fused = self.conv2d_f32(s, x, w, *out, *epilogue);
+                        fused = self.conv2d_f32(s, xp as *const f32, xmap, w, *out, *epilogue);
                     }
                 }
                 match epilogue {
@@ -451,7 +489,7 @@ impl Program {
     ///
     /// Returns whether it also ran `epilogue`, image by image while each
     /// image's output is in cache.
-    unsafe fn conv2d_f32(&self, s: usize, x: &lower::Operand, w: &lower::Operand, out: usize, epilogue: Option<usize>) -> bool {
+    unsafe fn conv2d_f32(&self, s: usize, x: *const f32, xmap: &Affine, w: &lower::Operand, out: usize, epilogue: Option<usize>) -> bool {
         let Some(t) = &self.convs[s] else { return false };
         let per_image = if t.channel_outer { None } else { self.per_image(epilogue, t.n) };
         let table = self.table.as_ptr() as usize;
@@ -461,7 +499,7 @@ impl Program {
                 unsafe { f(table as *const *mut u8, (img * r) as i64, ((img + 1) * r) as i64) };
             }
         };
-        let xp = unsafe { (self.table[x.slot] as *const f32).offset(x.map.offset as isize) };
+        let xp = unsafe { x.offset(xmap.offset as isize) };
         let wp = unsafe { (self.table[w.slot] as *const f32).offset(w.map.offset as isize) };
         let outp = self.table[out] as *mut f32;
         let (o, n_out, c, p) = (t.o, t.n, t.c, t.pixels);
@@ -470,7 +508,7 @@ impl Program {
         let pool = self.pool;
         let (xp, wp, outp) = (xp as usize, wp as usize, outp as usize);
         if t.direct {
-            let (xm, wm) = (&x.map, &w.map);
+            let (xm, wm, pad) = (xmap, &w.map, t.pad);
             let (x_dims, w_dims) = (t.x_dims, t.w_dims);
             // Small parts, claimed dynamically: balanced even on a busy machine.
             let parts = (4 * threads).min(n_out).max(1);
@@ -478,7 +516,7 @@ impl Program {
             pool.run(parts, &|part, _| {
                 for img in part * chunk..((part + 1) * chunk).min(n_out) {
                     // SAFETY: `direct` was chosen because it applies; parts write disjoint images.
-                    unsafe { conv::direct_f32(xp as *const f32, xm, x_dims, wp as *const f32, wm, w_dims, outp as *mut f32, img..img + 1) };
+                    unsafe { conv::direct_f32(xp as *const f32, xm, x_dims, pad, wp as *const f32, wm, w_dims, outp as *mut f32, img..img + 1) };
                     finish(img);
                 }
             });
@@ -563,8 +601,12 @@ impl Program {
 /// `W[:, c] [O, kh·kw]` times the channel's patches across all images.
 /// Offsets are in elements, relative to the operand's (image or channel) base.
 struct ConvTables {
-    /// Small channels, stride 1: the direct kernel (no GEMM).
+    /// Small channels, stride 1: the direct kernel (no GEMM), which applies
+    /// `pad` as it reads; `x_dims` are then the unpadded input's.
     direct: bool,
+    pad: [usize; 4],
+    /// The input is padded into a copy first (the tables describe the copy).
+    materialize: bool,
     x_dims: [usize; 4],
     w_dims: [usize; 4],
     channel_outer: bool,
@@ -592,7 +634,9 @@ impl ConvTables {
         let wtap = |i: usize, j: usize| i as isize * ws[2] as isize + j as isize * ws[3] as isize;
         let channel_outer = kh * kw > ho * wo;
         let mut t = ConvTables {
-            direct: !channel_outer && conv::direct_applies(x, [o, c, kh, kw], [sy, sx]),
+            direct: false,
+            pad: [0; 4],
+            materialize: false,
             x_dims: [n, c, h, wd],
             w_dims: [o, c, kh, kw],
             channel_outer,
@@ -643,6 +687,31 @@ impl ConvTables {
     /// Columns of the GEMM's output (what GEMM scratch must hold).
     fn gemm_n(&self) -> usize {
         if self.channel_outer { self.n * self.pixels } else { self.pixels }
+    }
+}
+
+/// `[n, c, h, w]` with `[top, bottom, left, right]` zeros around h and w.
+fn padded_dims([n, c, h, w]: [usize; 4], [t, b, l, r]: [usize; 4]) -> [usize; 4] {
+    [n, c, h + t + b, w + l + r]
+}
+
+/// Copies `x` (through its map) into the middle of a zeroed, row-major
+/// padded buffer.
+unsafe fn pad_input(x: Buf, map: &Affine, dims: [usize; 4], pad: [usize; 4], dst: *mut u8) {
+    let p = padded_dims(dims, pad);
+    let size = x.dtype.size_bytes();
+    unsafe { routines::fill(Buf { ptr: dst, dtype: x.dtype }, p.iter().product(), 0.0) };
+    let s = &map.strides;
+    for n in 0..dims[0] {
+        for c in 0..dims[1] {
+            for y in 0..dims[2] {
+                for xx in 0..dims[3] {
+                    let src = map.offset + n as i64 * s[0] + c as i64 * s[1] + y as i64 * s[2] + xx as i64 * s[3];
+                    let d = ((n * p[1] + c) * p[2] + y + pad[0]) * p[3] + xx + pad[2];
+                    unsafe { std::ptr::copy_nonoverlapping(x.ptr.offset(src as isize * size as isize), dst.add(d * size), size) };
+                }
+            }
+        }
     }
 }
 

@@ -98,7 +98,9 @@ pub enum Step {
     /// `[b.., m, k] @ [b.., k, n]` into `out`, then the epilogue loop.
     MatMul { node: NodeId, dtype: DType, batch: Vec<usize>, m: usize, n: usize, k: usize, a: Operand, b: Operand, out: usize, epilogue: Option<usize> },
     /// `conv2d(x[N, C, H, W], w[O, C, kh, kw])` into `out`, then the epilogue.
-    Conv2d { node: NodeId, dtype: DType, x: Operand, x_dims: [usize; 4], w: Operand, w_dims: [usize; 4], stride: [usize; 2], out: usize, epilogue: Option<usize> },
+    /// `pad` (`[top, bottom, left, right]` zeros around x's spatial axes) is
+    /// applied by the convolution; `x_dims` are the unpadded input's.
+    Conv2d { node: NodeId, dtype: DType, x: Operand, x_dims: [usize; 4], pad: [usize; 4], w: Operand, w_dims: [usize; 4], stride: [usize; 2], out: usize, epilogue: Option<usize> },
     Routine { node: NodeId, routine: Routine, out: usize },
 }
 
@@ -257,11 +259,13 @@ impl Lower<'_> {
                 }
                 Op::Conv2d { stride } => {
                     let four = |d: Vec<usize>| -> Result<[usize; 4], LowerError> { d.try_into().map_err(|_| self.unsupported(root, "conv2d needs rank-4 operands")) };
+                    let (pad, x) = self.fusion.conv_pad(self.graph, root).unwrap_or(([0; 4], a));
                     Step::Conv2d {
                         node: root,
                         dtype: node.dtype,
-                        x: self.operand(root, a)?,
-                        x_dims: four(dims(a))?,
+                        x: self.operand(root, x)?,
+                        x_dims: four(dims(x))?,
+                        pad,
                         w: self.operand(root, b)?,
                         w_dims: four(dims(b))?,
                         stride: *stride,

@@ -18,7 +18,9 @@
 //!    routines on contiguous operands. A sum of zero-pads (the gradient of
 //!    pooling: one interior pad per window offset) is one routine that
 //!    scatters every operand into a single output, instead of one full-size
-//!    buffer per pad plus a loop adding them.
+//!    buffer per pad plus a loop adding them. A zero pad of a convolution's
+//!    input's spatial axes is part of the convolution (it reads the unpadded
+//!    input and skips the zeros).
 //!
 //! A merge is refused when it would make the kernel graph cyclic (a kernel
 //! reading, through another kernel, a value it computes itself), or would
@@ -255,7 +257,28 @@ impl Fusion {
     /// operands of its pads.
     pub fn root_inputs(&self, graph: &Graph, root: NodeId) -> Vec<NodeId> {
         let parts = self.pad_sum_parts(graph, root);
-        if parts.is_empty() { graph.node(root).args.clone() } else { parts.iter().map(|&p| graph.node(p).args[0]).collect() }
+        if !parts.is_empty() {
+            return parts.iter().map(|&p| graph.node(p).args[0]).collect();
+        }
+        let mut args = graph.node(root).args.clone();
+        if let Some(a) = args.first_mut()
+            && matches!(self.value(*a), Value::Absorbed { .. })
+        {
+            *a = graph.node(*a).args[0];
+        }
+        args
+    }
+
+    /// For a conv2d: the zero pad of its input it applies itself (lo/hi of
+    /// the two spatial axes as `[top, bottom, left, right]`) and the pad's
+    /// operand; `None` when its input is not such a pad.
+    pub fn conv_pad(&self, graph: &Graph, conv: NodeId) -> Option<([usize; 4], NodeId)> {
+        let x = *graph.node(conv).args.first()?;
+        if !matches!(self.value(x), Value::Absorbed { .. }) {
+            return None;
+        }
+        let Op::Pad { lo, hi, .. } = &graph.node(x).op else { return None };
+        Some(([lo[2], hi[2], lo[3], hi[3]], graph.node(x).args[0]))
     }
 
     /// For a view op (or constant) that is copied into a buffer by a loop:
@@ -399,7 +422,12 @@ pub fn fuse(graph: &Graph) -> Fusion {
             need[a.index()] = need[a.index()].max(wants);
         }
     }
-    let (absorbed, pad_sum_root) = pad_sums(graph, &live);
+    let (mut absorbed, pad_sum_root) = pad_sums(graph, &live);
+    for id in graph.ids() {
+        if live[id.index()] && conv_input_pad(graph, id).is_some() {
+            absorbed[id.index()] = true;
+        }
+    }
     let mut fuser = Fuser { graph, group_of: vec![None; n], groups: Vec::new(), views: vec![None; n], ancestors, need, live, absorbed, pad_sum_root };
     for &id in &ids {
         if fuser.live[id.index()] && !fuser.absorbed[id.index()] {
@@ -407,6 +435,21 @@ pub fn fuse(graph: &Graph) -> Fusion {
         }
     }
     fuser.finish()
+}
+
+/// For a zero pad of only the last two axes of a rank-4 value whose single
+/// use is as a `conv2d`'s input: that conv2d (it applies the pad itself).
+pub fn conv_input_pad(graph: &Graph, pad: NodeId) -> Option<NodeId> {
+    let node = graph.node(pad);
+    let Op::Pad { lo, hi, interior, value } = &node.op else { return None };
+    let spatial_only = node.shape.rank() == 4 && lo[..2] == [0, 0] && hi[..2] == [0, 0] && interior.iter().all(|&i| i == 0);
+    if !spatial_only || *value != 0.0 || graph.outputs().iter().any(|(_, id)| *id == pad) {
+        return None;
+    }
+    match graph.users(pad)[..] {
+        [conv] if matches!(graph.node(conv).op, Op::Conv2d { .. }) && graph.node(conv).args[0] == pad && graph.node(conv).args[1] != pad => Some(conv),
+        _ => None,
+    }
 }
 
 /// Finds sums of zero-pads: adds whose operands are each a zero pad of the
@@ -609,7 +652,14 @@ impl Fuser<'_> {
     /// operands of its pads.
     fn inputs_of(&self, id: NodeId) -> Vec<NodeId> {
         if !self.pad_sum_root[id.index()] {
-            return self.graph.node(id).args.clone();
+            let mut args = self.graph.node(id).args.clone();
+            // A convolution that applies its input's pad reads the pad's operand.
+            if let Some(a) = args.first_mut()
+                && self.absorbed[a.index()]
+            {
+                *a = self.graph.node(*a).args[0];
+            }
+            return args;
         }
         let mut out = Vec::new();
         let mut stack = vec![id];
@@ -728,8 +778,16 @@ impl Fuser<'_> {
                 (_, None, None) => Value::Unused,
             };
         }
-        // Pads and adds inside a pad sum belong to its root's kernel.
+        // Pads and adds inside a pad sum, and a conv's input pad, belong to
+        // their root's kernel.
         for id in graph.ids() {
+            if let Value::Root { kernel } = values[id.index()]
+                && let Some(&x) = graph.node(id).args.first()
+                && matches!(graph.node(id).op, Op::Conv2d { .. })
+                && self.absorbed[x.index()]
+            {
+                values[x.index()] = Value::Absorbed { kernel };
+            }
             if let Value::Root { kernel } = values[id.index()]
                 && self.pad_sum_root[id.index()]
             {
@@ -820,6 +878,9 @@ fn is_copy(graph: &Graph, id: NodeId) -> bool {
 
 /// How kernel `k` reads operand `a`: a value of its own loop, or a source.
 fn operand(graph: &Graph, fusion: &Fusion, k: usize, a: NodeId) -> String {
+    if matches!(fusion.value(a), Value::Absorbed { .. }) && matches!(graph.node(a).op, Op::Pad { .. }) {
+        return format!("pad({})", operand(graph, fusion, k, graph.node(a).args[0]));
+    }
     if fusion.is_in(k, a) {
         return format!("%{}", a.index());
     }
