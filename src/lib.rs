@@ -72,7 +72,7 @@ pub fn compile_str(name: &str, text: &str, options: &Options) -> Result<Compiled
 impl Compiled {
     pub fn session(&self, device: Device) -> Result<Session<'_>, Error> {
         match device {
-            Device::Cpu => Ok(Session { compiled: self, params: HashMap::new(), graphs: HashMap::new(), interp: Interpreter::new(self.options.seed) }),
+            Device::Cpu => Ok(Session { compiled: self, params: HashMap::new(), graphs: HashMap::new(), interp: Interpreter::new(self.options.seed), backend: d2l_runtime::Backend::Interpreter, executables: HashMap::new() }),
         }
     }
 }
@@ -87,6 +87,9 @@ pub struct Session<'c> {
     params: HashMap<String, Tensor>,
     graphs: HashMap<GraphKey, Graph>,
     interp: Interpreter,
+    /// What runs the graphs; compiled backends keep one executable per graph.
+    backend: d2l_runtime::Backend,
+    executables: HashMap<GraphKey, Box<dyn d2l_runtime::Executable>>,
 }
 
 impl Session<'_> {
@@ -100,6 +103,12 @@ impl Session<'_> {
 
     pub fn params(&self) -> &HashMap<String, Tensor> {
         &self.params
+    }
+
+    /// Runs graphs with `backend` from now on (default: the interpreter).
+    pub fn set_backend(&mut self, backend: d2l_runtime::Backend) {
+        self.backend = backend;
+        self.executables.clear();
     }
 
     /// Runs `model` in evaluation mode on named inputs; returns its outputs.
@@ -141,6 +150,13 @@ impl Session<'_> {
             }
             feeds.insert(name.to_string(), (*t).clone());
         }
-        Ok(self.interp.run(graph, &feeds)?)
+        if self.backend == d2l_runtime::Backend::Interpreter {
+            return Ok(self.interp.run(graph, &feeds)?);
+        }
+        let exe = match self.executables.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.backend.compile(graph, self.compiled.options.seed)?),
+        };
+        Ok(exe.run(&feeds)?)
     }
 }

@@ -68,7 +68,7 @@ enum Command {
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
         /// What executes the graphs.
-        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
     },
     /// Print the code generated for a model's loop kernels (of its training
@@ -132,6 +132,9 @@ enum Command {
         /// Seed for parameter initialisation and random ops.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// What executes the model (--input only).
+        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+        backend: BackendArg,
     },
 }
 
@@ -233,7 +236,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             print!("{}", image::classify(&compiled, &name, &spec, params.as_deref(), top)?);
             Ok(())
         }
-        Command::Run { model, inputs, params, output, seed, .. } => run_model(&model, &inputs, params.as_deref(), output.as_deref(), seed),
+        Command::Run { model, inputs, params, output, seed, backend, .. } => run_model(&model, &inputs, params.as_deref(), output.as_deref(), seed, backend.into()),
     }
 }
 
@@ -526,7 +529,7 @@ fn read_log(path: &Path) -> Vec<d2l::train::EpochLog> {
     d2l::train::read_log(path).unwrap_or_default()
 }
 
-fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64) -> Result<(), Error> {
+fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64, backend: d2l_runtime::Backend) -> Result<(), Error> {
     let compiled = load(args, seed)?;
     let model = pick_model(&compiled, args)?;
     let mut feeds: Vec<(String, Tensor)> = Vec::new();
@@ -548,6 +551,7 @@ fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output:
         feeds[0].0 = names[0].clone();
     }
     let mut session = compiled.session(Device::Cpu)?;
+    session.set_backend(backend);
     if let Some(p) = params {
         session.load_params(p)?;
     }
