@@ -34,7 +34,7 @@ impl Default for BenchOptions {
 }
 
 /// Step times of one graph, in seconds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Timing {
     pub steps: usize,
     pub median: f64,
@@ -43,7 +43,7 @@ pub struct Timing {
 }
 
 /// One measured graph (training step or inference).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Measured {
     /// Building the graph (lowering, autodiff, simplification), ms.
     pub lower_ms: f64,
@@ -57,7 +57,7 @@ pub struct Measured {
     pub profile: Vec<(String, f64)>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
     pub model: String,
     pub batch: usize,

@@ -46,8 +46,9 @@ pub struct Options {
     pub seed: u64,
 }
 
-/// Where a session executes. Only the reference interpreter exists so far;
-/// the Cranelift JIT and PTX backends are tracked as open issues.
+/// Where a session executes. Only the CPU so far (the interpreter or the
+/// Cranelift JIT, see [`Session::set_backend`]); the PTX backend is not
+/// written yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,

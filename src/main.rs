@@ -91,15 +91,21 @@ enum Command {
         /// Batch size (default: the `train` block's).
         #[arg(long)]
         batch: Option<usize>,
-        /// Timed steps at least (after 5 warm-up steps; also at least 1 s).
+        /// Timed steps at least (after 5 warm-up steps; also at least --seconds).
         #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Timed seconds at least (the PyTorch harness uses 3).
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
         /// Peak GFLOP/s for the "% of peak" column (default: measured FMA peak of all cores).
         #[arg(long)]
         peak: Option<f64>,
         /// Also print the time of each step of the compiled program (JIT only).
         #[arg(long)]
         profile: bool,
+        /// Also write the figures as JSON (times in seconds), e.g. for `bench/compare_pytorch.py`.
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
     },
     /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
     Fetch {
@@ -220,13 +226,17 @@ fn run(cli: Cli) -> Result<(), Error> {
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),
-        Command::Bench { model, backend, batch, steps, peak, profile } => {
+        Command::Bench { model, backend, batch, steps, seconds, peak, profile, json } => {
             let compiled = load(&model, 0)?;
             let name = pick_model(&compiled, &model)?;
-            let opts = d2l::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, profile, ..Default::default() };
+            let opts = d2l::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, min_seconds: seconds, profile, ..Default::default() };
             let report = d2l::bench::bench(&compiled.program, &name, &opts)?;
             let peak = peak.unwrap_or_else(d2l::bench::measured_peak_gflops);
             print!("{}", d2l::bench::render(&report, peak));
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Usage(format!("cannot encode the figures as JSON: {e}")))?;
+                std::fs::write(&path, text + "\n").map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+            }
             Ok(())
         }
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
