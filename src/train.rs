@@ -620,17 +620,15 @@ pub enum TrainStage {
 pub fn stage_graph(program: &Program, model: &str, stage: TrainStage, batch: usize, dims: &BTreeMap<String, usize>) -> Result<Graph, Error> {
     let config = program.train_config(model)?;
     let (label_dtype, tail) = label_type(program, &config.data)?;
-    let mut label_shape = vec![batch];
-    label_shape.extend(tail);
-    let mut dims = dims.clone();
-    let lopts = LowerOptions { default_dim: Some(batch), training: true, ..LowerOptions::default() };
-    // Bind every symbolic input dim not given to `batch`, so the label's
-    // leading dim matches the model's.
+    // Dims not given are bound to `batch`; the label's leading dim is the
+    // batch the model's first input then has (`--dim B=256` sets both).
+    let lopts = LowerOptions { dims: dims.clone(), default_dim: Some(batch), training: true, ..LowerOptions::default() };
     let probe = program.lower(model, &lopts)?;
-    for k in probe.dims.keys() {
-        dims.entry(k.clone()).or_insert(batch);
-    }
-    let lopts = LowerOptions { dims, ..lopts };
+    let first_input = probe.graph.ids().find(|&id| matches!(probe.graph.node(id).op, Op::Input { .. }));
+    let label_batch = first_input.and_then(|id| probe.graph.shape(id).dims().first().copied()).unwrap_or(batch);
+    let mut label_shape = vec![label_batch];
+    label_shape.extend(tail);
+    let lopts = LowerOptions { dims: probe.dims, ..lopts };
     let loss = LossSpec { loss: config.loss.clone(), label_name: "label".into(), label_dtype, label_shape };
     let forward = program.lower_with_loss(model, &lopts, &loss)?.graph;
     match stage {
