@@ -165,10 +165,13 @@ impl Program {
                     let mut t = ConvTables::new(&map, padded, &w.map, *w_dims, (ho, wo), *stride);
                     t.materialize = materialize;
                     t.direct = direct;
+                    t.wgrad = t.channel_outer && conv::wgrad_applies(&map, &w.map, padded, *w_dims, *stride);
                     t.x_dims = *x_dims;
                     t.pad = *pad;
                     max_n = max_n.max(t.gemm_n());
-                    if t.channel_outer {
+                    if t.wgrad {
+                        acc = acc.max(t.o * t.n * t.pixels + conv::wgrad_scratch(padded, *w_dims, (ho, wo)));
+                    } else if t.channel_outer {
                         acc = acc.max(t.o * t.n * t.pixels);
                     }
                     conv = Some(t);
@@ -553,6 +556,31 @@ impl Program {
             }
             return per_image.is_some();
         }
+        if t.wgrad {
+            // Few channels: the direct weight-gradient kernel, the input
+            // channels (the forward batch) split over the threads, each
+            // part into its own [N, O, P] sum.
+            let (xm, wm, x_dims, w_dims) = (xmap, &w.map, padded_dims(t.x_dims, t.pad), t.w_dims);
+            let parts = threads.min(c).max(1);
+            let chunk = c.div_ceil(parts);
+            let size = n_out * o * p;
+            let accs = SyncCell(&self.conv_acc);
+            pool.run(parts, &|part, _| {
+                // SAFETY: part `part` owns accumulator `part`.
+                let (sum, scratch) = unsafe { accs.get(part) }.split_at_mut(size);
+                let images = (part * chunk).min(c)..((part + 1) * chunk).min(c);
+                // SAFETY: `wgrad` was chosen because it applies.
+                unsafe { conv::wgrad_f32(xp as *const f32, xm, x_dims, wp as *const f32, wm, w_dims, sum, scratch, images) };
+            });
+            let out = unsafe { std::slice::from_raw_parts_mut(outp as *mut f32, size) };
+            out.copy_from_slice(unsafe { &accs.get(0)[..size] });
+            for part in 1..parts {
+                for (o, a) in out.iter_mut().zip(unsafe { &accs.get(part)[..size] }) {
+                    *o += a;
+                }
+            }
+            return false;
+        }
         // Weight-gradient shape (kernel bigger than the output): reduce over
         // the input channels outermost, each thread into its own [O, N·P]
         // accumulator: acc += W[:, c] [O, kh·kw] · patches(x[:, c]) [kh·kw, N·P].
@@ -604,6 +632,9 @@ struct ConvTables {
     /// Small channels, stride 1: the direct kernel (no GEMM), which applies
     /// `pad` as it reads; `x_dims` are then the unpadded input's.
     direct: bool,
+    /// Weight-gradient shape with few channels: the direct kernel
+    /// ([`conv::wgrad_f32`]) over the padded copy, no GEMM.
+    wgrad: bool,
     pad: [usize; 4],
     /// The input is padded into a copy first (the tables describe the copy).
     materialize: bool,
@@ -635,6 +666,7 @@ impl ConvTables {
         let channel_outer = kh * kw > ho * wo;
         let mut t = ConvTables {
             direct: false,
+            wgrad: false,
             pad: [0; 4],
             materialize: false,
             x_dims: [n, c, h, wd],

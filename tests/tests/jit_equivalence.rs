@@ -355,6 +355,14 @@ fn convolution_and_pooling() {
         let y = c.g.conv2d(p, w, stride).unwrap();
         c.out(y);
     }
+    // A pad taller than the kernel: whole output rows read only zeros (an
+    // odd number of them, so the direct kernel pairs the last with nothing).
+    let mut c = Case::new("conv2d with rows on the pad only");
+    let x = c.input("x", DType::F32, &[2, 2, 3, 9]);
+    let w = c.input("w", DType::F32, &[3, 2, 3, 3]);
+    let p = c.g.pad(x, &[0, 0, 4, 1], &[0, 0, 4, 0], &[0, 0, 0, 0], 0.0).unwrap();
+    let y = c.g.conv2d(p, w, [1, 1]).unwrap();
+    c.out(y);
     // The weight-gradient form autodiff produces: both operands permuted.
     let mut c = Case::new("conv2d of permuted operands");
     let x = c.input("x", DType::F32, &[3, 2, 8, 8]);
@@ -364,6 +372,25 @@ fn convolution_and_pooling() {
     let dw = c.g.conv2d(xt, dyt, [1, 1]).unwrap();
     let dw = c.g.permute(dw, &[1, 0, 2, 3]).unwrap();
     c.out(dw);
+    // The same on the direct weight-gradient kernel's edges: every kernel
+    // width it takes (1-7) with partial channel blocks, rows with a masked
+    // tail, a padded input (LeNet's first layer); and on the GEMM for a
+    // kernel wider than 7 and for many channel pairs.
+    let mut cases: Vec<([usize; 4], [usize; 4], usize)> = (1..=7).map(|k| ([3, 2, 5, 8 + k], [3, 5, 4, 9], 0)).collect();
+    cases.extend([([5, 3, 12, 13], [5, 7, 8, 9], 0), ([4, 1, 28, 28], [4, 6, 28, 28], 2), ([2, 3, 12, 12], [2, 2, 4, 4], 0), ([2, 17, 6, 6], [2, 16, 4, 4], 0)]);
+    for (x_dims, dy_dims, pad) in cases {
+        let mut c = Case::new(&format!("weight gradient of x {x_dims:?}, dy {dy_dims:?}, pad {pad}"));
+        // Sums of up to 3,136 products of values in [-2, 2), in f32, in
+        // another order than the interpreter's: rounding reaches ~3e-5.
+        c.tol = 1e-4;
+        let x = c.input("x", DType::F32, &x_dims);
+        let dy = c.input("dy", DType::F32, &dy_dims);
+        let x = if pad > 0 { c.g.pad(x, &[0, 0, pad, pad], &[0, 0, pad, pad], &[0, 0, 0, 0], 0.0).unwrap() } else { x };
+        let xt = c.g.permute(x, &[1, 0, 2, 3]).unwrap();
+        let dyt = c.g.permute(dy, &[1, 0, 2, 3]).unwrap();
+        let dw = c.g.conv2d(xt, dyt, [1, 1]).unwrap();
+        c.out(dw);
+    }
     for kind in [PoolKind::Max, PoolKind::Avg] {
         let mut c = Case::new(&format!("{kind:?} pool"));
         let x = c.input("x", DType::F32, &[2, 3, 7, 6]);
