@@ -315,29 +315,46 @@ impl PoolElem for f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn pool_planes<T: PoolElem>(kind: PoolKind, x: *const T, planes: usize, h: usize, w: usize, [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], ho: usize, wo: usize, dst: *mut T) {
+unsafe fn pool_planes<T: PoolElem>(kind: PoolKind, x: *const T, planes: usize, h: usize, w: usize, window: [usize; 2], stride: [usize; 2], ho: usize, wo: usize, dst: *mut T) {
+    unsafe {
+        match kind {
+            PoolKind::Max => pool_rows::<T, true>(x, planes, h, w, window, stride, ho, wo, dst),
+            PoolKind::Avg => pool_rows::<T, false>(x, planes, h, w, window, stride, ho, wo, dst),
+        }
+    }
+}
+
+/// Pooling one output row at a time, the row itself the accumulator: for
+/// each window tap, a pass along the row (a loop the compiler vectorises).
+/// Every output sums or compares its taps in the interpreter's order.
+#[allow(clippy::too_many_arguments)]
+unsafe fn pool_rows<T: PoolElem, const MAX: bool>(x: *const T, planes: usize, h: usize, w: usize, [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], ho: usize, wo: usize, dst: *mut T) {
     let area = T::from_usize(wh * ww);
-    let mut out = dst;
     for p in 0..planes {
         let plane = unsafe { x.add(p * h * w) };
         for oy in 0..ho {
-            for ox in 0..wo {
-                let mut acc = if kind == PoolKind::Max { T::LOWEST } else { T::ZERO };
-                for ki in 0..wh {
-                    let row = unsafe { plane.add((oy * sy + ki) * w + ox * sx) };
-                    for kj in 0..ww {
-                        let v = unsafe { *row.add(kj) };
-                        acc = match kind {
-                            // NaN-propagating, as the interpreter's max_of.
-                            PoolKind::Max if acc.is_nan() || v.is_nan() => if acc.is_nan() { acc } else { v },
-                            PoolKind::Max => if v > acc { v } else { acc },
-                            PoolKind::Avg => acc + v,
+            // SAFETY: row `oy` of plane `p` of the output.
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.add((p * ho + oy) * wo), wo) };
+            out.fill(if MAX { T::LOWEST } else { T::ZERO });
+            for ki in 0..wh {
+                let row = unsafe { plane.add((oy * sy + ki) * w) };
+                for kj in 0..ww {
+                    for (ox, acc) in out.iter_mut().enumerate() {
+                        let v = unsafe { *row.add(ox * sx + kj) };
+                        *acc = if !MAX {
+                            *acc + v
+                        } else if v > *acc || (v.is_nan() && !acc.is_nan()) {
+                            // Larger, or NaN (NaN-propagating, as the interpreter's max_of).
+                            v
+                        } else {
+                            *acc
                         };
                     }
                 }
-                unsafe {
-                    *out = if kind == PoolKind::Avg { acc / area } else { acc };
-                    out = out.add(1);
+            }
+            if !MAX {
+                for acc in out.iter_mut() {
+                    *acc = *acc / area;
                 }
             }
         }
