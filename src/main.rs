@@ -14,12 +14,15 @@ use d2l::{Compiled, Device, Error, LowerOptions, Options, Tensor};
 A compiler for the Dive-into-Deep-Learning model zoo.
 
 Models are written in .d2l files (see models/ for the whole course), parsed
-and checked into a static graph of primitive ops, and executed. Start with:
+and checked into a static graph of primitive ops, differentiated, fused into
+kernels and compiled to machine code with Cranelift. Start with:
 
   d2l check models/lenet.d2l        # parse and shape-check
   d2l summary models/lenet.d2l      # layer-by-layer shapes and parameter counts
-  d2l ir models/lenet.d2l           # the graph of primitives
-  d2l run models/mlp.d2l --input x.npy")]
+  d2l train models/mlp.d2l          # train on Fashion-MNIST (about 6 s)
+  d2l ir models/lenet.d2l --stage fused   # the kernels of the training step
+  d2l bench models/lenet.d2l        # compile and step times, GFLOP/s
+  d2l run models/lenet.d2l --params lenet.safetensors --image fashion-mnist:test:0")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
