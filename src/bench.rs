@@ -272,6 +272,22 @@ pub fn render(r: &BenchReport, peak: f64) -> String {
         for (name, t) in m.profile.iter().take(25) {
             out.push_str(&format!("      {:>10} {:>5.1}%  {name}\n", duration(*t), 100.0 * t / m.timing.median));
         }
+        if !m.profile.is_empty() {
+            // Every step, by kind (a name's first word: conv2d, matmul, loop, routine; epilogues under loop).
+            let mut kinds: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+            for (name, t) in &m.profile {
+                let kind = match name.split_whitespace().next() {
+                    Some("its") => "loop",
+                    Some(k) => k,
+                    None => continue,
+                };
+                let e = kinds.entry(kind).or_default();
+                e.0 += 1;
+                e.1 += t;
+            }
+            let parts: Vec<String> = kinds.iter().map(|(k, (n, t))| format!("{k} {} ({n}, {:.0}%)", duration(*t), 100.0 * t / m.timing.median)).collect();
+            out.push_str(&format!("      all {} steps: {}\n", m.profile.len(), parts.join(", ")));
+        }
     };
     if let Some(t) = &r.train {
         row("train", t);

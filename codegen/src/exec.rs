@@ -20,6 +20,10 @@ use crate::routines::{self, Buf};
 
 /// Elementwise loops below this many elements stay on one thread.
 const PARALLEL_LOOP: usize = 1 << 15;
+/// Convolutions with fewer output pixels than this run as one GEMM over all
+/// images: per image, the weights would be packed again for a product only
+/// this wide.
+const BATCHED_PIXELS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -61,7 +65,8 @@ pub struct Program {
     gemm: Scratches,
     /// Per conv2d step, its GEMM operand tables.
     convs: Vec<Option<ConvTables>>,
-    /// Per thread: a channel-outer convolution's partial output.
+    /// Per thread: a channel-outer convolution's partial output (cell 0
+    /// also holds a batched convolution's `[O, N·P]` product).
     conv_acc: Vec<UnsafeCell<Vec<f32>>>,
     /// A convolution's zero-padded input, for the paths that do not pad as
     /// they read (one convolution runs at a time), and per conv step that
@@ -162,7 +167,8 @@ impl Program {
                         continue;
                     }
                     let map = if materialize { Affine::contiguous(&padded) } else { x.map.clone() };
-                    let mut t = ConvTables::new(&map, padded, &w.map, *w_dims, (ho, wo), *stride);
+                    let batched = !direct && ho * wo < BATCHED_PIXELS && padded[0] > 1 && w_dims[2] * w_dims[3] <= ho * wo;
+                    let mut t = ConvTables::new(&map, padded, &w.map, *w_dims, (ho, wo), *stride, batched);
                     t.materialize = materialize;
                     t.direct = direct;
                     t.wgrad = t.channel_outer && conv::wgrad_applies(&map, &w.map, padded, *w_dims, *stride);
@@ -171,7 +177,7 @@ impl Program {
                     max_n = max_n.max(t.gemm_n());
                     if t.wgrad {
                         acc = acc.max(t.o * t.n * t.pixels + conv::wgrad_scratch(padded, *w_dims, (ho, wo)));
-                    } else if t.channel_outer {
+                    } else if t.channel_outer || t.batched {
                         acc = acc.max(t.o * t.n * t.pixels);
                     }
                     conv = Some(t);
@@ -525,6 +531,28 @@ impl Program {
             });
             return per_image.is_some();
         }
+        if t.batched {
+            // prod [O, N·P] = W [O, C·kh·kw] · patches(x) [C·kh·kw, N·P]
+            let a = MatRef { ptr: wp as *const f32, rs: t.w_o, cs: 0, rows: None, cols: Some(&t.a_cols) };
+            let b = MatRef { ptr: xp as *const f32, rs: 0, cs: 0, rows: Some(&t.b_rows), cols: Some(&t.b_cols) };
+            let np = n_out * p;
+            // SAFETY: cell 0 is sized for this product at compile time; no other user during the step.
+            let prod = unsafe { (*self.conv_acc[0].get()).as_mut_ptr() };
+            unsafe { gemm::sgemm_parallel(o, np, t.a_cols.len(), a, b, MatMut { ptr: prod, rs: np as isize }, false, gemm, pool) };
+            // out[n, o, :] = prod[o, n·P..(n+1)·P]
+            let prod = prod as usize;
+            let parts = if o * np >= PARALLEL_LOOP { threads.min(n_out) } else { 1 };
+            let chunk = n_out.div_ceil(parts);
+            pool.run(parts, &|part, _| {
+                for img in part * chunk..((part + 1) * chunk).min(n_out) {
+                    for oc in 0..o {
+                        // SAFETY: parts write disjoint images of the output.
+                        unsafe { std::ptr::copy_nonoverlapping((prod as *const f32).add(oc * np + img * p), (outp as *mut f32).add((img * o + oc) * p), p) };
+                    }
+                }
+            });
+            return false;
+        }
         if !t.channel_outer {
             // out[n] [O, P] = W [O, C·kh·kw] · patches(x[n]) [C·kh·kw, P]
             let k = t.a_cols.len();
@@ -635,6 +663,9 @@ struct ConvTables {
     /// Weight-gradient shape with few channels: the direct kernel
     /// ([`conv::wgrad_f32`]) over the padded copy, no GEMM.
     wgrad: bool,
+    /// Image-outer with few output pixels: one GEMM over all images,
+    /// `[O, N·P]` into scratch, then transposed into `[N, O, P]`.
+    batched: bool,
     pad: [usize; 4],
     /// The input is padded into a copy first (the tables describe the copy).
     materialize: bool,
@@ -658,7 +689,7 @@ struct ConvTables {
 }
 
 impl ConvTables {
-    fn new(x: &Affine, [n, c, h, wd]: [usize; 4], w: &Affine, [o, _, kh, kw]: [usize; 4], (ho, wo): (usize, usize), [sy, sx]: [usize; 2]) -> ConvTables {
+    fn new(x: &Affine, [n, c, h, wd]: [usize; 4], w: &Affine, [o, _, kh, kw]: [usize; 4], (ho, wo): (usize, usize), [sy, sx]: [usize; 2], batched: bool) -> ConvTables {
         let (xs, ws) = (&x.strides, &w.strides);
         let pixel = |y: usize, x: usize| (y * sy) as isize * xs[2] as isize + (x * sx) as isize * xs[3] as isize;
         let tap = |i: usize, j: usize| i as isize * xs[2] as isize + j as isize * xs[3] as isize;
@@ -667,6 +698,7 @@ impl ConvTables {
         let mut t = ConvTables {
             direct: false,
             wgrad: false,
+            batched,
             pad: [0; 4],
             materialize: false,
             x_dims: [n, c, h, wd],
@@ -707,9 +739,12 @@ impl ConvTables {
                     }
                 }
             }
-            for y in 0..ho {
-                for x in 0..wo {
-                    t.b_cols.push(pixel(y, x));
+            // Batched: the columns run over every image's pixels.
+            for img in 0..if batched { n } else { 1 } {
+                for y in 0..ho {
+                    for x in 0..wo {
+                        t.b_cols.push(img as isize * t.x_n + pixel(y, x));
+                    }
                 }
             }
         }
@@ -718,7 +753,7 @@ impl ConvTables {
 
     /// Columns of the GEMM's output (what GEMM scratch must hold).
     fn gemm_n(&self) -> usize {
-        if self.channel_outer { self.n * self.pixels } else { self.pixels }
+        if self.channel_outer || self.batched { self.n * self.pixels } else { self.pixels }
     }
 }
 

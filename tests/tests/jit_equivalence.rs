@@ -355,6 +355,16 @@ fn convolution_and_pooling() {
         let y = c.g.conv2d(p, w, stride).unwrap();
         c.out(y);
     }
+    // Wide convolutions go through the GEMM: one product over all images
+    // when the output is small (6x6), one per image when it is not (18x18).
+    for (x_dims, w_dims) in [([3, 40, 8, 8], [30, 40, 3, 3]), ([2, 3, 20, 20], [30, 3, 3, 3])] {
+        let mut c = Case::new(&format!("conv2d on the GEMM, x {x_dims:?}, w {w_dims:?}"));
+        c.tol = 1e-5;
+        let x = c.input("x", DType::F32, &x_dims);
+        let w = c.input("w", DType::F32, &w_dims);
+        let y = c.g.conv2d(x, w, [1, 1]).unwrap();
+        c.out(y);
+    }
     // A pad taller than the kernel: whole output rows read only zeros (an
     // odd number of them, so the direct kernel pairs the last with nothing).
     let mut c = Case::new("conv2d with rows on the pad only");
