@@ -481,36 +481,67 @@ fn flip(g: &mut Graph, x: NodeId, axis: usize) -> Result<NodeId, ShapeError> {
     g.gather(x, reversed, axis)
 }
 
-/// Conv2d `y = x ⋆ w` (cross-correlation, stride s):
-/// - `dx`: the stride-dilated `dy`, zero-padded by `k-1` on each side (plus
-///   the rows/columns the forward stride never reached), correlated with `w`
-///   flipped in both spatial axes and with in/out channels swapped;
-/// - `dw`: `x` correlated with the dilated `dy`, treating the batch axis as
-///   the channel axis of both (hence the permutes).
+/// Conv2d `y = x ⋆ w` (cross-correlation, stride s), split by phase: the
+/// kernel taps `i ≡ p (mod s)` (one phase per residue of each spatial axis)
+/// touch only the input positions `≡ p`, so each phase is a stride-1
+/// convolution on undilated operands, and the phases interleave (interior
+/// pads, summed). Dilating `dy` instead would multiply by `s0·s1 - 1` zeros
+/// for every useful product. With stride 1 there is one phase:
+/// - `dx`: `dy` zero-padded by `k-1` on each side (plus the rows/columns the
+///   forward windows never reached), correlated with `w` flipped in both
+///   spatial axes and with in/out channels swapped (per phase: the phase's
+///   sub-kernel `w[:, :, p::s, q::s]`, and the phase's positions of `dx`);
+/// - `dw`: `x` correlated with `dy`, treating the batch axis as the channel
+///   axis of both (hence the permutes) (per phase: the strided slice
+///   `x[:, :, p::s, q::s]`, giving the phase's taps of `dw`).
 fn conv2d_vjp(g: &mut Graph, y: NodeId, dy: NodeId, stride: [usize; 2], needs: &[bool]) -> Result<Vec<Option<NodeId>>, ShapeError> {
     let [x, w] = operands(g, y)?;
     let [n, c, h, wd] = dims(g, x)?;
-    let [_, _, kh, kw] = dims(g, w)?;
+    let [o, _, kh, kw] = dims(g, w)?;
     let [_, _, ho, wo] = dims(g, y)?;
-    let (span_h, span_w) = (spanned(ho, stride[0]), spanned(wo, stride[1]));
-    let dilated = g.pad(dy, &[0; 4], &[0; 4], &[0, 0, stride[0] - 1, stride[1] - 1], 0.0)?;
+    let [s0, s1] = stride;
     let channels_first = [1, 0, 2, 3];
+    // Along an axis with stride s: the kernel taps of phase p (p, p+s, ...
+    // below k), and the input positions of phase r (r, r+s, ... below len).
+    let taps = |k: usize, s: usize, p: usize| (k - p).div_ceil(s);
+    let positions = |len: usize, s: usize, r: usize| (len - r).div_ceil(s);
+    // Phases without taps (s > k) take no part: zeros there.
+    let phases: Vec<(usize, usize)> = (0..s0.min(kh)).flat_map(|p| (0..s1.min(kw)).map(move |q| (p, q))).collect();
     let dx = when(needs.first() == Some(&true), || {
-        // Rows/columns at the end the forward windows never covered.
-        let (skipped_h, skipped_w) = (h - (span_h - 1 + kh), wd - (span_w - 1 + kw));
-        let hi = [0, 0, kh - 1 + skipped_h, kw - 1 + skipped_w];
-        let padded = g.pad(dilated, &[0, 0, kh - 1, kw - 1], &hi, &[0; 4], 0.0)?;
-        let flipped = flip(g, w, 2)?;
-        let flipped = flip(g, flipped, 3)?;
-        let kernel = g.permute(flipped, &channels_first)?;
-        g.conv2d(padded, kernel, [1, 1])
+        let mut parts = Vec::with_capacity(phases.len());
+        for &(r, t) in &phases {
+            let (a, b) = (taps(kh, s0, r), taps(kw, s1, t));
+            let (hr, wt) = (positions(h, s0, r), positions(wd, s1, t));
+            // hr >= ho + a - 1: every position the forward reached, and zeros beyond.
+            let padded = g.pad(dy, &[0, 0, a - 1, b - 1], &[0, 0, hr - ho, wt - wo], &[0; 4], 0.0)?;
+            let sub = g.slice(w, &[0, 0, r, t], &[o, c, kh, kw], &[1, 1, s0, s1])?;
+            let flipped = flip(g, sub, 2)?;
+            let flipped = flip(g, flipped, 3)?;
+            let kernel = g.permute(flipped, &channels_first)?;
+            let part = g.conv2d(padded, kernel, [1, 1])?;
+            let hi = [0, 0, h - r - (s0 * (hr - 1) + 1), wd - t - (s1 * (wt - 1) + 1)];
+            parts.push(g.pad(part, &[0, 0, r, t], &hi, &[0, 0, s0 - 1, s1 - 1], 0.0)?);
+        }
+        sum(g, &parts)
     })?;
     let dw = when(needs.get(1) == Some(&true), || {
-        let used = g.slice(x, &[0; 4], &[n, c, span_h - 1 + kh, span_w - 1 + kw], &[1; 4])?;
-        let x_t = g.permute(used, &channels_first)?;
-        let dy_t = g.permute(dilated, &channels_first)?;
-        let dw_t = g.conv2d(x_t, dy_t, [1, 1])?;
-        g.permute(dw_t, &channels_first)
+        let mut parts = Vec::with_capacity(phases.len());
+        let mut dy_t = None;
+        for &(p, q) in &phases {
+            let (a, b) = (taps(kh, s0, p), taps(kw, s1, q));
+            let ends = [n, c, p + s0 * (ho + a - 2) + 1, q + s1 * (wo + b - 2) + 1];
+            let used = g.slice(x, &[0, 0, p, q], &ends, &[1, 1, s0, s1])?;
+            let x_t = g.permute(used, &channels_first)?;
+            let dy_t = match dy_t {
+                Some(t) => t,
+                None => *dy_t.insert(g.permute(dy, &channels_first)?),
+            };
+            let part_t = g.conv2d(x_t, dy_t, [1, 1])?;
+            let part = g.permute(part_t, &channels_first)?;
+            let hi = [0, 0, kh - p - (s0 * (a - 1) + 1), kw - q - (s1 * (b - 1) + 1)];
+            parts.push(g.pad(part, &[0, 0, p, q], &hi, &[0, 0, s0 - 1, s1 - 1], 0.0)?);
+        }
+        sum(g, &parts)
     })?;
     Ok(vec![dx, dw])
 }

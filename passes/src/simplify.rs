@@ -10,6 +10,12 @@
 //! - Constant folding: elementwise ops, casts, reductions and layout ops
 //!   whose operands are all `Full` become a `Full`; `select` on a constant
 //!   condition picks its branch.
+//! - Cropped convolutions: a step-1 spatial slice of a stride-1 `conv2d`
+//!   that nothing else reads becomes a `conv2d` of just the input window
+//!   it needs (through a zero pad, a smaller pad). Autodiff makes these:
+//!   the gradient of a padded input is the gradient of the pad's output,
+//!   cropped, and computing only the crop saves most of the work on small
+//!   feature maps (a 3x3 map padded to 5x5: 9 pixels instead of 25).
 //! - Algebra: `x+0`, `0+x`, `x-0`, `x*1`, `1*x`, `x/1`, `x^1` → `x`;
 //!   `x*0` → `0` (not IEEE-exact for infinities and NaN, which is acceptable
 //!   in training graphs); `neg(neg x)` → `x`; `select(c, x, x)` → `x`;
@@ -63,6 +69,7 @@ pub fn try_simplify(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
 /// hash-consing each.
 fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
     let live = live_nodes(graph);
+    let users = user_counts(graph);
     let mut out = Graph::new(graph.name.clone());
     let mut map: NodeMap = vec![None; graph.len()];
     let mut built: HashMap<String, NodeId> = HashMap::new();
@@ -77,6 +84,10 @@ fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
             .map(|a| map[a.index()].ok_or_else(|| ShapeError(format!("operand %{} of a live node is dead", a.index()))))
             .collect::<Result<Vec<_>, _>>()?;
         out.set_loc(node.loc.clone());
+        if let Some(cropped) = crop_conv(&mut out, graph, id, &map, &users)? {
+            map[id.index()] = Some(cropped);
+            continue;
+        }
         let new = match rewrite(&out, &node.op, &args, node.dtype) {
             Rewrite::To(existing) => existing,
             Rewrite::Full(value) => intern(&mut out, &mut built, &Op::Full { value }, &[], node.dtype, &node.shape)?,
@@ -112,6 +123,73 @@ fn live_nodes(graph: &Graph) -> Vec<bool> {
         }
     }
     live
+}
+
+/// How many times each node is read: as an operand (once per use) or as an output.
+fn user_counts(graph: &Graph) -> Vec<usize> {
+    let mut users = vec![0; graph.len()];
+    for id in graph.ids() {
+        for a in &graph.node(id).args {
+            users[a.index()] += 1;
+        }
+    }
+    for (_, id) in graph.outputs() {
+        users[id.index()] += 1;
+    }
+    users
+}
+
+/// `slice(conv2d(x, w))` over whole batch and channel axes, step 1, of a
+/// stride-1 convolution read only by the slice: the convolution of the
+/// window of `x` those outputs read (`[start, end + k - 1)` on each spatial
+/// axis). A window of a zero pad is a smaller pad of a slice of its operand,
+/// so the new convolution still applies the pad itself. `map` sends nodes of
+/// `graph` to `out`; `None`: the rule does not apply.
+fn crop_conv(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, users: &[usize]) -> Result<Option<NodeId>, ShapeError> {
+    let node = graph.node(id);
+    let Op::Slice { starts, ends, steps } = &node.op else { return Ok(None) };
+    let conv = node.args[0];
+    let Op::Conv2d { stride: [1, 1] } = graph.node(conv).op else { return Ok(None) };
+    let full = graph.shape(conv).dims();
+    if users[conv.index()] != 1 || full.len() != 4 || steps.iter().any(|&s| s != 1) || starts[..2] != [0, 0] || ends[..2] != full[..2] {
+        return Ok(None);
+    }
+    let (x, w) = (graph.node(conv).args[0], graph.node(conv).args[1]);
+    let x_dims = graph.shape(x).dims();
+    let k = &graph.shape(w).dims()[2..];
+    // The input window, in x's coordinates, per spatial axis.
+    let window = |d: usize| (starts[d], ends[d] + k[d - 2] - 1);
+    let mapped = |n: NodeId| map[n.index()].ok_or_else(|| ShapeError(format!("operand %{} of a live node is dead", n.index())));
+    let input = match &graph.node(x).op {
+        Op::Pad { lo, hi, interior, value }
+            if *value == 0.0 && interior.iter().all(|&i| i == 0) && lo[..2] == [0, 0] && hi[..2] == [0, 0] =>
+        {
+            let x0 = graph.node(x).args[0];
+            let x0_dims = graph.shape(x0).dims();
+            let (mut s0, mut e0) = (vec![0, 0], x0_dims[..2].to_vec());
+            let (mut new_lo, mut new_hi) = (vec![0, 0], vec![0, 0]);
+            for d in 2..4 {
+                let (a, b) = window(d);
+                let (l, len) = (lo[d], x0_dims[d]);
+                let (from, to) = (a.max(l) - l, b.min(l + len).saturating_sub(l));
+                if from >= to {
+                    return Ok(None); // the window reads only padding
+                }
+                s0.push(from);
+                e0.push(to);
+                new_lo.push(l.saturating_sub(a));
+                new_hi.push(b.saturating_sub(l + len));
+            }
+            let inner = out.slice(mapped(x0)?, &s0, &e0, &[1; 4])?;
+            out.pad(inner, &new_lo, &new_hi, &[0; 4], 0.0)?
+        }
+        _ => {
+            let (a2, b2) = window(2);
+            let (a3, b3) = window(3);
+            out.slice(mapped(x)?, &[0, 0, a2, a3], &[x_dims[0], x_dims[1], b2, b3], &[1; 4])?
+        }
+    };
+    Ok(Some(out.conv2d(input, mapped(w)?, [1, 1])?))
 }
 
 /// Builds `op` unless an identical node already exists.

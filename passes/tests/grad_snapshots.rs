@@ -180,9 +180,14 @@ fn conv_then_avg_pool() {
 fn strided_conv_and_max_pool() {
     // Stride 2 with a 3x2 kernel on a 6x5 input: the windows cover rows 0..5
     // and columns 0..4, so the last row and column never reach the output.
-    // grad.x: dy dilated (interior 1), padded by k-1 (+1 for the skipped
-    // row/column), correlated with the flipped, channel-swapped kernel.
-    // grad.K: x sliced to the covered 5x4 region, correlated with dilated dy.
+    // Four phases (row and column taps even or odd): kernel taps (2i+p,
+    // 2j+q) meet only input positions of the same parities.
+    // grad.x: per phase, dy padded by the phase's taps - 1 (and to the
+    // phase's share of the 6x5 positions) correlated with the phase's
+    // flipped, channel-swapped sub-kernel K[.., p::2, q::2], then
+    // interleaved into place (interior pads, summed).
+    // grad.K: per phase, x[.., p::2, q::2] correlated with dy (no dilation),
+    // giving taps (p::2, q::2) of grad.K, interleaved likewise.
     // The 2x1 max pool sends dy to the positions equal to the window's max,
     // shared among ties.
     let mut g = Graph::new("strided");
@@ -213,25 +218,60 @@ fn strided_conv_and_max_pool() {
       %16: f32[1, 1, 1, 2] = mul %11, %13
       %17: f32[1, 1, 2, 2] = pad %16 lo=[0, 0, 1, 0] hi=[0, 0, 0, 0] value=0
       %18: f32[1, 1, 2, 2] = add %15, %17
-      %19: f32[1, 1, 3, 3] = pad %18 lo=[0, 0, 0, 0] hi=[0, 0, 0, 0] interior=[0, 0, 1, 1] value=0
-      %20: f32[1, 1, 8, 6] = pad %19 lo=[0, 0, 2, 1] hi=[0, 0, 3, 2] value=0
-      %21: i64[3] = iota axis=0
-      %22: i64[3] = full 2
-      %23: i64[3] = sub %22, %21
-      %24: f32[1, 1, 3, 2] = gather %1, %23 axis=2
-      %25: i64[2] = iota axis=0
-      %26: i64[2] = full 1
-      %27: i64[2] = sub %26, %25
-      %28: f32[1, 1, 3, 2] = gather %24, %27 axis=3
-      %29: f32[1, 1, 3, 2] = permute %28 perm=[1, 0, 2, 3]
-      %30: f32[1, 1, 6, 5] = conv2d %20, %29 stride=[1, 1]
-      %31: f32[1, 1, 5, 4] = slice %0 [0..1, 0..1, 0..5, 0..4]
-      %32: f32[1, 1, 5, 4] = permute %31 perm=[1, 0, 2, 3]
-      %33: f32[1, 1, 3, 3] = permute %19 perm=[1, 0, 2, 3]
-      %34: f32[1, 1, 3, 2] = conv2d %32, %33 stride=[1, 1]
-      %35: f32[1, 1, 3, 2] = permute %34 perm=[1, 0, 2, 3]
+      %19: f32[1, 1, 4, 3] = pad %18 lo=[0, 0, 1, 0] hi=[0, 0, 1, 1] value=0
+      %20: f32[1, 1, 2, 1] = slice %1 [0..1, 0..1, 0..3:2, 0..2:2]
+      %21: i64[2] = iota axis=0
+      %22: i64[2] = full 1
+      %23: i64[2] = sub %22, %21
+      %24: f32[1, 1, 2, 1] = gather %20, %23 axis=2
+      %25: f32[1, 1, 2, 1] = permute %24 perm=[1, 0, 2, 3]
+      %26: f32[1, 1, 3, 3] = conv2d %19, %25 stride=[1, 1]
+      %27: f32[1, 1, 6, 5] = pad %26 lo=[0, 0, 0, 0] hi=[0, 0, 1, 0] interior=[0, 0, 1, 1] value=0
+      %28: f32[1, 1, 4, 2] = pad %18 lo=[0, 0, 1, 0] hi=[0, 0, 1, 0] value=0
+      %29: f32[1, 1, 2, 1] = slice %1 [0..1, 0..1, 0..3:2, 1..2:2]
+      %30: f32[1, 1, 2, 1] = gather %29, %23 axis=2
+      %31: f32[1, 1, 2, 1] = permute %30 perm=[1, 0, 2, 3]
+      %32: f32[1, 1, 3, 2] = conv2d %28, %31 stride=[1, 1]
+      %33: f32[1, 1, 6, 5] = pad %32 lo=[0, 0, 0, 1] hi=[0, 0, 1, 1] interior=[0, 0, 1, 1] value=0
+      %34: f32[1, 1, 3, 3] = pad %18 lo=[0, 0, 0, 0] hi=[0, 0, 1, 1] value=0
+      %35: f32[1, 1, 1, 1] = slice %1 [0..1, 0..1, 1..3:2, 0..2:2]
+      %36: f32[1, 1, 1, 1] = permute %35 perm=[1, 0, 2, 3]
+      %37: f32[1, 1, 3, 3] = conv2d %34, %36 stride=[1, 1]
+      %38: f32[1, 1, 6, 5] = pad %37 lo=[0, 0, 1, 0] hi=[0, 0, 0, 0] interior=[0, 0, 1, 1] value=0
+      %39: f32[1, 1, 3, 2] = pad %18 lo=[0, 0, 0, 0] hi=[0, 0, 1, 0] value=0
+      %40: f32[1, 1, 1, 1] = slice %1 [0..1, 0..1, 1..3:2, 1..2:2]
+      %41: f32[1, 1, 1, 1] = permute %40 perm=[1, 0, 2, 3]
+      %42: f32[1, 1, 3, 2] = conv2d %39, %41 stride=[1, 1]
+      %43: f32[1, 1, 6, 5] = pad %42 lo=[0, 0, 1, 1] hi=[0, 0, 0, 1] interior=[0, 0, 1, 1] value=0
+      %44: f32[1, 1, 6, 5] = add %27, %33
+      %45: f32[1, 1, 6, 5] = add %44, %38
+      %46: f32[1, 1, 6, 5] = add %45, %43
+      %47: f32[1, 1, 3, 2] = slice %0 [0..1, 0..1, 0..5:2, 0..3:2]
+      %48: f32[1, 1, 3, 2] = permute %47 perm=[1, 0, 2, 3]
+      %49: f32[1, 1, 2, 2] = permute %18 perm=[1, 0, 2, 3]
+      %50: f32[1, 1, 2, 1] = conv2d %48, %49 stride=[1, 1]
+      %51: f32[1, 1, 2, 1] = permute %50 perm=[1, 0, 2, 3]
+      %52: f32[1, 1, 3, 2] = pad %51 lo=[0, 0, 0, 0] hi=[0, 0, 0, 1] interior=[0, 0, 1, 1] value=0
+      %53: f32[1, 1, 3, 2] = slice %0 [0..1, 0..1, 0..5:2, 1..4:2]
+      %54: f32[1, 1, 3, 2] = permute %53 perm=[1, 0, 2, 3]
+      %55: f32[1, 1, 2, 1] = conv2d %54, %49 stride=[1, 1]
+      %56: f32[1, 1, 2, 1] = permute %55 perm=[1, 0, 2, 3]
+      %57: f32[1, 1, 3, 2] = pad %56 lo=[0, 0, 0, 1] hi=[0, 0, 0, 0] interior=[0, 0, 1, 1] value=0
+      %58: f32[1, 1, 2, 2] = slice %0 [0..1, 0..1, 1..4:2, 0..3:2]
+      %59: f32[1, 1, 2, 2] = permute %58 perm=[1, 0, 2, 3]
+      %60: f32[1, 1, 1, 1] = conv2d %59, %49 stride=[1, 1]
+      %61: f32[1, 1, 1, 1] = permute %60 perm=[1, 0, 2, 3]
+      %62: f32[1, 1, 3, 2] = pad %61 lo=[0, 0, 1, 0] hi=[0, 0, 1, 1] interior=[0, 0, 1, 1] value=0
+      %63: f32[1, 1, 2, 2] = slice %0 [0..1, 0..1, 1..4:2, 1..4:2]
+      %64: f32[1, 1, 2, 2] = permute %63 perm=[1, 0, 2, 3]
+      %65: f32[1, 1, 1, 1] = conv2d %64, %49 stride=[1, 1]
+      %66: f32[1, 1, 1, 1] = permute %65 perm=[1, 0, 2, 3]
+      %67: f32[1, 1, 3, 2] = pad %66 lo=[0, 0, 1, 1] hi=[0, 0, 1, 0] interior=[0, 0, 1, 1] value=0
+      %68: f32[1, 1, 3, 2] = add %52, %57
+      %69: f32[1, 1, 3, 2] = add %68, %62
+      %70: f32[1, 1, 3, 2] = add %69, %67
       output loss = %4
-      output grad.x = %30
-      output grad.K = %35
+      output grad.x = %46
+      output grad.K = %70
     "#);
 }

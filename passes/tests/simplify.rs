@@ -185,3 +185,29 @@ fn promote_f64_widens_every_f32() {
       output y = %7
     "#);
 }
+
+#[test]
+fn a_cropped_convolution_computes_only_the_crop() {
+    // What autodiff makes of a padded conv input: the gradient of the padded
+    // 5x5 map, cropped to the 3x3 interior. After simplify the convolution
+    // reads a smaller pad and produces the 3x3 crop; a second reader of the
+    // convolution keeps it whole.
+    let mut g = Graph::new("t");
+    let dy = g.input("dy", DType::F32, shape(&[1, 2, 3, 3]));
+    let k = g.input("k", DType::F32, shape(&[4, 2, 3, 3]));
+    let padded = g.pad(dy, &[0, 0, 2, 2], &[0, 0, 2, 2], &[0; 4], 0.0).unwrap();
+    let full = g.conv2d(padded, k, [1, 1]).unwrap();
+    let crop = g.slice(full, &[0, 0, 1, 1], &[1, 4, 4, 4], &[1; 4]).unwrap();
+    g.set_output("crop", crop);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: f32[1, 2, 3, 3] = input "dy"
+      %1: f32[4, 2, 3, 3] = input "k"
+      %2: f32[1, 2, 5, 5] = pad %0 lo=[0, 0, 1, 1] hi=[0, 0, 1, 1] value=0
+      %3: f32[1, 4, 3, 3] = conv2d %2, %1 stride=[1, 1]
+      output crop = %3
+    "#);
+    g.set_output("full", full);
+    let kept = simplify(&g);
+    assert!(kept.ids().any(|id| matches!(kept.node(id).op, Op::Slice { .. })), "{}", text::print(&kept, false));
+}

@@ -421,11 +421,30 @@ fn conv2d_strides_and_asymmetric_kernels() {
         ([1, 2, 7, 6], [2, 2, 3, 3], [2, 2]), // the last row is never covered
         ([2, 1, 6, 7], [2, 1, 2, 3], [2, 1]),
         ([1, 3, 8, 8], [2, 3, 1, 1], [3, 3]), // 1x1 kernel skipping rows and columns
+        ([2, 2, 13, 14], [2, 2, 5, 6], [4, 3]), // phases with 2 taps and with 1 (AlexNet's 11x11 stride 4)
     ] {
         let mut c = Case::new(&format!("conv2d {x_dims:?} * {k_dims:?} stride {stride:?}"));
         let x = c.param("x", &x_dims, Values::In(-1.0, 1.0));
         let k = c.param("k", &k_dims, Values::In(-1.0, 1.0));
         let y = c.g.conv2d(x, k, stride).unwrap();
+        c.check(y);
+    }
+}
+
+/// Gradients through a zero-padded hidden layer: simplify computes only the
+/// cropped part of the padded input's gradient (symmetric and uneven pads,
+/// a pad wider than the kernel reaches, and a window starting in the pad).
+#[test]
+fn conv2d_of_a_padded_hidden_layer() {
+    for (lo, hi) in [([1, 1], [1, 1]), ([2, 0], [0, 1]), ([3, 3], [3, 3])] {
+        let mut c = Case::new(&format!("conv2d of a padded hidden layer, pad lo {lo:?} hi {hi:?}"));
+        let x = c.input("x", &[2, 2, 4, 5], Values::In(-1.0, 1.0));
+        let k1 = c.param("k1", &[3, 2, 3, 3], Values::In(-0.5, 0.5));
+        let k2 = c.param("k2", &[2, 3, 3, 2], Values::In(-0.5, 0.5));
+        let h = c.g.conv2d(x, k1, [1, 1]).unwrap();
+        let h = c.g.unary(UnaryOp::Tanh, h).unwrap();
+        let h = c.g.pad(h, &[0, 0, lo[0], lo[1]], &[0, 0, hi[0], hi[1]], &[0; 4], 0.0).unwrap();
+        let y = c.g.conv2d(h, k2, [1, 1]).unwrap();
         c.check(y);
     }
 }
