@@ -316,19 +316,31 @@ impl PoolElem for f64 {
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn pool_planes<T: PoolElem>(kind: PoolKind, x: *const T, planes: usize, h: usize, w: usize, window: [usize; 2], stride: [usize; 2], ho: usize, wo: usize, dst: *mut T) {
+    // The common column strides as constants, so the row loops vectorise
+    // (a stride-2 load is two vector loads and a shuffle).
     unsafe {
-        match kind {
-            PoolKind::Max => pool_rows::<T, true>(x, planes, h, w, window, stride, ho, wo, dst),
-            PoolKind::Avg => pool_rows::<T, false>(x, planes, h, w, window, stride, ho, wo, dst),
+        match (kind, stride[1]) {
+            (PoolKind::Max, 1) => pool_rows::<T, true, 1>(x, planes, h, w, window, stride[0], ho, wo, dst),
+            (PoolKind::Max, 2) => pool_rows::<T, true, 2>(x, planes, h, w, window, stride[0], ho, wo, dst),
+            (PoolKind::Avg, 1) => pool_rows::<T, false, 1>(x, planes, h, w, window, stride[0], ho, wo, dst),
+            (PoolKind::Avg, 2) => pool_rows::<T, false, 2>(x, planes, h, w, window, stride[0], ho, wo, dst),
+            (PoolKind::Max, sx) => pool_rows_strided::<T, true>(x, planes, h, w, window, [stride[0], sx], ho, wo, dst),
+            (PoolKind::Avg, sx) => pool_rows_strided::<T, false>(x, planes, h, w, window, [stride[0], sx], ho, wo, dst),
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn pool_rows<T: PoolElem, const MAX: bool, const SX: usize>(x: *const T, planes: usize, h: usize, w: usize, window: [usize; 2], sy: usize, ho: usize, wo: usize, dst: *mut T) {
+    unsafe { pool_rows_strided::<T, MAX>(x, planes, h, w, window, [sy, SX], ho, wo, dst) }
 }
 
 /// Pooling one output row at a time, the row itself the accumulator: for
 /// each window tap, a pass along the row (a loop the compiler vectorises).
 /// Every output sums or compares its taps in the interpreter's order.
 #[allow(clippy::too_many_arguments)]
-unsafe fn pool_rows<T: PoolElem, const MAX: bool>(x: *const T, planes: usize, h: usize, w: usize, [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], ho: usize, wo: usize, dst: *mut T) {
+#[inline(always)]
+unsafe fn pool_rows_strided<T: PoolElem, const MAX: bool>(x: *const T, planes: usize, h: usize, w: usize, [wh, ww]: [usize; 2], [sy, sx]: [usize; 2], ho: usize, wo: usize, dst: *mut T) {
     let area = T::from_usize(wh * ww);
     for p in 0..planes {
         let plane = unsafe { x.add(p * h * w) };
