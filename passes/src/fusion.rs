@@ -82,6 +82,73 @@ impl Affine {
             _ => None,
         }
     }
+
+    /// The map of a gather along `axis` of a value read through `self`, with
+    /// indices `idx` (an affine function of the index positions): the axis
+    /// is replaced by the index's axes.
+    pub fn gathered(&self, axis: usize, idx: &Affine) -> Affine {
+        let step = self.strides[axis];
+        let mut strides = self.strides[..axis].to_vec();
+        strides.extend(idx.strides.iter().map(|&s| s * step));
+        strides.extend(&self.strides[axis + 1..]);
+        Affine { offset: self.offset + idx.offset * step, strides }
+    }
+}
+
+/// For a gather whose indices are an affine function of their position and
+/// all in range (a flip's `k-1-iota`, a strided pick): the axis and the
+/// index map. Such a gather reads its operand with strides, like a view.
+pub fn affine_gather(graph: &Graph, id: NodeId) -> Option<(usize, Affine)> {
+    let node = graph.node(id);
+    let Op::Gather { axis } = node.op else { return None };
+    let (x, idx) = (node.args[0], node.args[1]);
+    let map = affine_index(graph, idx, 8)?;
+    let dims = graph.shape(idx).dims();
+    if dims.contains(&0) {
+        return Some((axis, map));
+    }
+    let (mut lo, mut hi) = (map.offset, map.offset);
+    for (&s, &d) in map.strides.iter().zip(dims) {
+        let span = s * (d as i64 - 1);
+        lo += span.min(0);
+        hi += span.max(0);
+    }
+    (lo >= 0 && hi < graph.shape(x).dims()[axis] as i64).then_some((axis, map))
+}
+
+/// The value of an i64 node as `offset + Σ strides·position`, when it is
+/// iota and integral constants combined by add, sub, multiplication by a
+/// constant and views (looking at most `depth` nodes deep).
+fn affine_index(graph: &Graph, id: NodeId, depth: usize) -> Option<Affine> {
+    let node = graph.node(id);
+    if node.dtype != DType::I64 || depth == 0 {
+        return None;
+    }
+    let dims = node.shape.dims();
+    let arg = |k: usize| affine_index(graph, node.args[k], depth - 1);
+    let constant = |m: &Affine| m.strides.iter().all(|&s| s == 0).then_some(m.offset);
+    match &node.op {
+        Op::Iota { axis } => Some(iota_map(dims, *axis)),
+        Op::Full { value } if value.fract() == 0.0 && value.abs() < 1e15 => Some(Affine { offset: *value as i64, strides: vec![0; dims.len()] }),
+        Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => {
+            let (l, r) = (arg(0)?, arg(1)?);
+            let zip = |f: fn(i64, i64) -> i64| Affine { offset: f(l.offset, r.offset), strides: l.strides.iter().zip(&r.strides).map(|(&a, &b)| f(a, b)).collect() };
+            match b {
+                BinaryOp::Add => Some(zip(|a, b| a + b)),
+                BinaryOp::Sub => Some(zip(|a, b| a - b)),
+                _ => {
+                    let (c, m) = match (constant(&l), constant(&r)) {
+                        (Some(c), _) => (c, r),
+                        (_, Some(c)) => (c, l),
+                        _ => return None,
+                    };
+                    Some(Affine { offset: m.offset * c, strides: m.strides.iter().map(|&s| s * c).collect() })
+                }
+            }
+        }
+        op if is_view_op(op) => arg(0)?.through(op, graph.shape(node.args[0]).dims(), dims),
+        _ => None,
+    }
 }
 
 /// Strides for viewing `(dims, strides)` as `to` without moving data
@@ -294,9 +361,28 @@ impl Fusion {
                 let arg = node.args[0];
                 compose(&self.source(graph, arg), op, graph.shape(arg).dims(), node.shape.dims())
             }
+            Op::Gather { .. } => {
+                let (axis, idx) = affine_gather(graph, id)?;
+                Some(gather_source(&self.source(graph, node.args[0]), axis, &idx))
+            }
             _ => None,
         }
     }
+}
+
+/// A source read through an affine gather.
+fn gather_source(src: &Source, axis: usize, idx: &Affine) -> Source {
+    match src {
+        Source::Const(v) => Source::Const(*v),
+        Source::Index(map) => Source::Index(map.gathered(axis, idx)),
+        Source::Buffer { base, map } => Source::Buffer { base: *base, map: map.gathered(axis, idx) },
+    }
+}
+
+/// Whether `id` only reinterprets its operand's elements: a view op or an
+/// affine gather.
+pub fn is_view(graph: &Graph, id: NodeId) -> bool {
+    is_view_op(&graph.node(id).op) || affine_gather(graph, id).is_some()
 }
 
 /// Ops that only reinterpret their operand's elements.
@@ -396,9 +482,13 @@ pub fn fuse(graph: &Graph) -> Fusion {
         live[id.index()] = true;
     }
     let ids: Vec<NodeId> = graph.ids().collect();
+    // Affine gathers are views: their indices are never computed.
+    let view_gather: Vec<bool> = ids.iter().map(|&id| affine_gather(graph, id).is_some()).collect();
     for &id in ids.iter().rev() {
         if live[id.index()] {
-            for a in &graph.node(id).args {
+            let args = &graph.node(id).args;
+            let read = if view_gather[id.index()] { &args[..1] } else { &args[..] };
+            for a in read {
                 live[a.index()] = true;
             }
         }
@@ -414,6 +504,7 @@ pub fn fuse(graph: &Graph) -> Fusion {
         }
         ancestors.push(bits);
         let wants = match node.op {
+            _ if view_gather[id.index()] => Need::Any,
             _ if is_routine(&node.op) => Need::Contiguous,
             Op::MatMul | Op::Conv2d { .. } => Need::Buffer,
             _ => Need::Any,
@@ -531,14 +622,17 @@ impl Fuser<'_> {
                     self.views[id.index()] = Some(source);
                 }
             }
-            op if is_view_op(op) => {
+            op if is_view(self.graph, id) => {
                 let arg = node.args[0];
                 // A value computed in a loop is stored so the view can read it.
                 let source = match self.views[arg.index()].clone() {
                     Some(s) => s,
                     None => Source::Buffer { base: arg, map: Affine::contiguous(self.graph.shape(arg).dims()) },
                 };
-                let composed = compose(&source, op, self.graph.shape(arg).dims(), node.shape.dims());
+                let composed = match affine_gather(self.graph, id) {
+                    Some((axis, idx)) => Some(gather_source(&source, axis, &idx)),
+                    None => compose(&source, op, self.graph.shape(arg).dims(), node.shape.dims()),
+                };
                 let need = self.need[id.index()];
                 let copy_needed = match &composed {
                     None => true,
@@ -838,7 +932,7 @@ pub fn text(graph: &Graph, fusion: &Fusion) -> String {
             let _ = writeln!(out, "  loop {}:", kernel.shape);
             for &m in &kernel.body {
                 let node = graph.node(m);
-                let args: Vec<String> = if is_view_op(&node.op) || matches!(node.op, Op::Full { .. } | Op::Iota { .. }) {
+                let args: Vec<String> = if is_copy(graph, m) {
                     vec![match fusion.copy_source(graph, m) {
                         Some(s) => source_text(&s),
                         None => "?".into(),
@@ -872,8 +966,7 @@ fn kernel_kind(graph: &Graph, kernel: &Kernel) -> String {
 }
 
 fn is_copy(graph: &Graph, id: NodeId) -> bool {
-    let op = &graph.node(id).op;
-    is_view_op(op) || matches!(op, Op::Full { .. } | Op::Iota { .. })
+    is_view(graph, id) || matches!(graph.node(id).op, Op::Full { .. } | Op::Iota { .. })
 }
 
 /// How kernel `k` reads operand `a`: a value of its own loop, or a source.

@@ -287,6 +287,40 @@ fn layout_ops_as_views_and_copies() {
     c.out(y);
 }
 
+/// Gathers with indices affine in their position are strided views (no
+/// routine, no index buffer): a flip, a strided pick along a middle axis, a
+/// 2-D index from broadcast iotas, feeding a loop and a matmul.
+#[test]
+fn affine_gathers_read_as_views() {
+    let mut c = Case::new("affine gathers");
+    let x = c.input("x", DType::F32, &[4, 6, 3]);
+    let i6 = c.g.iota(shape(&[6]), 0, DType::I64).unwrap();
+    let five = c.g.full(5.0, DType::I64, shape(&[6]));
+    let rev = c.g.binary(BinaryOp::Sub, five, i6).unwrap();
+    let flipped = c.g.gather(x, rev, 1).unwrap();
+    let i3 = c.g.iota(shape(&[3]), 0, DType::I64).unwrap();
+    let two = c.g.full(2.0, DType::I64, shape(&[3]));
+    let one = c.g.full(1.0, DType::I64, shape(&[3]));
+    let odd = c.g.binary(BinaryOp::Mul, i3, two).unwrap();
+    let odd = c.g.binary(BinaryOp::Add, odd, one).unwrap();
+    let picked = c.g.gather(flipped, odd, 1).unwrap();
+    let rows = c.g.iota(shape(&[2, 3]), 0, DType::I64).unwrap();
+    let cols = c.g.iota(shape(&[2, 3]), 1, DType::I64).unwrap();
+    let grid = c.g.binary(BinaryOp::Add, rows, cols).unwrap();
+    let grid_picked = c.g.gather(x, grid, 1).unwrap();
+    let e = c.g.unary(UnaryOp::Exp, picked).unwrap();
+    c.g.set_output("grid", grid_picked);
+    c.g.set_output("exp", e);
+    let w = c.input("w", DType::F32, &[3, 5]);
+    let flat = c.g.reshape(picked, shape(&[12, 3])).unwrap();
+    let y = c.g.matmul(flat, w).unwrap();
+    c.g.set_output("y", y);
+    let fused = d2l_passes::fusion::fuse(&c.g);
+    let routines: Vec<String> = fused.kernels.iter().filter_map(|k| k.root).map(|(r, _)| c.g.node(r).op.mnemonic().to_string()).collect();
+    assert!(!routines.iter().any(|r| r == "gather"), "gathers left as routines: {routines:?}");
+    c.out(y);
+}
+
 #[test]
 fn gather_out_of_range_is_an_error() {
     let mut g = Graph::new("bad index");
