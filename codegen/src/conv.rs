@@ -1,10 +1,11 @@
 //! Direct convolution for the small-channel, stride-1 convolutions of the
 //! course's CNNs (LeNet: 1-16 channels). im2col + GEMM moves every input
 //! element once per kernel tap and reuses it only once per output channel,
-//! so with few channels it is bound by data movement; a direct kernel
-//! keeps a 6-output-channel × 16-pixel block of accumulators in registers
-//! and streams each input row once per tap. Wider convolutions still go
-//! through GEMM (see `exec.rs`).
+//! so with few channels it is bound by data movement. The forward kernel
+//! keeps 6 output channels × two 8-pixel row segments of accumulators in
+//! registers and streams each input row once per tap; the weight-gradient
+//! kernel accumulates per-tap products over pixels in vector registers.
+//! Wider convolutions go through GEMM (see `exec.rs`).
 
 use d2l_passes::fusion::Affine;
 
@@ -69,9 +70,9 @@ pub fn wgrad_applies(x: &Affine, w: &Affine, [n, _, h, wd]: [usize; 4], [o, _, k
     }
 }
 
-/// Floats of vector accumulators [`wgrad_f32`] needs beside its output.
-pub fn wgrad_scratch([n, ..]: [usize; 4], [o, _, kh, kw]: [usize; 4], (ho, wo): (usize, usize)) -> usize {
-    let _ = (kh, kw);
+/// Floats of vector accumulators [`wgrad_f32`] needs beside its `[n, o,
+/// ho, wo]` output.
+pub fn wgrad_scratch(n: usize, o: usize, (ho, wo): (usize, usize)) -> usize {
     let nb = wgrad_block(wo);
     n * o.div_ceil(nb) * nb * ho * wo * 8
 }

@@ -176,7 +176,7 @@ impl Program {
                     t.pad = *pad;
                     max_n = max_n.max(t.gemm_n());
                     if t.wgrad {
-                        acc = acc.max(t.o * t.n * t.pixels + conv::wgrad_scratch(padded, *w_dims, (ho, wo)));
+                        acc = acc.max(t.o * t.n * t.pixels + conv::wgrad_scratch(padded[0], w_dims[0], (ho, wo)));
                     } else if t.channel_outer || t.batched {
                         acc = acc.max(t.o * t.n * t.pixels);
                     }
@@ -603,8 +603,8 @@ impl Program {
             let out = unsafe { std::slice::from_raw_parts_mut(outp as *mut f32, size) };
             out.copy_from_slice(unsafe { &accs.get(0)[..size] });
             for part in 1..parts {
-                for (o, a) in out.iter_mut().zip(unsafe { &accs.get(part)[..size] }) {
-                    *o += a;
+                for (sum, a) in out.iter_mut().zip(unsafe { &accs.get(part)[..size] }) {
+                    *sum += a;
                 }
             }
             return false;
