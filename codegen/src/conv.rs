@@ -155,12 +155,13 @@ mod x86 {
                 for ob in (0..o).step_by(OB) {
                     let wblock = w.offset(ob as isize * g.wo);
                     let dst = out.add((img * o + ob) * ho * wo);
-                    for y in (0..ho).step_by(2) {
-                        for xb in (0..wo).step_by(8) {
+                    for xb in (0..wo).step_by(8) {
+                        let columns = Columns::new(&g, xb as isize - pl as isize, wd as isize, (wo - xb).min(8));
+                        for y in (0..ho).step_by(2) {
                             // An odd last row is paired with an empty one.
                             let below = if y + 1 < ho { segment(y + 1, xb) } else { Segment { rows: 0..0, ..segment(y, xb) } };
                             let halves = if y + 1 < ho { 2 } else { 1 };
-                            let b = Block { pair: [segment(y, xb), below], halves, col: xb as isize - pl as isize, width: wd as isize, valid: (wo - xb).min(8) };
+                            let b = Block { pair: [segment(y, xb), below], halves, columns: &columns };
                             let plane = (ho * wo) as isize;
                             match o - ob {
                                 1 => block::<1>(&g, &b, wblock, dst, plane),
@@ -188,15 +189,49 @@ mod x86 {
 
     /// Two segments at the same columns of two rows, one per half of the
     /// 16-lane accumulators.
-    struct Block {
+    struct Block<'c> {
         pair: [Segment; 2],
         /// 1 when the second half is empty (below an odd last row).
         halves: usize,
+        columns: &'c Columns,
+    }
+
+    /// Widest kernel the direct kernel takes ([`super::direct_applies`]).
+    const MAX_KW: usize = 32;
+    /// A lane mask's "on" (the sign bit set).
+    const ONES: i32 = -1;
+
+    /// What the 8 columns of a segment read, per kernel column (the same
+    /// for every row, channel and kernel row): the kernel columns whose
+    /// lanes reach the input, each with its lane mask; a column whose lanes
+    /// are all on the pad or past the output is left out.
+    struct Columns {
+        /// Kernel column and its lane mask (all set when the 8 lanes read the row).
+        taps: [(usize, __m256i); MAX_KW],
+        count: usize,
+        /// Every tap reads all 8 lanes.
+        all_full: bool,
         /// Input column of the first pixel at kernel column 0.
         col: isize,
-        width: isize,
         /// Real pixels of the 8.
         valid: usize,
+    }
+
+    impl Columns {
+        #[target_feature(enable = "avx2")]
+        fn new(g: &Geometry, col: isize, width: isize, valid: usize) -> Columns {
+            let mut c = Columns { taps: [(0, _mm256_setzero_si256()); MAX_KW], count: 0, all_full: true, col, valid };
+            for j in 0..g.kw.min(MAX_KW) {
+                let c0 = col + j as isize;
+                let (lo, hi) = ((-c0).max(0), (width - c0).min(valid as isize));
+                if lo < hi {
+                    c.all_full &= lo == 0 && hi == 8;
+                    c.taps[c.count] = (j, masks(lo, hi).0);
+                    c.count += 1;
+                }
+            }
+            c
+        }
     }
 
     /// Lanes `lo..hi` of 16 as two 8-lane masks.
@@ -215,23 +250,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn block<const NB: usize>(g: &Geometry, b: &Block, w: *const f32, dst: *mut f32, plane: isize) {
-        // Per kernel column: whether the 8 lanes all read the row, else the
-        // lane mask (it depends on the column only, not on the channel, the
-        // kernel row or the half); a column whose lanes are all on the pad
-        // or past the output is skipped.
-        const MAX_KW: usize = 32;
-        let zero = _mm256_setzero_si256();
-        let mut columns = [(0usize, false, zero); MAX_KW];
-        let mut taps = 0;
-        for j in 0..g.kw.min(MAX_KW) {
-            let c0 = b.col + j as isize;
-            let (lo, hi) = ((-c0).max(0), (b.width - c0).min(b.valid as isize));
-            if lo < hi {
-                let full = lo == 0 && hi == 8;
-                columns[taps] = (j, full, if full { zero } else { masks(lo, hi).0 });
-                taps += 1;
-            }
-        }
+        let cols = b.columns;
         let [s0, s1] = &b.pair;
         let rows = s0.rows.start.min(s1.rows.start)..s0.rows.end.max(s1.rows.end);
         let fz = _mm256_setzero_ps();
@@ -241,40 +260,47 @@ mod x86 {
                 for i in rows.clone() {
                     // A half whose row is on the pad (or which is empty) reads zeros.
                     let (on0, on1) = (s0.rows.contains(&i), s1.rows.contains(&i));
-                    let row0 = s0.src.wrapping_offset(ch as isize * g.xc + i as isize * g.xh + b.col);
-                    let row1 = s1.src.wrapping_offset(ch as isize * g.xc + i as isize * g.xh + b.col);
+                    let row0 = s0.src.wrapping_offset(ch as isize * g.xc + i as isize * g.xh + cols.col);
+                    let row1 = s1.src.wrapping_offset(ch as isize * g.xc + i as isize * g.xh + cols.col);
                     let wrow = w.offset(ch as isize * g.wc + i as isize * g.wh);
-                    for &(j, full, m) in &columns[..taps] {
-                        // Lanes on the pad or past the output width are masked
-                        // off (read as zero), which keeps every load in the row.
-                        let load = |on: bool, p: *const f32| {
-                            if !on {
-                                fz
-                            } else if full {
-                                _mm256_loadu_ps(p)
-                            } else {
-                                _mm256_maskload_ps(p, m)
-                            }
-                        };
-                        let v0 = load(on0, row0.wrapping_add(j));
-                        let v1 = load(on1, row1.wrapping_add(j));
+                    let taps = &cols.taps[..cols.count];
+                    // The 8 lanes of kernel column j times every output channel's tap.
+                    let mut fma = |j: usize, v0: __m256, v1: __m256| {
                         let wj = wrow.offset(j as isize * g.ww);
                         for (k, a) in acc.iter_mut().enumerate() {
                             let wv = _mm256_broadcast_ss(&*wj.offset(k as isize * g.wo));
                             a[0] = _mm256_fmadd_ps(wv, v0, a[0]);
                             a[1] = _mm256_fmadd_ps(wv, v1, a[1]);
                         }
+                    };
+                    if on0 && on1 && cols.all_full {
+                        for &(j, _) in taps {
+                            fma(j, _mm256_loadu_ps(row0.add(j)), _mm256_loadu_ps(row1.add(j)));
+                        }
+                    } else {
+                        // Lanes on the pad, past the output width or in a half
+                        // whose row is on the pad are masked off (read as
+                        // zero), which keeps every load in the row.
+                        let (r0, r1) = (if on0 { ONES } else { 0 }, if on1 { ONES } else { 0 });
+                        let (r0, r1) = (_mm256_set1_epi32(r0), _mm256_set1_epi32(r1));
+                        for &(j, m) in taps {
+                            let v0 = _mm256_maskload_ps(row0.wrapping_add(j), _mm256_and_si256(m, r0));
+                            let v1 = _mm256_maskload_ps(row1.wrapping_add(j), _mm256_and_si256(m, r1));
+                            fma(j, v0, v1);
+                        }
                     }
                 }
             }
-            let store = masks(0, b.valid as isize).0;
             for (k, a) in acc.iter().enumerate() {
                 for (half, seg) in b.pair.iter().enumerate().take(b.halves) {
                     let d = dst.offset(k as isize * plane).add(seg.out);
-                    if b.valid == 8 {
+                    if cols.valid == 8 {
                         _mm256_storeu_ps(d, a[half]);
                     } else {
-                        _mm256_maskstore_ps(d, store, a[half]);
+                        // Through the stack: a masked store is slow on AMD cores.
+                        let mut lanes = [0.0f32; 8];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), a[half]);
+                        std::ptr::copy_nonoverlapping(lanes.as_ptr(), d, cols.valid);
                     }
                 }
             }
