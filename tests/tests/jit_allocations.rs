@@ -63,8 +63,18 @@ fn feeds(graph: &d2l_ir::Graph) -> HashMap<String, Tensor> {
 fn a_compiled_training_step_allocates_nothing() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Matmul and convolution GEMMs (split over threads), epilogues,
-    // reductions, routines (pad, pooling), random numbers (dropout).
-    for (file, model, batch) in [("mlp.d2l", "mlp", 64), ("mlp.d2l", "mlp_dropout", 32), ("lenet.d2l", "lenet", 16), ("softmax_regression.d2l", "softmax_regression", 256)] {
+    // reductions, routines (pad, pooling), random numbers (dropout), the
+    // direct convolution kernels (LeNets), convolutions batched over images
+    // and by phase (ResNet).
+    let models = [
+        ("mlp.d2l", "mlp", 64),
+        ("mlp.d2l", "mlp_dropout", 32),
+        ("lenet.d2l", "lenet", 16),
+        ("batchnorm_lenet.d2l", "batchnorm_lenet_concise", 16),
+        ("resnet.d2l", "resnet18", 2),
+        ("softmax_regression.d2l", "softmax_regression", 256),
+    ];
+    for (file, model, batch) in models {
         let program = load(file);
         let graph = stage_graph(&program, model, TrainStage::Opt, batch, &Default::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
         let mut exe = Backend::Jit.compile(&graph, 0).unwrap_or_else(|e| panic!("{model}: {e}"));
