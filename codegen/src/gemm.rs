@@ -21,11 +21,14 @@ pub const MR: usize = 6;
 pub const NR: usize = 16;
 const KC: usize = 256;
 const MC: usize = 120;
-const NC: usize = 512;
+const NC: usize = 2048;
 /// Below this many multiply-adds, a direct loop beats packing.
 const SMALL: usize = 4096;
 /// Below this many multiply-adds per thread, one thread does it all.
 const PER_THREAD: usize = 1 << 17;
+/// From this many multiply-adds, threads splitting rows share the packed B
+/// (two synchronisations per block of B cost less than packing B twice).
+const SHARED_B: usize = 1 << 27;
 
 /// A read-only matrix: element `(i, j)` is at `ptr + row(i) + col(j)`, where
 /// `row(i)` is `rows[i]` when a row table is given, else `i·rs` (likewise
@@ -241,7 +244,7 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: Mat
     }
     // Split the dimension with more micro-tiles.
     let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
-    if !by_cols && n > NR {
+    if !by_cols && n > NR && work >= SHARED_B {
         unsafe { sgemm_shared_b(m, n, k, a, b, c, accumulate, scratches, pool, threads) };
         return;
     }
@@ -269,6 +272,7 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: Mat
 /// block. Splitting rows with a private B would pack all of B once per
 /// thread. Rows go in more parts than threads, claimed as threads come
 /// free, so one descheduled thread (a busy machine) does not hold the rest.
+/// Each block costs two jobs of the pool, so only big products take this.
 #[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_shared_b(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool, threads: usize) {
     let kernel = micro_kernel();
@@ -502,10 +506,13 @@ mod tests {
         c
     }
 
+    /// Edges of micro-tiles, of K blocks, transposed A, 1 and 2 threads;
+    /// the last shape is big enough for threads to share the packed B.
     #[test]
     fn matches_a_reference_on_edges_and_transposes() {
+        assert!(610 * 530 * 420 >= SHARED_B);
         let pool = crate::pool::pool();
-        for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70), (37, 10, 300), (41, 16, 90)] {
+        for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70), (37, 10, 300), (41, 16, 90), (610, 530, 420)] {
             for a_t in [false, true] {
                 let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
                 let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
