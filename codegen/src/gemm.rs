@@ -510,7 +510,7 @@ mod tests {
     /// the last shape is big enough for threads to share the packed B.
     #[test]
     fn matches_a_reference_on_edges_and_transposes() {
-        assert!(610 * 530 * 420 >= SHARED_B);
+        const { assert!(610 * 530 * 420 >= SHARED_B) };
         let pool = crate::pool::pool();
         for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70), (37, 10, 300), (41, 16, 90), (610, 530, 420)] {
             for a_t in [false, true] {
