@@ -443,6 +443,13 @@ mod x86 {
             for (i, r) in rowp.iter_mut().enumerate().take(rows) {
                 *r = a.offset(i as isize * ars);
             }
+            // Fetch the C tile while the products run: its rows are far
+            // apart (a row of C each), and the stores at the end stalled.
+            for i in 0..rows {
+                let row = c.ptr.offset(i as isize * c.rs) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(row);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(60));
+            }
             let mut b = b;
             let mut off = 0isize;
             for _ in 0..kc {
