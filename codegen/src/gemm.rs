@@ -26,9 +26,6 @@ const NC: usize = 2048;
 const SMALL: usize = 4096;
 /// Below this many multiply-adds per thread, one thread does it all.
 const PER_THREAD: usize = 1 << 17;
-/// From this many multiply-adds, threads splitting rows share the packed B
-/// (two synchronisations per block of B cost less than packing B twice).
-const SHARED_B: usize = 1 << 27;
 
 /// A read-only matrix: element `(i, j)` is at `ptr + row(i) + col(j)`, where
 /// `row(i)` is `rows[i]` when a row table is given, else `i·rs` (likewise
@@ -153,14 +150,6 @@ impl Scratches {
         unsafe { &mut *self.0[i].get() }
     }
 
-    /// Scratch `i`'s A and B packing buffers, as raw pointers (for parts
-    /// of a job that share one packed B), and how many columns B holds.
-    fn buffers(&self, i: usize) -> (*mut f32, *mut f32, usize) {
-        // SAFETY: only the buffers' addresses are taken; users keep to their own parts.
-        let s = unsafe { &mut *self.0[i].get() };
-        (s.a.as_mut_ptr(), s.b.as_mut_ptr(), s.nc())
-    }
-
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -244,10 +233,6 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: Mat
     }
     // Split the dimension with more micro-tiles.
     let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
-    if !by_cols && n > NR && work >= SHARED_B {
-        unsafe { sgemm_shared_b(m, n, k, a, b, c, accumulate, scratches, pool, threads) };
-        return;
-    }
     let (extent, unit) = if by_cols { (n, NR) } else { (m, MR) };
     let chunk = extent.div_ceil(unit).div_ceil(threads) * unit;
     let parts = extent.div_ceil(chunk);
@@ -264,56 +249,6 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: Mat
             }
         }
     });
-}
-
-/// [`sgemm_parallel`] split by rows, BLIS-style: the threads pack each
-/// `KC × NC` block of B together, once, into scratch 0's B buffer, then
-/// each multiplies its own rows (packing only its rows of A) by the shared
-/// block. Splitting rows with a private B would pack all of B once per
-/// thread. Rows go in more parts than threads, claimed as threads come
-/// free, so one descheduled thread (a busy machine) does not hold the rest.
-/// Each block costs two jobs of the pool, so only big products take this.
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_shared_b(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool, threads: usize) {
-    let kernel = micro_kernel();
-    let (_, shared, nc_max) = scratches.buffers(0);
-    let shared = shared as usize;
-    let tiles = m.div_ceil(MR);
-    let parts = (4 * threads).min(tiles);
-    let chunk = tiles.div_ceil(parts) * MR;
-    let parts = m.div_ceil(chunk);
-    for jc in (0..n).step_by(nc_max) {
-        let nc = nc_max.min(n - jc);
-        let panels = nc.div_ceil(NR);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            let load_c = accumulate || pc > 0;
-            let per = panels.div_ceil(threads.min(panels));
-            pool.run(panels.div_ceil(per), &|part, _| {
-                let (first, last) = (part * per, ((part + 1) * per).min(panels));
-                let cols = (last * NR).min(nc) - first * NR;
-                // SAFETY: parts pack disjoint panels of the shared buffer (KC × NC floats).
-                unsafe { pack_b(kc, cols, b.shifted(pc, jc + first * NR), (shared as *mut f32).add(first * NR * kc)) };
-            });
-            pool.run(parts, &|part, worker| {
-                let (own_a, _, _) = scratches.buffers(worker);
-                let rows = part * chunk..((part + 1) * chunk).min(m);
-                for ic in rows.clone().step_by(MC) {
-                    let mc = MC.min(rows.end - ic);
-                    // SAFETY: worker `worker` alone uses its A buffer (MC × KC floats).
-                    unsafe { pack_a(mc, kc, a.shifted(ic, pc), own_a) };
-                    for jr in (0..nc).step_by(NR) {
-                        for ir in (0..mc).step_by(MR) {
-                            // SAFETY: the packed blocks cover these tiles; parts write disjoint rows of C.
-                            unsafe {
-                                kernel(kc, own_a.add(ir * kc), 1, MR as isize, (shared as *const f32).add(jr * kc), c.shifted(ic + ir, jc + jr), MR.min(mc - ir), NR.min(nc - jr), load_c)
-                            };
-                        }
-                    }
-                }
-            });
-        }
-    }
 }
 
 /// Direct loops for tiny products, where packing costs more than it saves.
@@ -513,11 +448,9 @@ mod tests {
         c
     }
 
-    /// Edges of micro-tiles, of K blocks, transposed A, 1 and 2 threads;
-    /// the last shape is big enough for threads to share the packed B.
+    /// Edges of micro-tiles, of K blocks, of NC blocks, transposed A, 1 and 2 threads.
     #[test]
     fn matches_a_reference_on_edges_and_transposes() {
-        const { assert!(610 * 530 * 420 >= SHARED_B) };
         let pool = crate::pool::pool();
         for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70), (37, 10, 300), (41, 16, 90), (610, 530, 420)] {
             for a_t in [false, true] {
