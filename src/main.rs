@@ -461,6 +461,13 @@ fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: 
         .expect("valid template")
         .progress_chars("=> ");
     let batch_opts = run.data.train_batches(d2l::train::derive_seed(opts.seed, d2l::train::Stream::Shuffle));
+    let save = |trainer: &d2l_runtime::train::Trainer, log: &[EpochLog]| -> Result<(), Error> {
+        let meta = [("model".to_string(), model.clone()), ("seed".to_string(), opts.seed.to_string())].into();
+        trainer.save(&checkpoint, meta).map_err(|e| Error::Usage(e.to_string()))?;
+        write_logs(&base, log).map_err(|e| Error::Usage(format!("cannot write the log: {e}")))?;
+        write_plot(&base.with_extension("svg"), log).map_err(|e| Error::Usage(format!("cannot write the plot: {e}")))
+    };
+    let mut saved = false;
     while run.trainer.epoch < run.epochs {
         let bar = indicatif::ProgressBar::new(0).with_style(style.clone()).with_prefix((run.trainer.epoch + 1).to_string());
         let mut progress = Bar(bar);
@@ -473,10 +480,13 @@ fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: 
         let entry = EpochLog { epoch: run.trainer.epoch, train, test };
         eprintln!("epoch {:>3}: {}", entry.epoch, epoch_line(&entry));
         log.push(entry);
-        let meta = [("model".to_string(), model.clone()), ("seed".to_string(), opts.seed.to_string())].into();
-        run.trainer.save(&checkpoint, meta).map_err(|e| Error::Usage(e.to_string()))?;
-        write_logs(&base, &log).map_err(|e| Error::Usage(format!("cannot write the log: {e}")))?;
-        write_plot(&base.with_extension("svg"), &log).map_err(|e| Error::Usage(format!("cannot write the plot: {e}")))?;
+        save(&run.trainer, &log)?;
+        saved = true;
+    }
+    // No epoch left to run (`--epochs 0`: the initial parameters; a resumed
+    // run that had finished): still write what the last line says it wrote.
+    if !saved {
+        save(&run.trainer, &log)?;
     }
     if let Some(last) = log.last() {
         println!("{}", epoch_line(last));

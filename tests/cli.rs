@@ -135,3 +135,18 @@ fn resume_continues_where_a_run_stopped() {
     let csv = std::fs::read_to_string(dir.path().join("linear_regression.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header + two epochs:\n{csv}");
 }
+
+#[test]
+fn zero_epochs_writes_the_initial_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = d2l(&["train", "models/linear_regression.d2l", "--out", out, "--epochs", "0", "--seed", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // linear_regression.d2l draws w from normal(0, 0.01) and starts b at 0.
+    let text = stdout(&o);
+    assert!(text.contains("b = [0.0000]"), "{text}");
+    let (tensors, _) = d2l_runtime::checkpoint::load(dir.path().join("linear_regression.safetensors")).unwrap();
+    assert!(tensors.contains_key("w") && tensors.contains_key("b"), "{:?}", tensors.keys());
+    let csv = std::fs::read_to_string(dir.path().join("linear_regression.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1, "a header, no epoch:\n{csv}");
+}
