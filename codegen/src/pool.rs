@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread;
 
-/// How long an idle helper spins before it sleeps (iterations of a pause loop, ~50 µs).
+/// How long an idle helper spins before it sleeps: iterations of a pause
+/// loop, measured at ~0.5 ms on this project's Zen 4 VM (`pause` is slow there).
 const SPIN: u32 = 20_000;
 
 /// A job: the closure, erased to a raw fat pointer; the job itself lives on
