@@ -39,6 +39,7 @@ runs=(
   "models/house_prices.d2l --seed 7"
   "models/house_prices.d2l --seed 8"
   "models/house_prices.d2l --seed 9"
+  "models/house_prices.d2l -m house_prices_tuned --seed 0"
 )
 
 header="| command |"

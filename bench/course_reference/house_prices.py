@@ -5,6 +5,7 @@ the reference distribution of the 5-fold average validation log-RMSE.
 
     VENV/bin/pip install torch numpy pandas
     VENV/bin/python bench/course_reference/house_prices.py --seeds 0-9
+    VENV/bin/python bench/course_reference/house_prices.py --seeds 0-9 --lr 10
 
 Not part of CI (PyTorch is ~5 GB). The preprocessing is the course's:
 standardize numeric columns over train+test, NaN -> 0, one-hot with a NaN
@@ -23,6 +24,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument('--data', default=os.path.join(ROOT, '..', '..', '..', 'shared', 'data', 'kaggle-house'))
 p.add_argument('--seeds', default='0-4', help='a range A-B (inclusive)')
+p.add_argument('--lr', type=float, default=5, help="Adam's learning rate (the course's: 5)")
 args = p.parse_args()
 torch.set_num_threads(1)
 
@@ -64,7 +66,7 @@ def k_fold(k, x, y):
         vx, vy = parts[i]
         tx = torch.cat([p[0] for j, p in enumerate(parts) if j != i])
         ty = torch.cat([p[1] for j, p in enumerate(parts) if j != i])
-        folds.append(train(nn.Sequential(nn.Linear(x.shape[1], 1)), tx, ty, vx, vy))
+        folds.append(train(nn.Sequential(nn.Linear(x.shape[1], 1)), tx, ty, vx, vy, lr=args.lr))
     return folds
 
 

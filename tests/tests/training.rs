@@ -35,6 +35,7 @@ fn every_model_learns_on_a_small_subset() {
         ("mlp.d2l", "mlp_dropout", 4096, 3, 0.98),
         ("lenet.d2l", "lenet", 2048, 3, 0.985),
         ("house_prices.d2l", "house_prices", 512, 5, 0.95),
+        ("house_prices.d2l", "house_prices_tuned", 512, 5, 0.95),
         ("weight_decay.d2l", "weight_decay_none", 20, 10, 0.2),
         ("weight_decay.d2l", "weight_decay", 20, 10, 0.2),
         // One example, ten steps: the course's §19 run.
