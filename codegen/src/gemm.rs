@@ -448,7 +448,8 @@ mod tests {
         c
     }
 
-    /// Edges of micro-tiles, of K blocks, of NC blocks, transposed A, 1 and 2 threads.
+    /// Edges of micro-tiles, of K and MC blocks, transposed A, 1 and 2 threads
+    /// (the last shape is split over the threads by rows).
     #[test]
     fn matches_a_reference_on_edges_and_transposes() {
         let pool = crate::pool::pool();
