@@ -1,18 +1,22 @@
 //! Data for the course's models: finding and fetching datasets, reading
-//! IDX images (Fashion-MNIST, MNIST) and the house-prices CSV, generating
-//! synthetic regression data, and cutting any of them into minibatches.
+//! IDX images (Fashion-MNIST, MNIST), the house-prices CSV, text corpora,
+//! and generic `.npy` / CSV datasets, generating synthetic regression data,
+//! and cutting any of them into minibatches.
 //!
 //! Every loader returns a [`DataError`] that names the file and says what
 //! was expected and what was found; none of them panics on bad input.
 
+pub mod arrays;
 pub mod batches;
 pub mod csv;
 pub mod idx;
 pub mod locate;
 pub mod synthetic;
+pub mod text;
 
 use std::path::PathBuf;
 
+pub use arrays::{LabelKind, load_csv_dataset, load_npy_dataset};
 pub use batches::{
     BatchOptions, Batches, TensorDataset, random_hflip, resize_bilinear, select_rows,
 };
@@ -20,6 +24,10 @@ pub use csv::{HousePrices, k_fold, load_house_prices};
 pub use idx::{FASHION_MNIST_CLASSES, ImageDataset, Split, load_mnist_like};
 pub use locate::{fetch, find_dataset, verify_checksum};
 pub use synthetic::synthetic_data;
+pub use text::{
+    Sampling, SeqBatches, SeqDataLoader, SeqOptions, TokenKind, Vocab, load_corpus,
+    load_data_time_machine, read_lines, read_time_machine,
+};
 
 /// Everything that can go wrong while locating, fetching, parsing or
 /// batching data.
@@ -75,6 +83,13 @@ pub enum DataError {
         actual: String,
         decompressed: bool,
     },
+
+    /// A text file that is not UTF-8 or has no usable text.
+    #[error("{}: {msg}", path.display())]
+    Text { path: PathBuf, msg: String },
+
+    #[error(transparent)]
+    Npy(#[from] crate::npy::NpyError),
 
     #[error("fetching dataset `{name}`: {msg}")]
     Fetch { name: String, msg: String },
