@@ -161,26 +161,48 @@ fn corrupted_copy_fails_checksum_with_clear_message() {
     );
 }
 
-fn curl_available() -> bool {
-    std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Serves `files` (name, bytes) over HTTP on 127.0.0.1 until the process
+/// ends; any other path is a 404. Returns the base URL.
+fn serve(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            // Drain the headers up to the blank line.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let found = files.iter().find(|(name, _)| path == format!("/{name}"));
+            let _ = match found {
+                Some((_, body)) => write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).and_then(|()| stream.write_all(body)),
+                None => write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            };
+        }
+    });
+    base
 }
 
 // Real downloads need the internet, which this project's test machines do
-// not have; `fetch_files` is exercised with file:// URLs instead.
+// not have; `fetch_files` downloads from a server on 127.0.0.1 instead,
+// through the same `curl` it runs for real URLs (`.ci/run` installs curl; a
+// machine without it fails this test).
 #[test]
 fn fetch_downloads_verifies_and_renames() {
-    if !curl_available() {
-        eprintln!("skipping: curl is not installed");
-        return;
-    }
     let src = dataset_dir("kaggle-house").join(HOUSE_TRAIN_FILE);
-    let url = format!("file://{}", src.display());
+    let base = serve(vec![("train.csv", std::fs::read(&src).unwrap())]);
+    let url = format!("{base}/train.csv");
     let sha = sha256_file(&src, false).unwrap();
     let dest = tempfile::tempdir().unwrap();
-    let missing = format!("file://{}/nope.csv", dest.path().display());
+    let missing = format!("{base}/nope.csv");
     let urls = [missing.as_str(), url.as_str()];
     let files = [DatasetFile {
         name: "train.csv",
@@ -225,7 +247,7 @@ fn fetch_downloads_verifies_and_renames() {
     }];
     assert_contains(
         &err_text(fetch_files("test", &files, dest.path())),
-        &["curl", "nope.csv", "failed"],
+        &["curl", "nope.csv", "404"],
     );
 }
 

@@ -1,5 +1,7 @@
 //! Helpers shared by the cross-crate tests in `tests/tests/`.
 
+pub mod fd;
+
 use std::path::PathBuf;
 
 use d2l_dsl::{LowerOptions, Lowered, Program};
@@ -30,6 +32,14 @@ pub fn load(file: &str) -> Program {
     Program::load_file(&model_path(file)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A model file with some of its text replaced (another input size, the
+/// full-width VGG); panics if `from` is not in the file.
+pub fn load_edited(file: &str, from: &str, to: &str) -> Program {
+    let text = std::fs::read_to_string(model_path(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert!(text.contains(from), "{file} has no `{from}`");
+    Program::load(file, &text.replace(from, to), None).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Lowers `model` with every unbound dim set to `batch`, as `d2l summary` does.
 pub fn lower(program: &Program, model: &str, batch: usize) -> Lowered {
     let opts = LowerOptions { default_dim: Some(batch), ..LowerOptions::default() };
@@ -47,5 +57,23 @@ pub fn compile_error(name: &str, src: &str) -> String {
     match program.lower(&model, &LowerOptions { default_dim: Some(1), ..LowerOptions::default() }) {
         Ok(_) => panic!("expected {name} to fail to compile"),
         Err(e) => e.rendered,
+    }
+}
+
+/// splitmix64: deterministic test data without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Uniform in [0, 1), 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
     }
 }

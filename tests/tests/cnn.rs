@@ -11,7 +11,7 @@ use d2l_dsl::{LossSpec, LowerOptions, Program};
 use d2l_ir::{DType, Op};
 use d2l_passes::{DiffOptions, differentiate_params, promote_f64};
 use d2l_runtime::{Interpreter, init_params};
-use d2l_tests::{load, lower, model_path};
+use d2l_tests::{fd, load, load_edited, lower, model_path};
 
 /// A row of the course's trace: layer name and output shape without the
 /// batch axis. Activations and dropout keep the shape, and the course's
@@ -34,14 +34,6 @@ fn rows(expected: &[(&str, &[usize])]) -> Vec<Row> {
 fn check_trace(program: &Program, model: &str, expected: &[(&str, &[usize])], params: usize) {
     assert_eq!(course_trace(program, model), rows(expected), "{model}: trace");
     assert_eq!(lower(program, model, 1).param_count(), params, "{model}: parameters");
-}
-
-/// A model file with some of its text replaced (another input size, the
-/// full-width VGG): the course states traces for those too.
-fn load_edited(file: &str, from: &str, to: &str) -> Program {
-    let text = std::fs::read_to_string(model_path(file)).unwrap();
-    assert!(text.contains(from), "{file} has no `{from}`");
-    Program::load(file, &text.replace(from, to), None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -386,25 +378,15 @@ fn gradcheck(file: &str, extra: &str, model: &str) {
     // Distinct values: no ties under max pooling.
     feeds.insert("x".into(), Tensor::from_f64(&shape, (0..n).map(|i| ((i * 37 % 101) as f64) / 101.0 - 0.3).collect()));
     feeds.insert("label".into(), Tensor::from_i64(&[2], vec![1, 3]));
-    let loss = |feeds: &HashMap<String, Tensor>| Interpreter::new(5).run(&forward, feeds).unwrap().into_iter().find(|(n, _)| n == "loss").unwrap().1.to_f64_vec()[0];
+    let mut loss = |feeds: &HashMap<String, Tensor>| Interpreter::new(5).run(&forward, feeds).unwrap().into_iter().find(|(n, _)| n == "loss").unwrap().1.to_f64_vec()[0];
     let values = Interpreter::new(5).eval_nodes(&grads.graph, &feeds).unwrap();
+    let what = format!("{file} {model}");
     for (k, &p) in forward.params().iter().enumerate() {
         let Op::Param { name, .. } = &forward.node(p).op else { unreachable!() };
         let analytic = values[grads.grads[k].index()].to_f64_vec();
-        let Tensor::F64(base) = feeds[name].clone() else { panic!("promoted to f64") };
-        for j in (0..base.len()).step_by((base.len() / 3).max(1)).take(4) {
-            let eps = 1e-6;
-            let mut at = |delta: f64| {
-                let mut t = base.clone();
-                t.as_slice_mut().unwrap()[j] += delta;
-                feeds.insert(name.clone(), Tensor::F64(t));
-                loss(&feeds)
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            feeds.insert(name.clone(), Tensor::F64(base.clone()));
-            let a = analytic[j];
-            assert!((a - numeric).abs() <= 1e-6 + 1e-4 * numeric.abs(), "{file} {model}: d loss / d {name}[{j}]: autodiff {a}, finite differences {numeric}");
-        }
+        let coords = (0..analytic.len()).step_by((analytic.len() / 3).max(1)).take(4);
+        fd::check_coordinates(&what, &mut loss, &mut feeds, name, &analytic, coords);
+        fd::check_direction(&what, &mut loss, &mut feeds, name, &analytic, k as u64 + 1);
     }
 }
 

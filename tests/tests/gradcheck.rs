@@ -13,26 +13,7 @@ use std::collections::HashMap;
 use d2l_ir::{BinaryOp, CmpOp, DType, Graph, Init, NodeId, PoolKind, ReduceOp, Shape, UnaryOp};
 use d2l_passes::{DiffOptions, differentiate, grad_output_name, promote_f64, simplify};
 use d2l_runtime::{Interpreter, Tensor};
-
-const EPS: f64 = 1e-6;
-/// |analytic - numeric| must be within TOL · max(1, |analytic|, |numeric|).
-const TOL: f64 = 1e-6;
-
-/// splitmix64: deterministic test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.next_f64()
-    }
-}
+use d2l_tests::{Rng, fd};
 
 /// How a variable's values are drawn.
 #[derive(Clone, Copy)]
@@ -146,34 +127,15 @@ fn gradcheck(name: &str, graph: &Graph, wrt: &[NodeId], feeds: &HashMap<String, 
         .into_iter()
         .collect();
     let mut worst = 0.0f64;
+    let mut feeds = feeds.clone();
     for &w in wrt {
         let leaf = graph.node(w).op.clone();
         let (d2l_ir::Op::Param { name: leaf_name, .. } | d2l_ir::Op::Input { name: leaf_name }) = leaf else {
             panic!("{name}: only leaves are checked")
         };
         let grad = analytic[&grad_output_name(graph, w)].to_f64_vec();
-        let point = feeds[&leaf_name].clone();
-        let dims = point.shape().0;
-        let values = point.to_f64_vec();
-        assert_eq!(grad.len(), values.len(), "{name}: gradient of `{leaf_name}` has the wrong size");
-        let mut probe = feeds.clone();
-        for k in 0..values.len() {
-            let mut at = |delta: f64| {
-                let mut v = values.clone();
-                v[k] += delta;
-                probe.insert(leaf_name.clone(), Tensor::from_f64(&dims, v));
-                eval_loss(&forward, &probe)
-            };
-            let numeric = (at(EPS) - at(-EPS)) / (2.0 * EPS);
-            let scale = 1f64.max(grad[k].abs()).max(numeric.abs());
-            let error = (grad[k] - numeric).abs() / scale;
-            worst = worst.max(error);
-            assert!(
-                error <= TOL,
-                "{name}: d loss / d {leaf_name}[{k}]: analytic {} vs numeric {numeric} (relative error {error:.2e})",
-                grad[k]
-            );
-        }
+        let every = 0..grad.len();
+        worst = worst.max(fd::check_coordinates(name, &mut |f| eval_loss(&forward, f), &mut feeds, &leaf_name, &grad, every));
     }
     eprintln!("{name}: worst relative error {worst:.2e}");
 }

@@ -28,6 +28,12 @@ fn linear_loss() -> Graph {
 
 /// Runs `steps` updates; returns (w, b) after each.
 fn run(spec: &UpdateSpec, w0: [f32; 4], b0: [f32; 2], grad_w: [f32; 4], grad_b: [f32; 2], steps: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
+    run_with_state(spec, w0, b0, grad_w, grad_b, steps).into_iter().map(|fed| (fed["w"].clone(), fed["b"].clone())).collect()
+}
+
+/// Runs `steps` updates; returns every fed tensor (parameters and
+/// optimizer state) after each.
+fn run_with_state(spec: &UpdateSpec, w0: [f32; 4], b0: [f32; 2], grad_w: [f32; 4], grad_b: [f32; 2], steps: usize) -> Vec<HashMap<String, Vec<f64>>> {
     let forward = linear_loss();
     let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
     let mut graph = grads.graph;
@@ -50,12 +56,13 @@ fn run(spec: &UpdateSpec, w0: [f32; 4], b0: [f32; 2], grad_w: [f32; 4], grad_b: 
                 feeds.insert(target.to_string(), t);
             }
         }
-        history.push((feeds["w"].to_f64_vec(), feeds["b"].to_f64_vec()));
+        history.push(feeds.iter().map(|(name, t)| (name.clone(), t.to_f64_vec())).collect());
     }
     history
 }
 
 fn close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
     for (x, y) in a.iter().zip(b) {
         assert!((x - y).abs() < 1e-5 * (1.0 + y.abs()), "{a:?} vs {b:?}");
     }
@@ -91,19 +98,23 @@ fn sgd_with_momentum_and_weight_decay() {
 #[test]
 fn adam_matches_torch_formula() {
     let spec = UpdateSpec::new(Optimizer::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 });
-    let got = run(&spec, W0, B0, GW, GB, 3);
-    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
-    let (mut m, mut v) = (vec![0.0; 4], vec![0.0; 4]);
-    for (t, (gw, _)) in got.iter().enumerate() {
+    let got = run_with_state(&spec, W0, B0, GW, GB, 3);
+    // torch.optim.Adam on every parameter: its value and both moments.
+    let mut want: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![("w", W0.iter().map(|&x| x as f64).collect(), GW.iter().map(|&g| g as f64).collect()), ("b", B0.iter().map(|&x| x as f64).collect(), GB.iter().map(|&g| g as f64).collect())];
+    let mut moments: Vec<(Vec<f64>, Vec<f64>)> = want.iter().map(|(_, p, _)| (vec![0.0; p.len()], vec![0.0; p.len()])).collect();
+    for (t, fed) in got.iter().enumerate() {
         let t = (t + 1) as f64;
-        for i in 0..4 {
-            let g = GW[i] as f64;
-            m[i] = 0.9 * m[i] + 0.1 * g;
-            v[i] = 0.999 * v[i] + 0.001 * g * g;
-            let (mh, vh) = (m[i] / (1.0 - 0.9f64.powf(t)), v[i] / (1.0 - 0.999f64.powf(t)));
-            w[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
+        for ((name, p, g), (m, v)) in want.iter_mut().zip(moments.iter_mut()) {
+            for i in 0..p.len() {
+                m[i] = 0.9 * m[i] + 0.1 * g[i];
+                v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+                let (mh, vh) = (m[i] / (1.0 - 0.9f64.powf(t)), v[i] / (1.0 - 0.999f64.powf(t)));
+                p[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
+            }
+            close(&fed[*name], p);
+            close(&fed[&format!("state:{name}:m")], m);
+            close(&fed[&format!("state:{name}:v")], v);
         }
-        close(gw, &w);
     }
 }
 

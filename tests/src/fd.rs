@@ -1,0 +1,87 @@
+//! The one finite-difference gradient checker of the test suite: symbolic
+//! gradients (computed in f64) against central differences of the loss.
+//!
+//! Two probes: a single coordinate of a leaf, or the whole leaf along one
+//! pseudo-random direction `v` (the directional derivative `∇L·v`, which a
+//! wrong gradient anywhere in the tensor changes; two loss evaluations per
+//! tensor, so it stays cheap on models with millions of parameters).
+
+use std::collections::HashMap;
+
+use d2l_runtime::Tensor;
+
+use crate::Rng;
+
+/// Step of the central difference (the graphs run in f64). Small, because
+/// a step that moves a whole tensor pushes some ReLU inputs of a big
+/// network across zero, and the error that makes grows with the step.
+pub const EPS: f64 = 1e-7;
+
+/// Largest accepted `|analytic - numeric| / max(1, |analytic|, |numeric|)`.
+/// Central differences in f64 at this step are good to ~1e-8 here.
+pub const TOL: f64 = 1e-6;
+
+/// The relative error the checker bounds.
+pub fn relative_error(analytic: f64, numeric: f64) -> f64 {
+    (analytic - numeric).abs() / 1f64.max(analytic.abs()).max(numeric.abs())
+}
+
+/// Evaluates the scalar loss for a set of feeds.
+pub type Loss<'a> = dyn FnMut(&HashMap<String, Tensor>) -> f64 + 'a;
+
+/// Checks `analytic`, the gradient of the loss with respect to the f64 feed
+/// `leaf`, at the coordinates `coords`; panics naming `what` on a mismatch.
+/// Returns the worst relative error seen.
+pub fn check_coordinates(what: &str, loss: &mut Loss, feeds: &mut HashMap<String, Tensor>, leaf: &str, analytic: &[f64], coords: impl IntoIterator<Item = usize>) -> f64 {
+    check_len(what, feeds, leaf, analytic);
+    let mut worst = 0.0f64;
+    for k in coords {
+        let base = values(feeds, leaf)[k];
+        let mut at = |x: f64| {
+            values(feeds, leaf)[k] = x;
+            loss(feeds)
+        };
+        let numeric = (at(base + EPS) - at(base - EPS)) / (2.0 * EPS);
+        values(feeds, leaf)[k] = base;
+        let error = relative_error(analytic[k], numeric);
+        worst = worst.max(error);
+        assert!(error <= TOL, "{what}: d loss / d {leaf}[{k}]: analytic {} vs numeric {numeric} (relative error {error:.2e})", analytic[k]);
+    }
+    worst
+}
+
+/// Checks the whole gradient of `leaf` along a direction drawn from `seed`
+/// (entries uniform in [-1, 1)): `analytic · v` against the central
+/// difference of the loss along `v`. Returns the relative error.
+pub fn check_direction(what: &str, loss: &mut Loss, feeds: &mut HashMap<String, Tensor>, leaf: &str, analytic: &[f64], seed: u64) -> f64 {
+    check_len(what, feeds, leaf, analytic);
+    let base = values(feeds, leaf).to_vec();
+    let mut rng = Rng(seed);
+    let direction: Vec<f64> = (0..base.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut at = |delta: f64| {
+        for ((x, b), v) in values(feeds, leaf).iter_mut().zip(&base).zip(&direction) {
+            *x = b + delta * v;
+        }
+        loss(feeds)
+    };
+    let numeric = (at(EPS) - at(-EPS)) / (2.0 * EPS);
+    values(feeds, leaf).copy_from_slice(&base);
+    let projected: f64 = analytic.iter().zip(&direction).map(|(g, v)| g * v).sum();
+    let error = relative_error(projected, numeric);
+    assert!(error <= TOL, "{what}: d loss / d {leaf} along a random direction: analytic {projected} vs numeric {numeric} (relative error {error:.2e})");
+    error
+}
+
+fn check_len(what: &str, feeds: &mut HashMap<String, Tensor>, leaf: &str, analytic: &[f64]) {
+    let n = values(feeds, leaf).len();
+    assert_eq!(analytic.len(), n, "{what}: the gradient of `{leaf}` has {} elements, the leaf {n}", analytic.len());
+}
+
+/// The f64 values of feed `leaf`, to perturb in place.
+fn values<'a>(feeds: &'a mut HashMap<String, Tensor>, leaf: &str) -> &'a mut [f64] {
+    match feeds.get_mut(leaf) {
+        Some(Tensor::F64(a)) => a.as_slice_mut().unwrap_or_else(|| panic!("`{leaf}` is not contiguous")),
+        Some(t) => panic!("finite differences need the f64 graph (promote_f64): `{leaf}` is {}", t.dtype()),
+        None => panic!("no feed `{leaf}`"),
+    }
+}
