@@ -1,18 +1,19 @@
-//! Every model in `models/` trains: a short run on real data (a few hundred
-//! examples) lowers its loss. The full runs' results are in the README.
+//! Every model in `models/` trains: a short run on real data (16 to 16,384
+//! examples) lowers its loss by as much as such a run does. The full runs'
+//! results are in the README.
 
 use d2l::train::{TrainOptions, prepare};
 use d2l_runtime::data::BatchOptions;
 use d2l_runtime::train::Silent;
 use d2l_tests::{load, model_files};
 
-/// Loss on the training subset before and after `epochs` epochs.
-fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize) -> (f64, f64) {
+/// Loss on the training subset before and after `epochs` epochs (JIT).
+fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize, batch: Option<usize>, seed: u64) -> (f64, f64) {
     let program = load(file);
-    let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed: 1, ..TrainOptions::default() };
+    let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed, batch, backend: d2l_runtime::Backend::Jit, ..TrainOptions::default() };
     let mut run = prepare(&program, model, &opts).unwrap_or_else(|e| panic!("{model}: {e}"));
     let before = run.data.evaluate(&mut run.trainer, &run.data.train).unwrap().loss;
-    let batches = run.data.train_batches(1);
+    let batches = run.data.train_batches(seed);
     for _ in 0..epochs {
         run.trainer.train_epoch(&run.data.train, &batches, &mut Silent).unwrap();
     }
@@ -20,43 +21,50 @@ fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize) -
     (before, after)
 }
 
+/// (file, model, examples, epochs, batch override, required ratio of the
+/// loss after to the loss before). Each bound sits just above the worst
+/// ratio of seeds 1-5 (measured 2026-12-03, JIT, on these exact runs;
+/// worst in the comment), so a model that learns less than such a run
+/// really does fails. The test itself runs seed 1.
+const CASES: &[(&str, &str, usize, usize, Option<usize>, f64)] = &[
+    ("linear_regression.d2l", "linear_regression", 1000, 1, None, 0.01), // 0.003
+    ("linear_regression.d2l", "linear_regression_concise", 1000, 1, None, 0.01), // 0.000
+    ("softmax_regression.d2l", "softmax_regression", 1024, 2, None, 0.65), // 0.602
+    ("softmax_regression.d2l", "softmax_regression_concise", 1024, 2, None, 0.65), // 0.607
+    ("mlp.d2l", "mlp", 4096, 3, None, 0.6),          // 0.558
+    ("mlp.d2l", "mlp_scratch", 4096, 3, None, 0.6),  // 0.554
+    ("mlp.d2l", "mlp_dropout", 8192, 4, None, 0.45), // 0.382
+    // Sigmoid LeNet sits near ln 10 for its first ~150 steps at lr 0.9
+    // (smaller batches do not leave it at all): 320 steps of 256.
+    ("lenet.d2l", "lenet", 16384, 5, None, 0.75), // 0.674
+    ("house_prices.d2l", "house_prices", 512, 5, None, 0.93),             // 0.915
+    ("house_prices.d2l", "house_prices_tuned", 512, 5, None, 0.85),       // 0.834
+    ("weight_decay.d2l", "weight_decay_none", 20, 10, None, 0.15),        // 0.106
+    ("weight_decay.d2l", "weight_decay", 20, 10, None, 0.08),             // 0.050
+    // One example, ten steps: the course's §19 run.
+    ("edge_detector.d2l", "edge_detector", 1, 10, None, 0.02), // 0.008
+    // Batch norm lets LeNet's sigmoids learn fast (lr 1.0); enough steps
+    // (48) for the running statistics that evaluation uses to settle.
+    ("batchnorm_lenet.d2l", "batchnorm_lenet", 4096, 3, None, 0.42), // 0.372
+    ("batchnorm_lenet.d2l", "batchnorm_lenet_concise", 4096, 3, None, 0.42), // 0.372
+    // The big networks at the course's resolution: 16 examples in batches
+    // of 4, fitted for a few epochs (each step takes ~0.3 s).
+    ("alexnet.d2l", "alexnet", 16, 4, Some(4), 0.96),    // 0.951
+    ("vgg.d2l", "vgg11", 16, 4, Some(4), 0.9),           // 0.890
+    // NiN learns only through the class channels alive at initialisation
+    // (README, "Convolutional networks"): slowest of all.
+    ("nin.d2l", "nin", 16, 8, Some(4), 0.975),           // 0.967
+    ("googlenet.d2l", "googlenet", 16, 4, Some(4), 0.85), // 0.830
+    // Evaluation uses batch norm's running statistics, which need a few
+    // dozen steps to settle (momentum 0.9): more, smaller steps.
+    ("resnet.d2l", "resnet18", 8, 20, None, 0.7), // 0.641
+];
+
 #[test]
 fn every_model_learns_on_a_small_subset() {
-    // (file, model, examples, epochs, required ratio after/before)
-    let cases = [
-        ("linear_regression.d2l", "linear_regression", 1000, 1, 0.01),
-        ("linear_regression.d2l", "linear_regression_concise", 1000, 1, 0.01),
-        ("softmax_regression.d2l", "softmax_regression", 1024, 2, 0.7),
-        ("softmax_regression.d2l", "softmax_regression_concise", 1024, 2, 0.7),
-        ("mlp.d2l", "mlp", 4096, 3, 0.7),
-        ("mlp.d2l", "mlp_scratch", 4096, 3, 0.7),
-        // Small initial weights and dropout (mlp_dropout), sigmoids (lenet):
-        // these start slowly, so a short run moves the loss only a little.
-        ("mlp.d2l", "mlp_dropout", 4096, 3, 0.98),
-        ("lenet.d2l", "lenet", 2048, 3, 0.985),
-        ("house_prices.d2l", "house_prices", 512, 5, 0.95),
-        ("house_prices.d2l", "house_prices_tuned", 512, 5, 0.95),
-        ("weight_decay.d2l", "weight_decay_none", 20, 10, 0.2),
-        ("weight_decay.d2l", "weight_decay", 20, 10, 0.2),
-        // One example, ten steps: the course's §19 run.
-        ("edge_detector.d2l", "edge_detector", 1, 10, 0.2),
-        // Batch norm lets LeNet's sigmoids learn fast (lr 1.0); enough steps
-        // (48) for the running statistics that evaluation uses to settle.
-        ("batchnorm_lenet.d2l", "batchnorm_lenet", 4096, 3, 0.7),
-        ("batchnorm_lenet.d2l", "batchnorm_lenet_concise", 4096, 3, 0.7),
-        // The big networks at the course's resolution: a couple of steps on
-        // a handful of examples (each step takes seconds in the interpreter).
-        ("alexnet.d2l", "alexnet", 16, 2, 0.997),
-        ("vgg.d2l", "vgg11", 16, 2, 0.99),
-        ("nin.d2l", "nin", 16, 2, 0.998),
-        ("googlenet.d2l", "googlenet", 16, 2, 0.99),
-        // Evaluation uses batch norm's running statistics, which need a few
-        // dozen steps to settle (momentum 0.9): more, smaller steps.
-        ("resnet.d2l", "resnet18", 8, 20, 0.9),
-    ];
     let mut covered: Vec<String> = Vec::new();
-    for (file, model, limit, epochs, ratio) in cases {
-        let (before, after) = loss_before_and_after(file, model, limit, epochs);
+    for &(file, model, limit, epochs, batch, ratio) in CASES {
+        let (before, after) = loss_before_and_after(file, model, limit, epochs, batch, 1);
         eprintln!("{model}: {before} -> {after} ({:.3})", after / before);
         assert!(after < before * ratio, "{model}: loss {before} -> {after}, wanted below {ratio} x");
         covered.push(model.to_string());
