@@ -10,6 +10,7 @@ use d2l_ir::{DType, Graph, Init, Op, Shape};
 use d2l_passes::optimizer::{Optimizer, UpdateSpec, append_update};
 use d2l_runtime::data::{self, BatchOptions, Split, TensorDataset};
 use d2l_runtime::train::{Metrics, StateSpec, TrainGraphs, Trainer};
+use d2l_runtime::files::write_atomic;
 use d2l_runtime::{Tensor, init_params};
 
 use crate::Error;
@@ -560,14 +561,6 @@ pub fn write_plot(path: &Path, log: &[EpochLog]) -> std::io::Result<()> {
     }
     svg.push_str("</svg>\n");
     write_atomic(path, svg.as_bytes())
-}
-
-/// Writes through a temporary file and a rename, so a crash never leaves a
-/// half-written file behind.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// L2 norm of all weights (rank >= 2 parameters): what weight decay shrinks.

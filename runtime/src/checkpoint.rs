@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
@@ -124,51 +124,10 @@ pub fn save(
             path: path.to_path_buf(),
             source,
         })?;
-    write_atomically(path, &bytes).map_err(|source| CheckpointError::Io {
+    crate::files::write_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// `<path>.tmp`: where [`write_atomically`] stages a file.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-/// Writes `bytes` to `<path>.tmp`, fsyncs, and renames it over `path`; on
-/// failure removes the temp file and leaves `path` as it was.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if path.file_name().is_none() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path does not name a file",
-        ));
-    }
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable (best effort: not every platform
-        // can open a directory).
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(d) = fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Loads every tensor and the metadata (`__metadata__`) of a checkpoint.

@@ -9,6 +9,7 @@ mod tensor;
 
 pub mod checkpoint;
 pub mod data;
+pub mod files;
 pub mod npy;
 pub mod train;
 

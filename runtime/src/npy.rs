@@ -69,7 +69,7 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor, NpyError> {
 /// readers never see a half-written file and a failure leaves any old file.
 pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<(), NpyError> {
     let path = path.as_ref();
-    crate::checkpoint::write_atomically(path, &npy_bytes(tensor)).map_err(|source| NpyError::Io {
+    crate::files::write_atomic(path, &npy_bytes(tensor)).map_err(|source| NpyError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -317,7 +317,7 @@ fn checkpoint_round_trip() {
     assert_eq!(tensors, want);
     assert_eq!(meta.get("model").map(String::as_str), Some("lenet"));
     assert_eq!(meta.len(), 2);
-    assert!(!checkpoint::temp_path(&path).exists());
+    assert!(!d2l_runtime::files::temp_path(&path).exists());
 
     // No metadata, non-row-major input.
     let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), (0..6).map(|i| i as f32).collect()).unwrap();
@@ -351,10 +351,10 @@ fn failed_saves_leave_the_old_file_and_no_temp() {
     let path = dir.path().join("model.safetensors");
     save_sample(&path);
     let before = std::fs::read(&path).unwrap();
-    std::fs::create_dir(checkpoint::temp_path(&path)).unwrap();
+    std::fs::create_dir(d2l_runtime::files::temp_path(&path)).unwrap();
     assert!(checkpoint::save(&path, &[("w".into(), &t)], &BTreeMap::new()).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    std::fs::remove_dir(checkpoint::temp_path(&path)).unwrap();
+    std::fs::remove_dir(d2l_runtime::files::temp_path(&path)).unwrap();
 
     // Duplicate names are refused before anything is written.
     let err = checkpoint::save(
@@ -465,4 +465,19 @@ proptest! {
         bytes.extend_from_slice(&[0; 64]);
         let _ = checkpoint::parse(&bytes, Path::new("fuzz.safetensors"));
     }
+}
+
+#[test]
+fn logs_and_plots_share_the_checkpoint_writer() {
+    // One writer for every file a run leaves: it replaces the old file in
+    // one rename and leaves no temp file behind, also when it fails.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.csv");
+    d2l_runtime::files::write_atomic(&path, b"epoch\n1\n").unwrap();
+    d2l_runtime::files::write_atomic(&path, b"epoch\n1\n2\n").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"epoch\n1\n2\n");
+    assert!(!d2l_runtime::files::temp_path(&path).exists());
+    let err = d2l_runtime::files::write_atomic(&dir.path().join("no/such/dir/x.svg"), b"<svg/>").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(std::fs::read(&path).unwrap(), b"epoch\n1\n2\n");
 }
