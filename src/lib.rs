@@ -117,7 +117,7 @@ impl Session<'_> {
         let shapes: Vec<(String, Vec<usize>)> = inputs.iter().map(|(n, t)| (n.to_string(), t.shape().0)).collect();
         let key = (model.to_string(), shapes.clone());
         if !self.graphs.contains_key(&key) {
-            let opts = LowerOptions { dims: self.compiled.options.dims.clone(), default_dim: None, input_shapes: shapes.into_iter().collect(), training: false };
+            let opts = LowerOptions { dims: self.compiled.options.dims.clone(), default_dim: None, input_shapes: shapes.into_iter().collect(), training: false, memory_limit: None };
             let lowered = self.compiled.program.lower(model, &opts)?;
             self.graphs.insert(key.clone(), lowered.graph);
         }

@@ -285,8 +285,15 @@ fn check(args: &ModelArgs) -> Result<(), Error> {
         let sig = |ids: Vec<d2l_ir::NodeId>| ids.iter().map(|&i| format!("{}{}", g.dtype(i), g.shape(i))).collect::<Vec<_>>().join(", ");
         let outs = sig(g.outputs().iter().map(|(_, id)| *id).collect());
         println!("{}: model {name}({}) -> {outs}: ok, {} parameters, {} nodes", args.file.display(), sig(g.inputs()), group_digits(lowered.param_count()), g.len());
+        println!("  {}", footprint_text(&d2l::train::footprint(&compiled.program, &name, &args.dims.iter().cloned().collect())?));
     }
     Ok(())
+}
+
+/// `parameters 246,824 bytes (246.8 KB); training step at batch 256: 12,345,678 bytes (12.3 MB) of buffers`
+fn footprint_text(f: &d2l::train::Footprint) -> String {
+    let step = if f.training { "training step" } else { "forward pass" };
+    format!("parameters {}; {step} at batch {}: {} of buffers", d2l_dsl::bytes_text(f.param_bytes), f.batch, d2l_dsl::bytes_text(f.arena_bytes))
 }
 
 fn summary(args: &ModelArgs) -> Result<(), Error> {
@@ -294,6 +301,7 @@ fn summary(args: &ModelArgs) -> Result<(), Error> {
     let model = pick_model(&compiled, args)?;
     let lowered = compiled.program.lower(&model, &trace_options(args))?;
     print!("{}", summary_text(&model, &lowered));
+    println!("memory: {}", footprint_text(&d2l::train::footprint(&compiled.program, &model, &args.dims.iter().cloned().collect())?));
     Ok(())
 }
 

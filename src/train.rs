@@ -632,3 +632,38 @@ pub fn stage_graph(program: &Program, model: &str, stage: TrainStage, batch: usi
         TrainStage::Opt => Ok(step_graph(forward, &update_spec(program, &config.optimizer)?)?.0),
     }
 }
+
+/// What a model's compiled training step (or, without a `train` block, its
+/// forward graph) keeps in memory, as `d2l check` and `d2l summary` report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Footprint {
+    /// Bytes of the trained parameters.
+    pub param_bytes: u64,
+    /// The batch the step is planned for (the train block's or `--dim`'s, or 1).
+    pub batch: usize,
+    /// Whether this is the training step (else the forward graph).
+    pub training: bool,
+    /// Bytes of the step's arena: its intermediates, laid out by the memory plan.
+    pub arena_bytes: u64,
+}
+
+/// The footprint of `model` at the train block's batch size (`dims`
+/// override it); unbound dims of a model without a train block are 1.
+pub fn footprint(program: &Program, model: &str, dims: &BTreeMap<String, usize>) -> Result<Footprint, Error> {
+    let (graph, batch, training) = match program.train_config(model) {
+        Ok(config) => {
+            let batch = positive_int(program, &config.data, "batch")?.unwrap_or(1);
+            (stage_graph(program, model, TrainStage::Opt, batch, dims)?, batch, true)
+        }
+        Err(_) if program.train_def(model).is_none() => {
+            let lopts = LowerOptions { dims: dims.clone(), default_dim: Some(1), ..LowerOptions::default() };
+            (d2l_passes::simplify(&program.lower(model, &lopts)?.graph), 1, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // `--dim` may have replaced the train block's batch.
+    let batch = graph.inputs().first().and_then(|&x| graph.shape(x).dims().first().copied()).unwrap_or(batch);
+    let param_bytes = graph.params().iter().map(|&p| (graph.shape(p).numel() * graph.dtype(p).size_bytes()) as u64).sum();
+    let plan = d2l_passes::memory::plan(&graph, &d2l_passes::fusion::fuse(&graph));
+    Ok(Footprint { param_bytes, batch, training, arena_bytes: plan.size as u64 })
+}

@@ -150,3 +150,30 @@ fn zero_epochs_writes_the_initial_parameters() {
     let csv = std::fs::read_to_string(dir.path().join("linear_regression.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1, "a header, no epoch:\n{csv}");
 }
+
+#[test]
+fn models_too_big_for_memory_are_refused_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.d2l");
+    std::fs::write(&file, "model huge(x: f32[B, 4]) -> f32[B, 4000000000000] {\n    param W: f32[4, 4000000000000] = normal(0, 0.01)\n    return x @ W\n}\n").unwrap();
+    let x = dir.path().join("x.npy");
+    d2l_runtime::npy::write_npy(&x, &Tensor::from_f32(&[1, 4], vec![1.0; 4])).unwrap();
+    let file = file.to_str().unwrap();
+    for args in [vec!["check", file], vec!["summary", file], vec!["ir", file], vec!["run", file, "--input", x.to_str().unwrap()]] {
+        let o = d2l(&args);
+        // A clean error (exit 1), not an abort in the allocator (134).
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("parameter `W` (f32[4, 4000000000000]) needs 64,000,000,000,000 bytes (64.0 TB), more than this machine's memory") && err.contains("huge.d2l:2:5"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn check_and_summary_report_parameter_and_step_memory() {
+    let o = d2l(&["check", "models/mlp.d2l", "-m", "mlp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 203,530 f32 parameters; the step at the train block's batch of 256.
+    assert!(stdout(&o).contains("parameters 814,120 bytes (814.1 KB); training step at batch 256: "), "{}", stdout(&o));
+    let o = d2l(&["summary", "models/lenet.d2l", "--dim", "B=64"]);
+    assert!(stdout(&o).contains("memory: parameters 246,824 bytes (246.8 KB); training step at batch 64: "), "{}", stdout(&o));
+}

@@ -31,6 +31,9 @@ pub enum CompileError {
     Lower(#[from] LowerError),
     #[error("{0}")]
     Jit(#[from] JitError),
+    /// The step's buffers (its memory plan) cannot be allocated.
+    #[error("the compiled step needs {bytes} bytes of buffers, which cannot be allocated (free memory, or a smaller batch, would help)")]
+    Arena { bytes: usize },
 }
 
 /// Why a run failed (the graph is fine, the data is not).
@@ -130,7 +133,11 @@ impl Program {
         let times = CompileTimes { fusion_ms: ms(t0, t1), plan_ms: ms(t1, t2), codegen_ms: ms(t2, t3) };
         let pool = pool();
         let threads = pool.threads();
-        let mut arena = vec![Line([0; 64]); plan.memory.size.div_ceil(64)];
+        // Refused, not aborted on, when the memory plan is too big to allocate.
+        let lines = plan.memory.size.div_ceil(64);
+        let mut arena: Vec<Line> = Vec::new();
+        arena.try_reserve_exact(lines).map_err(|_| CompileError::Arena { bytes: plan.memory.size })?;
+        arena.resize(lines, Line([0; 64]));
         let mut status = Box::new(0i64);
         let mut table: Vec<*mut u8> = vec![std::ptr::null_mut(); plan.slots.len()];
         let base = arena.as_mut_ptr() as *mut u8;

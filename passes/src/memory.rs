@@ -48,7 +48,9 @@ pub fn plan(graph: &Graph, fusion: &Fusion) -> MemoryPlan {
         if outputs.contains(&id) {
             continue;
         }
-        let bytes = graph.shape(id).numel() * graph.dtype(id).size_bytes();
+        // Saturating: a graph too big to allocate gets an arena size that
+        // its allocation then refuses, instead of an overflow here.
+        let bytes = graph.shape(id).numel().saturating_mul(graph.dtype(id).size_bytes());
         life.insert(id, Lifetime { bytes, first, last: first });
     }
     for k in 0..fusion.kernels.len() {
@@ -71,7 +73,12 @@ pub fn plan(graph: &Graph, fusion: &Fusion) -> MemoryPlan {
     ids.sort();
     let lifetimes: Vec<Lifetime> = ids.iter().map(|id| life[id]).collect();
     let (offsets, size) = assign(&lifetimes);
-    MemoryPlan { offsets: ids.into_iter().zip(offsets).collect(), size, unshared: lifetimes.iter().map(|l| l.bytes.next_multiple_of(ALIGN)).sum() }
+    MemoryPlan { offsets: ids.into_iter().zip(offsets).collect(), size, unshared: lifetimes.iter().fold(0, |n, l| n.saturating_add(aligned(l.bytes))) }
+}
+
+/// `bytes` rounded up to [`ALIGN`], saturating.
+fn aligned(bytes: usize) -> usize {
+    bytes.saturating_add(ALIGN - 1) / ALIGN * ALIGN
 }
 
 /// First-fit offsets, largest buffers first: each buffer goes at the lowest
@@ -84,23 +91,23 @@ pub fn assign(lifetimes: &[Lifetime]) -> (Vec<usize>, usize) {
     let mut size = 0;
     for i in order {
         let me = lifetimes[i];
-        let bytes = me.bytes.next_multiple_of(ALIGN);
+        let bytes = aligned(me.bytes);
         // Occupied ranges of buffers alive at the same time, by offset.
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
             .filter(|&&j| lifetimes[j].first <= me.last && me.first <= lifetimes[j].last)
-            .map(|&j| (offsets[j], offsets[j] + lifetimes[j].bytes.next_multiple_of(ALIGN)))
+            .map(|&j| (offsets[j], offsets[j].saturating_add(aligned(lifetimes[j].bytes))))
             .collect();
         busy.sort();
-        let mut at = 0;
+        let mut at = 0usize;
         for (start, end) in busy {
-            if at + bytes <= start {
+            if at.saturating_add(bytes) <= start {
                 break;
             }
             at = at.max(end);
         }
         offsets[i] = at;
-        size = size.max(at + bytes);
+        size = size.max(at.saturating_add(bytes));
         placed.push(i);
     }
     (offsets, size)

@@ -138,3 +138,27 @@ fn bad_initializer() {
 fn declared_result_shape() {
     check("result_shape", "model m(x: f32[B, 4]) -> f32[B, 3] {\n    return linear(x, 2)\n}\n");
 }
+
+/// Compiles `src` with a memory bound of 1 GB, so the message is the same
+/// on every machine; returns the rendered error.
+fn memory_error(name: &str, src: &str) -> String {
+    let program = d2l_dsl::Program::load(&format!("{name}.d2l"), src, None).unwrap_or_else(|e| panic!("{e}"));
+    let opts = d2l_dsl::LowerOptions { default_dim: Some(1), memory_limit: Some(1_000_000_000), ..Default::default() };
+    program.lower("m", &opts).expect_err("expected a memory error").rendered
+}
+
+#[test]
+fn parameters_larger_than_memory_are_refused_at_their_declaration() {
+    insta::assert_snapshot!("param_too_large", memory_error("param_too_large", "model m(x: f32[B, 4]) {\n    param W: f32[4, 4000000000000] = normal(0, 0.01)\n    return x @ W\n}\n"));
+    // Each fits, together they do not.
+    insta::assert_snapshot!("params_together_too_large", memory_error("params_together_too_large", "model m(x: f32[B, 4]) {\n    param A: f32[4, 50000000] = zeros\n    param C: f32[4, 50000000] = zeros\n    return x @ A + x @ C\n}\n"));
+    insta::assert_snapshot!("param_size_overflows", memory_error("param_size_overflows", "model m(x: f32[B, 4]) {\n    param W: f32[4000000000000, 4000000000000, 4000000000000] = zeros\n    return x\n}\n"));
+}
+
+#[test]
+fn intermediates_and_inputs_larger_than_memory_are_refused_where_they_are_made() {
+    insta::assert_snapshot!("intermediate_too_large", memory_error("intermediate_too_large", "model m(x: f32[B, 100000]) {\n    y = reshape(x, [B, 100000, 1]) * reshape(x, [B, 1, 100000])\n    return sum(y)\n}\n"));
+    insta::assert_snapshot!("input_too_large", memory_error("input_too_large", "model m(x: f32[B, 1000000000]) {\n    return x\n}\n"));
+    // Inside a standard-library block: the error points into the block.
+    insta::assert_snapshot!("layer_too_large", memory_error("layer_too_large", "model m(x: f32[B, 4]) {\n    return linear(x, 300000000)\n}\n"));
+}

@@ -26,7 +26,8 @@ fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize, b
 /// ratio of seeds 1-5 (measured 2026-12-03, JIT, on these exact runs;
 /// worst in the comment), so a model that learns less than such a run
 /// really does fails. The test itself runs seed 1.
-const CASES: &[(&str, &str, usize, usize, Option<usize>, f64)] = &[
+type Case = (&'static str, &'static str, usize, usize, Option<usize>, f64);
+const CASES: &[Case] = &[
     ("linear_regression.d2l", "linear_regression", 1000, 1, None, 0.01), // 0.003
     ("linear_regression.d2l", "linear_regression_concise", 1000, 1, None, 0.01), // 0.000
     ("softmax_regression.d2l", "softmax_regression", 1024, 2, None, 0.65), // 0.602

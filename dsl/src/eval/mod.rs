@@ -3,6 +3,7 @@
 //! arities, shapes and dtypes on the way. The result is a static graph.
 
 mod builtins;
+pub mod memory;
 mod program;
 mod train;
 mod value;
@@ -14,6 +15,7 @@ use d2l_ir::{BinaryOp, CmpOp, DType, Graph, Init, Loc, NodeId, Shape};
 
 use crate::ast::{Arg, BinOp, DeclKind, DimPat, Expr, ExprKind, FuncDef, Ident, IndexItem, Span, Stmt, TypeExpr, UnOp};
 use crate::Diagnostic;
+pub use memory::{bytes_text, machine_memory};
 pub use program::{Error, Program};
 pub use train::{Spec, TrainConfig};
 pub use value::Value;
@@ -33,6 +35,9 @@ pub struct LowerOptions {
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// Train mode (dropout active, batch statistics); visible as `training`.
     pub training: bool,
+    /// Most bytes one tensor, and all parameters and buffers together, may
+    /// take; `None` means the machine's memory ([`memory::machine_memory`]).
+    pub memory_limit: Option<u64>,
 }
 
 /// One call made directly by the model body: a row of `d2l summary`.
@@ -135,6 +140,12 @@ struct Lowerer<'p> {
     layers: Vec<Layer>,
     bound_dims: BTreeMap<String, usize>,
     file_names: HashMap<u32, Arc<str>>,
+    /// Nodes below this index have had their size checked.
+    sized: usize,
+    /// Bytes of the parameters and buffers declared so far.
+    state_bytes: u64,
+    /// The memory bound in force (see [`LowerOptions::memory_limit`]).
+    memory_limit: Option<u64>,
 }
 
 fn diag(span: Span, msg: impl Into<String>) -> Diagnostic {
@@ -155,6 +166,9 @@ impl<'p> Lowerer<'p> {
             layers: Vec::new(),
             bound_dims: BTreeMap::new(),
             file_names: HashMap::new(),
+            sized: 0,
+            state_bytes: 0,
+            memory_limit: opts.memory_limit.or_else(memory::machine_memory),
         }
     }
 
@@ -189,6 +203,8 @@ impl<'p> Lowerer<'p> {
             let shape = self.bind_input_dims(&p.name, dims, *span)?;
             self.at(p.name.span);
             let id = self.graph.input(&p.name.name, dtype, Shape(shape));
+            self.check_tensor_size(id, &format!("input `{}`", p.name.name), p.span)?;
+            self.sized = self.graph.len();
             self.set_var(&p.name.name, Value::Tensor(id));
         }
         let result = match self.exec_block(&func.body)? {
@@ -224,7 +240,7 @@ impl<'p> Lowerer<'p> {
         if let (Some(spec), Some(pred)) = (loss, first) {
             self.attach_loss(spec, pred, func.name.span)?;
         }
-        Ok(())
+        self.check_sizes(func.name.span)
     }
 
     fn attach_loss(&mut self, spec: &LossSpec, pred: NodeId, span: Span) -> Result<()> {
@@ -392,12 +408,54 @@ impl<'p> Lowerer<'p> {
 
     fn exec_block(&mut self, stmts: &[Stmt]) -> Result<Flow> {
         for s in stmts {
-            if let Flow::Return(v, span) = self.exec(s)? {
+            let flow = self.exec(s)?;
+            self.check_sizes(stmt_span(s))?;
+            if let Flow::Return(v, span) = flow {
                 return Ok(Flow::Return(v, span));
             }
         }
         Ok(Flow::Next)
     }
+
+    /// Refuses any tensor built since the last check (by the statement at
+    /// `span`) whose size overflows or exceeds the memory bound.
+    fn check_sizes(&mut self, span: Span) -> Result<()> {
+        let ids: Vec<NodeId> = self.graph.ids().skip(self.sized).collect();
+        self.sized = self.graph.len();
+        for id in ids {
+            self.check_tensor_size(id, "a tensor computed here", span)?;
+        }
+        Ok(())
+    }
+
+    fn check_tensor_size(&self, id: NodeId, what: &str, span: Span) -> Result<u64> {
+        let ty = format!("{}{}", self.graph.dtype(id), self.graph.shape(id));
+        let bytes = memory::node_bytes(&self.graph, id);
+        self.check_bytes(what, &ty, bytes, span)
+    }
+
+    /// `bytes` (`None`: overflowed) of `what`, of type `ty`, against the bound.
+    fn check_bytes(&self, what: &str, ty: &str, bytes: Option<u64>, span: Span) -> Result<u64> {
+        let Some(bytes) = bytes else {
+            return Err(self.in_model_call(diag(span, format!("{what} ({ty}) has more elements than can be addressed: it can never be allocated")).with_label("too large")));
+        };
+        match self.memory_limit {
+            Some(limit) if bytes > limit => {
+                Err(self.in_model_call(diag(span, format!("{what} ({ty}) needs {}, more than this machine's memory, {}", memory::bytes_text(bytes), memory::bytes_text(limit))).with_label("too large")))
+            }
+            _ => Ok(bytes),
+        }
+    }
+
+    /// Points a diagnostic raised inside a block also at the model-body call
+    /// that led there (the line of the user's file that asked for it).
+    fn in_model_call(&self, d: Diagnostic) -> Diagnostic {
+        match self.call_stack.get(1) {
+            Some((name, span)) => d.with_secondary(*span, format!("in this call of `{name}`")),
+            None => d,
+        }
+    }
+
 
     fn exec(&mut self, stmt: &Stmt) -> Result<Flow> {
         match stmt {
@@ -513,6 +571,15 @@ impl<'p> Lowerer<'p> {
         if taken {
             return Err(diag(name.span, format!("`{}` is declared twice in this block", name.name)));
         }
+        let what = format!("{} `{}`", if kind == DeclKind::Param { "parameter" } else { "buffer" }, name.name);
+        let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let described = format!("{dtype}{}", Shape(shape.clone()));
+        let bytes = self.check_bytes(&what, &described, elements.and_then(|n| n.checked_mul(dtype.size_bytes() as u64)), span)?;
+        let total = self.state_bytes.saturating_add(bytes);
+        if let Some(limit) = self.memory_limit.filter(|&limit| total > limit) {
+            return Err(self.in_model_call(diag(span, format!("with {what} ({described}), the parameters and buffers need {}, more than this machine's memory, {}", memory::bytes_text(total), memory::bytes_text(limit))).with_label("too large")));
+        }
+        self.state_bytes = total;
         self.at(span);
         let id = match kind {
             DeclKind::Param => self.graph.param(&full_name, dtype, Shape(shape), init).map_err(|e| diag(span, e.0))?,
@@ -1045,4 +1112,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+fn stmt_span(s: &Stmt) -> Span {
+    match s {
+        Stmt::Let { span, .. } | Stmt::Param { span, .. } | Stmt::If { span, .. } | Stmt::For { span, .. } | Stmt::Return { span, .. } | Stmt::Yield { span, .. } => *span,
+        Stmt::Expr(e) => e.span,
+    }
 }
