@@ -101,7 +101,7 @@ fn synthetic_feeds(graph: &Graph, classes: usize) -> HashMap<String, Tensor> {
     };
     for id in graph.ids() {
         let node = graph.node(id);
-        let Op::Input { name } = &node.op else { continue };
+        let Op::Input { name, .. } = &node.op else { continue };
         let dims = node.shape.dims();
         let n = node.shape.numel();
         let t = match node.dtype {
@@ -117,17 +117,11 @@ fn synthetic_feeds(graph: &Graph, classes: usize) -> HashMap<String, Tensor> {
 
 /// Runs `exe` until both `min_steps` and `min_seconds` are reached, after
 /// `warmup` runs; a training step's updates are fed back like the trainer does.
-fn time(exe: &mut dyn Executable, feeds: &mut HashMap<String, Tensor>, opts: &BenchOptions) -> Result<Timing, Error> {
+fn time(graph: &Graph, exe: &mut dyn Executable, feeds: &mut HashMap<String, Tensor>, opts: &BenchOptions) -> Result<Timing, Error> {
     let mut outputs = Vec::new();
     let mut step = |feeds: &mut HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>| -> Result<(), Error> {
         exe.run_into(feeds, outputs)?;
-        for (name, t) in outputs.iter_mut() {
-            if let Some(target) = name.strip_prefix("update:")
-                && let Some(slot) = feeds.get_mut(target)
-            {
-                std::mem::swap(slot, t);
-            }
-        }
+        d2l_runtime::apply_updates(graph, outputs, feeds);
         Ok(())
     };
     for _ in 0..opts.warmup {
@@ -154,14 +148,14 @@ fn measure(graph: &Graph, lower_ms: f64, classes: usize, opts: &BenchOptions) ->
         let mut exe = d2l_runtime::backend::Jitted::compile(graph, 1)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         exe.program_mut().start_profile();
-        let timing = time(&mut exe, &mut feeds, opts)?;
+        let timing = time(graph, &mut exe, &mut feeds, opts)?;
         let runs = (timing.steps + opts.warmup) as f64;
         let profile = exe.program().profile().into_iter().map(|(name, t)| (name, t / runs)).collect();
         return Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile });
     }
     let mut exe = opts.backend.compile(graph, 1)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let timing = time(exe.as_mut(), &mut feeds, opts)?;
+    let timing = time(graph, exe.as_mut(), &mut feeds, opts)?;
     Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile: Vec::new() })
 }
 
@@ -181,7 +175,7 @@ pub fn bench(program: &Program, model: &str, opts: &BenchOptions) -> Result<Benc
     let forward = d2l_passes::simplify(&forward);
     let infer_lower_ms = started.elapsed().as_secs_f64() * 1e3;
     // Class labels index the last axis of the model's (first) output.
-    let classes = forward.outputs().first().map_or(1, |(_, id)| forward.shape(*id).dims().last().copied().unwrap_or(1)).max(1);
+    let classes = forward.outputs().first().map_or(1, |o| forward.shape(o.node).dims().last().copied().unwrap_or(1)).max(1);
     let train = match config {
         Some(_) => {
             let started = Instant::now();

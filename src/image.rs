@@ -120,7 +120,7 @@ pub fn classify(compiled: &Compiled, model: &str, spec: &str, params: Option<&Pa
         return Err(Error::Usage(format!("--image feeds one input, but model `{model}` has {}", inputs.len())));
     };
     let name = match &probe.graph.node(input).op {
-        d2l_ir::Op::Input { name } => name.clone(),
+        d2l_ir::Op::Input { name, .. } => name.clone(),
         _ => unreachable!("inputs() returns Input nodes"),
     };
     let &[_, channels, height, width] = &probe.graph.shape(input).0[..] else {

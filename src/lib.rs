@@ -143,7 +143,7 @@ impl Session<'_> {
                     .inputs()
                     .iter()
                     .filter_map(|&i| match &graph.node(i).op {
-                        d2l_ir::Op::Input { name } => Some(name.as_str()),
+                        d2l_ir::Op::Input { name, .. } => Some(name.as_str()),
                         _ => None,
                     })
                     .collect();

@@ -283,7 +283,7 @@ fn check(args: &ModelArgs) -> Result<(), Error> {
         let lowered = compiled.program.lower(&name, &trace_options(args))?;
         let g = &lowered.graph;
         let sig = |ids: Vec<d2l_ir::NodeId>| ids.iter().map(|&i| format!("{}{}", g.dtype(i), g.shape(i))).collect::<Vec<_>>().join(", ");
-        let outs = sig(g.outputs().iter().map(|(_, id)| *id).collect());
+        let outs = sig(g.outputs().iter().map(|o| o.node).collect());
         println!("{}: model {name}({}) -> {outs}: ok, {} parameters, {} nodes", args.file.display(), sig(g.inputs()), group_digits(lowered.param_count()), g.len());
         println!("  {}", footprint_text(&d2l::train::footprint(&compiled.program, &name, &args.dims.iter().cloned().collect())?));
     }
@@ -337,7 +337,7 @@ fn summary_text(model: &str, lowered: &d2l::Lowered) -> String {
 
 fn input_name(g: &d2l_ir::Graph, id: d2l_ir::NodeId) -> &str {
     match &g.node(id).op {
-        d2l_ir::Op::Input { name } => name,
+        d2l_ir::Op::Input { name, .. } => name,
         _ => "?",
     }
 }

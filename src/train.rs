@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use d2l_dsl::{LossSpec, LowerOptions, Program, Spec, TrainConfig, Value};
 use d2l_ir::{DType, Graph, Init, Op, Shape};
-use d2l_passes::optimizer::{Optimizer, UpdateSpec, append_update};
+use d2l_passes::optimizer::{Optimizer, UpdateSpec};
 use d2l_runtime::data::{self, BatchOptions, Split, TensorDataset};
 use d2l_runtime::train::{Metrics, StateSpec, TrainGraphs, Trainer};
 use d2l_runtime::files::write_atomic;
@@ -333,7 +333,7 @@ fn data_input(program: &Program, model: &str) -> Result<String, Error> {
     let inputs = probe.graph.inputs();
     match inputs[..] {
         [one] => match &probe.graph.node(one).op {
-            Op::Input { name } => Ok(name.clone()),
+            Op::Input { name, .. } => Ok(name.clone()),
             _ => unreachable!("inputs() returns Input nodes"),
         },
         _ => Err(Error::Usage(format!("`d2l train` feeds one input, but model `{model}` has {}", inputs.len()))),
@@ -389,7 +389,7 @@ pub fn build_trainer(
         let mut y_shape = vec![batch];
         y_shape.extend(&y_tail);
         let lopts = LowerOptions { input_shapes: [(input.clone(), x_shape)].into(), training, ..LowerOptions::default() };
-        let loss = LossSpec { loss: config.loss.clone(), label_name: "label".into(), label_dtype, label_shape: y_shape };
+        let loss = LossSpec::one_label(&config.loss, "label", label_dtype, y_shape);
         Ok(program.lower_with_loss(model, &lopts, &loss)?.graph)
     };
     let mut step = BTreeMap::new();
@@ -404,7 +404,7 @@ pub fn build_trainer(
         for b in batch_sizes(set.len(), batch) {
             if let std::collections::btree_map::Entry::Vacant(slot) = eval.entry(b) {
                 let mut g = lower(b, false)?;
-                g.retain_outputs(|n| n == "loss" || n == "output");
+                g.retain_outputs(|o| o.name == "loss" || o.name == "output");
                 slot.insert(d2l_passes::simplify(&g));
             }
         }
@@ -454,16 +454,13 @@ pub fn k_fold(program: &Program, run: &Training, k: usize, opts: &TrainOptions, 
 
 /// Differentiates the loss, appends the optimizer update and simplifies.
 fn step_graph(forward: Graph, update: &UpdateSpec) -> Result<(Graph, Vec<StateSpec>), Error> {
-    let grads = d2l_passes::differentiate_params(&forward, "loss", &d2l_passes::DiffOptions::default()).map_err(|e| Error::Usage(format!("autodiff: {e}")))?;
-    let mut graph = grads.graph;
-    // `update:*` outputs are new buffer values (batch-norm statistics): the
-    // trainer feeds them back like optimizer state.
-    graph.retain_outputs(|n| n == "loss" || n == "output" || n.starts_with("update:"));
-    let params = graph.params();
-    let pairs: Vec<_> = params.iter().copied().zip(grads.grads.iter().copied()).collect();
-    let slots = append_update(&mut graph, &pairs, update).map_err(|e| Error::Usage(e.to_string()))?;
-    let state = slots.into_iter().map(|s| StateSpec { name: s.name, dtype: s.dtype, shape: s.shape }).collect();
-    Ok((d2l_passes::simplify(&graph), state))
+    let graph = d2l_passes::training_step(&forward, update).map_err(|e| Error::Usage(e.to_string()))?;
+    let state = graph
+        .ids()
+        .filter(|&id| matches!(graph.node(id).op, Op::Input { role: d2l_ir::InputRole::OptimizerSlot { .. }, .. }))
+        .map(|id| StateSpec { name: graph.leaf_name(id).unwrap_or_default().to_string(), dtype: graph.dtype(id), shape: graph.shape(id).clone() })
+        .collect();
+    Ok((graph, state))
 }
 
 /// Parameters as declared, except that `init = ...` in the train block
@@ -622,7 +619,7 @@ pub fn stage_graph(program: &Program, model: &str, stage: TrainStage, batch: usi
     let mut label_shape = vec![label_batch];
     label_shape.extend(tail);
     let lopts = LowerOptions { dims: probe.dims, ..lopts };
-    let loss = LossSpec { loss: config.loss.clone(), label_name: "label".into(), label_dtype, label_shape };
+    let loss = LossSpec::one_label(&config.loss, "label", label_dtype, label_shape);
     let forward = program.lower_with_loss(model, &lopts, &loss)?.graph;
     match stage {
         TrainStage::Grad => {

@@ -143,7 +143,7 @@ pub fn plan(graph: &Graph, fusion: &Fusion) -> Result<Plan, LowerError> {
     for id in graph.ids() {
         let node = graph.node(id);
         let (name, is_param) = match &node.op {
-            Op::Input { name } => (name.clone(), false),
+            Op::Input { name, .. } => (name.clone(), false),
             Op::Param { name, .. } | Op::State { name, .. } => (name.clone(), true),
             _ => continue,
         };
@@ -157,7 +157,8 @@ pub fn plan(graph: &Graph, fusion: &Fusion) -> Result<Plan, LowerError> {
     }
     // Outputs: the first name of a kernel-written node is where the kernel writes.
     let mut outputs = Vec::new();
-    for (name, id) in graph.outputs() {
+    for o in graph.outputs() {
+        let (name, id) = (&o.name, &o.node);
         let node = graph.node(*id);
         let written = matches!(fusion.value(*id), Value::Root { .. } | Value::Loop { stored: true, .. }) && !slot_of.contains_key(id);
         let slot = slots.len();

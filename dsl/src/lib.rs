@@ -12,5 +12,5 @@ mod parser;
 pub mod print;
 
 pub use diag::{Diagnostic, SourceMap};
-pub use eval::{Error, Layer, LossSpec, LowerOptions, Lowered, Program, Spec, TrainConfig, Value, bytes_text, machine_memory};
+pub use eval::{Error, LabelSpec, Layer, LossSpec, LowerOptions, Lowered, Program, Spec, TrainConfig, Value, bytes_text, machine_memory};
 pub use parser::parse;

@@ -2,7 +2,7 @@
 //! the shape and dtype rules of its primitive and computes the result type,
 //! so shape errors surface here with both shapes spelled out.
 
-use crate::{BinaryOp, CmpOp, DType, Graph, Init, NodeId, Op, PoolKind, RandDist, ReduceOp, Shape, UnaryOp};
+use crate::{BinaryOp, CmpOp, DType, Graph, Init, InputRole, NodeId, Op, PoolKind, RandDist, ReduceOp, Shape, UnaryOp};
 
 /// A violated shape or dtype rule. The front end attaches the source location.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,8 +38,13 @@ impl Graph {
         (n.dtype, n.shape.clone())
     }
 
+    /// An input the caller feeds per run (data, labels, recurrent state).
     pub fn input(&mut self, name: &str, dtype: DType, shape: Shape) -> NodeId {
-        self.push(Op::Input { name: name.into() }, dtype, shape, vec![])
+        self.input_with_role(name, InputRole::Data, dtype, shape)
+    }
+
+    pub fn input_with_role(&mut self, name: &str, role: InputRole, dtype: DType, shape: Shape) -> NodeId {
+        self.push(Op::Input { name: name.into(), role }, dtype, shape, vec![])
     }
 
     pub fn param(&mut self, name: &str, dtype: DType, shape: Shape, init: Init) -> Result<NodeId> {
@@ -360,7 +365,7 @@ impl Graph {
             if args.len() == n { Ok(()) } else { err(format!("{} takes {n} operands, got {}", op.mnemonic(), args.len())) }
         };
         match op {
-            Op::Input { name } => Ok(self.input(name, dtype, shape.clone())),
+            Op::Input { name, role } => Ok(self.input_with_role(name, role.clone(), dtype, shape.clone())),
             Op::Param { name, init } => self.param(name, dtype, shape.clone(), init.clone()),
             Op::State { name, init } => Ok(self.state(name, dtype, shape.clone(), init.clone())),
             Op::Full { value } => Ok(self.full(*value, dtype, shape.clone())),

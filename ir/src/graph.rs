@@ -3,7 +3,7 @@ use std::sync::Arc;
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::{DType, Op, Shape};
+use crate::{DType, InputRole, Op, Shape};
 
 pub type NodeId = NodeIndex<u32>;
 
@@ -26,12 +26,38 @@ pub struct Node {
     pub loc: Option<Loc>,
 }
 
+/// What an output is to whoever runs the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputRole {
+    /// A result: predictions, the loss, a gradient.
+    Value,
+    /// The next value of the fed tensor of the same name (a parameter, a
+    /// buffer, an optimizer slot, recurrent state): the caller feeds it in
+    /// that tensor's place next time.
+    Update,
+}
+
+/// A named output of a graph.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Output {
+    pub name: String,
+    pub node: NodeId,
+    pub role: OutputRole,
+}
+
+impl Output {
+    /// The same output computed by `node` (a pass that rebuilds a graph).
+    pub fn at(&self, node: NodeId) -> Output {
+        Output { node, ..self.clone() }
+    }
+}
+
 /// A static dataflow graph of primitive ops with named outputs.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
     graph: DiGraph<Node, u32>,
-    outputs: Vec<(String, NodeId)>,
+    outputs: Vec<Output>,
     /// Location attached to nodes built from now on (set by the front end
     /// while it lowers an expression, and by passes to keep provenance).
     current_loc: Option<Loc>,
@@ -90,25 +116,49 @@ impl Graph {
         users
     }
 
+    /// Makes `id` the result `name` (replacing an output of that name).
     pub fn set_output(&mut self, name: impl Into<String>, id: NodeId) {
-        let name = name.into();
-        match self.outputs.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = id,
-            None => self.outputs.push((name, id)),
+        self.push_output(Output { name: name.into(), node: id, role: OutputRole::Value });
+    }
+
+    /// Makes `id` the next value of the fed tensor `name`.
+    pub fn set_update(&mut self, name: impl Into<String>, id: NodeId) {
+        self.push_output(Output { name: name.into(), node: id, role: OutputRole::Update });
+    }
+
+    /// Adds `output`, replacing any output of the same name.
+    pub fn push_output(&mut self, output: Output) {
+        match self.outputs.iter_mut().find(|o| o.name == output.name) {
+            Some(slot) => *slot = output,
+            None => self.outputs.push(output),
         }
     }
 
-    /// Drops the outputs whose name fails `keep` (their nodes stay until DCE).
-    pub fn retain_outputs(&mut self, keep: impl Fn(&str) -> bool) {
-        self.outputs.retain(|(name, _)| keep(name));
+    /// Drops the outputs that fail `keep` (their nodes stay until DCE).
+    pub fn retain_outputs(&mut self, keep: impl Fn(&Output) -> bool) {
+        self.outputs.retain(|o| keep(o));
     }
 
-    pub fn outputs(&self) -> &[(String, NodeId)] {
+    pub fn outputs(&self) -> &[Output] {
         &self.outputs
     }
 
+    /// The node of the output `name`, whatever its role.
     pub fn output(&self, name: &str) -> Option<NodeId> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+        self.outputs.iter().find(|o| o.name == name).map(|o| o.node)
+    }
+
+    /// The outputs that are next values of fed tensors.
+    pub fn updates(&self) -> impl Iterator<Item = &Output> {
+        self.outputs.iter().filter(|o| o.role == OutputRole::Update)
+    }
+
+    /// The name of the `Input`, `Param` or `State` node `id`, if it is one.
+    pub fn leaf_name(&self, id: NodeId) -> Option<&str> {
+        match &self.node(id).op {
+            Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => Some(name),
+            _ => None,
+        }
     }
 
     /// `Input` nodes in order of creation.
@@ -117,7 +167,13 @@ impl Graph {
     }
 
     pub fn input_named(&self, name: &str) -> Option<NodeId> {
-        self.ids().find(|&id| matches!(&self.node(id).op, Op::Input { name: n } if n == name))
+        self.ids().find(|&id| matches!(&self.node(id).op, Op::Input { name: n, .. } if n == name))
+    }
+
+    /// Inputs fed by the caller per run (data, labels, recurrent state), in
+    /// order of creation: not optimizer slots or the step count.
+    pub fn data_inputs(&self) -> Vec<NodeId> {
+        self.ids().filter(|&id| matches!(self.node(id).op, Op::Input { role: InputRole::Data, .. })).collect()
     }
 
     /// `Param` nodes in order of creation.

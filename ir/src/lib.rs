@@ -22,6 +22,6 @@ pub mod text;
 
 pub use build::ShapeError;
 pub use dtype::DType;
-pub use graph::{Graph, Loc, Node, NodeId};
-pub use op::{BinaryOp, CmpOp, Init, Op, PoolKind, RandDist, ReduceOp, UnaryOp};
+pub use graph::{Graph, Loc, Node, NodeId, Output, OutputRole};
+pub use op::{BinaryOp, CmpOp, Init, InputRole, Op, PoolKind, RandDist, ReduceOp, UnaryOp};
 pub use shape::Shape;

@@ -100,17 +100,30 @@ pub enum RandDist {
     Normal,
 }
 
+/// Who provides an input's value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum InputRole {
+    /// The caller, per run: data, labels, recurrent state.
+    Data,
+    /// Optimizer state of the parameter `param` (momentum, Adam's moments):
+    /// zeros at first, then the graph's update output of the same name.
+    OptimizerSlot { param: String },
+    /// The number of the optimizer step being taken, counting from 1 (Adam's
+    /// bias correction).
+    StepCount,
+}
+
 /// A primitive operation. The result's shape and dtype live on the node;
 /// operands are the node's `args`, in the order documented per variant.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    /// A value fed at run time (data, labels). No operands.
-    Input { name: String },
+    /// A value fed at run time; `role` says by whom. No operands.
+    Input { name: String, role: InputRole },
     /// A trainable parameter, initialised once by the runtime. No operands.
     Param { name: String, init: Init },
     /// State that is carried between executions but not trained (batch-norm
     /// running statistics): initialised like a parameter, fed like one, and
-    /// updated through a graph output named `update:<name>`. No operands.
+    /// updated through the graph's update output of the same name. No operands.
     State { name: String, init: Init },
     /// A tensor of the node's shape filled with `value`. No operands.
     Full { value: f64 },

@@ -13,7 +13,7 @@
 
 use std::fmt::Write;
 
-use crate::{Graph, Op};
+use crate::{Graph, InputRole, Op, OutputRole};
 
 fn list(v: &[usize]) -> String {
     let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
@@ -22,7 +22,9 @@ fn list(v: &[usize]) -> String {
 
 fn attrs(op: &Op) -> String {
     match op {
-        Op::Input { name } => format!(" \"{name}\""),
+        Op::Input { name, role: InputRole::Data } => format!(" \"{name}\""),
+        Op::Input { name, role: InputRole::OptimizerSlot { param } } => format!(" \"{name}\" slot_of=\"{param}\""),
+        Op::Input { name, role: InputRole::StepCount } => format!(" \"{name}\" step_count"),
         Op::Param { name, init } | Op::State { name, init } => format!(" \"{name}\" init={init}"),
         Op::Full { value } => format!(" {value}"),
         Op::Iota { axis } | Op::ArgMax { axis } | Op::Concat { axis } | Op::Gather { axis } | Op::ScatterAdd { axis } => {
@@ -65,8 +67,12 @@ pub fn print(graph: &Graph, with_locs: bool) -> String {
         out.push_str(&line);
         out.push('\n');
     }
-    for (name, id) in graph.outputs() {
-        let _ = writeln!(out, "  output {name} = %{}", number[id.index()]);
+    for o in graph.outputs() {
+        let kind = match o.role {
+            OutputRole::Value => "output",
+            OutputRole::Update => "update",
+        };
+        let _ = writeln!(out, "  {kind} {} = %{}", o.name, number[o.node.index()]);
     }
     out
 }

@@ -92,7 +92,7 @@ fn at(loc: &Option<Loc>) -> String {
 /// `wrt`: `grad.<name>` for a parameter or input, `grad.%<index>` otherwise.
 pub fn grad_output_name(graph: &Graph, wrt: NodeId) -> String {
     match &graph.node(wrt).op {
-        Op::Param { name, .. } | Op::Input { name } => format!("grad.{name}"),
+        Op::Param { name, .. } | Op::Input { name, .. } => format!("grad.{name}"),
         _ => format!("grad.%{}", wrt.index()),
     }
 }
@@ -121,7 +121,7 @@ pub fn differentiate(graph: &Graph, loss_output: &str, wrt: &[NodeId], options: 
         let dtype = graph.dtype(w);
         if !dtype.is_float() {
             let what = match &graph.node(w).op {
-                Op::Param { name, .. } | Op::Input { name } => format!("`{name}`"),
+                Op::Param { name, .. } | Op::Input { name, .. } => format!("`{name}`"),
                 op => format!("node %{} ({})", w.index(), op.mnemonic()),
             };
             return Err(GradError::WrtNotFloat { what, dtype });

@@ -478,7 +478,7 @@ struct Fuser<'g> {
 pub fn fuse(graph: &Graph) -> Fusion {
     let n = graph.len();
     let mut live = vec![false; n];
-    for (_, id) in graph.outputs() {
+    for id in graph.outputs().iter().map(|o| &o.node) {
         live[id.index()] = true;
     }
     let ids: Vec<NodeId> = graph.ids().collect();
@@ -534,7 +534,7 @@ pub fn conv_input_pad(graph: &Graph, pad: NodeId) -> Option<NodeId> {
     let node = graph.node(pad);
     let Op::Pad { lo, hi, interior, value } = &node.op else { return None };
     let spatial_only = node.shape.rank() == 4 && lo[..2] == [0, 0] && hi[..2] == [0, 0] && interior.iter().all(|&i| i == 0);
-    if !spatial_only || *value != 0.0 || graph.outputs().iter().any(|(_, id)| *id == pad) {
+    if !spatial_only || *value != 0.0 || graph.outputs().iter().any(|o| o.node == pad) {
         return None;
     }
     match graph.users(pad)[..] {
@@ -548,7 +548,7 @@ pub fn conv_input_pad(graph: &Graph, pad: NodeId) -> Option<NodeId> {
 /// roots).
 fn pad_sums(graph: &Graph, live: &[bool]) -> (Vec<bool>, Vec<bool>) {
     let n = graph.len();
-    let outputs: Vec<NodeId> = graph.outputs().iter().map(|(_, id)| *id).collect();
+    let outputs: Vec<NodeId> = graph.outputs().iter().map(|o| o.node).collect();
     let mut is_sum = vec![false; n];
     let only_user = |a: NodeId, id: NodeId| graph.users(a) == [id] && !outputs.contains(&a) && graph.node(id).args.iter().filter(|&&x| x == a).count() == 1;
     for id in graph.ids() {
@@ -848,7 +848,7 @@ impl Fuser<'_> {
             }
         }
         // Operands of views that are themselves views, transitively, read the base.
-        for (_, id) in graph.outputs() {
+        for id in graph.outputs().iter().map(|o| &o.node) {
             read_outside[id.index()] = true;
         }
         let mut values = vec![Value::Unused; n];

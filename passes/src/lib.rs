@@ -18,6 +18,8 @@ pub mod fusion;
 pub mod memory;
 pub mod optimizer;
 pub mod simplify;
+pub mod step;
 
 pub use autodiff::{DiffOptions, GradError, Gradients, differentiate, differentiate_params, grad_output_name};
 pub use simplify::{NodeMap, promote_f64, simplify, try_simplify};
+pub use step::{StepError, training_step};

@@ -38,7 +38,7 @@ pub struct Lifetime {
 /// Plans the intermediates of `fusion`: buffers written by kernels that
 /// are not graph outputs.
 pub fn plan(graph: &Graph, fusion: &Fusion) -> MemoryPlan {
-    let outputs: Vec<NodeId> = graph.outputs().iter().map(|(_, id)| *id).collect();
+    let outputs: Vec<NodeId> = graph.outputs().iter().map(|o| o.node).collect();
     let mut life: HashMap<NodeId, Lifetime> = HashMap::new();
     for id in graph.ids() {
         let first = match fusion.value(id) {

@@ -1,11 +1,12 @@
 //! The optimizer update as graph nodes, so one training step is one graph:
 //! forward, backward and update. Optimizer state (momentum, Adam moments)
-//! is fed as inputs named `state:<param>:<slot>` and comes back as outputs
-//! `update:state:<param>:<slot>`; new parameter values are outputs
-//! `update:<param>`. The step counter (Adam's bias correction) is the
-//! scalar input `step`, counting from 1.
+//! is fed as inputs `<param>:<slot>` with the role
+//! [`InputRole::OptimizerSlot`] and comes back as update outputs of the
+//! same name; each parameter's new value is the update output named like
+//! it. The step counter (Adam's bias correction) is the scalar input
+//! `step` with the role [`InputRole::StepCount`], counting from 1.
 
-use d2l_ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, Shape, UnaryOp};
+use d2l_ir::{BinaryOp, DType, Graph, InputRole, NodeId, Op, ReduceOp, Shape, UnaryOp};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {
@@ -35,19 +36,6 @@ impl UpdateSpec {
     }
 }
 
-/// One optimizer state tensor fed into and returned by the step.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StateSlot {
-    /// Input name (`state:<param>:<slot>`); the output is `update:` + this.
-    pub name: String,
-    pub shape: Shape,
-    pub dtype: DType,
-}
-
-pub fn update_output(name: &str) -> String {
-    format!("update:{name}")
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("optimizer update: {0}")]
 pub struct UpdateError(String);
@@ -58,18 +46,16 @@ impl From<d2l_ir::ShapeError> for UpdateError {
     }
 }
 
-/// Appends the update of every `(param, grad)` pair to `graph` and returns
-/// the state tensors the step needs (all start as zeros).
-pub fn append_update(graph: &mut Graph, params_and_grads: &[(NodeId, NodeId)], spec: &UpdateSpec) -> Result<Vec<StateSlot>, UpdateError> {
+/// Appends the update of every `(param, grad)` pair to `graph`.
+pub fn append_update(graph: &mut Graph, params_and_grads: &[(NodeId, NodeId)], spec: &UpdateSpec) -> Result<(), UpdateError> {
     let mut grads: Vec<NodeId> = params_and_grads.iter().map(|&(_, g)| g).collect();
     if let Some(max_norm) = spec.clip_norm {
         grads = clip_global_norm(graph, &grads, max_norm)?;
     }
     let step = match spec.optimizer {
-        Optimizer::Adam { .. } => Some(graph.input("step", DType::F32, Shape::scalar())),
+        Optimizer::Adam { .. } => Some(graph.input_with_role("step", InputRole::StepCount, DType::F32, Shape::scalar())),
         Optimizer::Sgd { .. } => None,
     };
-    let mut slots = Vec::new();
     for (&(param, _), &grad) in params_and_grads.iter().zip(&grads) {
         let node = graph.node(param).clone();
         let Op::Param { name, .. } = &node.op else {
@@ -84,10 +70,9 @@ pub fn append_update(graph: &mut Graph, params_and_grads: &[(NodeId, NodeId)], s
             let decay = graph.binary(BinaryOp::Mul, wd, param)?;
             g = graph.binary(BinaryOp::Add, g, decay)?;
         }
-        let mut state = |graph: &mut Graph, slot: &str| {
-            let state_name = format!("state:{name}:{slot}");
-            slots.push(StateSlot { name: state_name.clone(), shape: shape.clone(), dtype });
-            (graph.input(&state_name, dtype, shape.clone()), state_name)
+        let state = |graph: &mut Graph, slot: &str| {
+            let state_name = format!("{name}:{slot}");
+            (graph.input_with_role(&state_name, InputRole::OptimizerSlot { param: name.clone() }, dtype, shape.clone()), state_name)
         };
         let delta = match spec.optimizer {
             Optimizer::Sgd { lr, momentum } => {
@@ -96,7 +81,7 @@ pub fn append_update(graph: &mut Graph, params_and_grads: &[(NodeId, NodeId)], s
                     let mu = full(graph, momentum);
                     let mv = graph.binary(BinaryOp::Mul, mu, v)?;
                     let v_new = graph.binary(BinaryOp::Add, mv, g)?;
-                    graph.set_output(update_output(&v_name), v_new);
+                    graph.set_update(v_name, v_new);
                     v_new
                 } else {
                     g
@@ -110,8 +95,8 @@ pub fn append_update(graph: &mut Graph, params_and_grads: &[(NodeId, NodeId)], s
                 let m_new = lerp(graph, m, g, beta1)?;
                 let g2 = graph.binary(BinaryOp::Mul, g, g)?;
                 let v_new = lerp(graph, v, g2, beta2)?;
-                graph.set_output(update_output(&m_name), m_new);
-                graph.set_output(update_output(&v_name), v_new);
+                graph.set_update(m_name, m_new);
+                graph.set_update(v_name, v_new);
                 // Bias corrections 1 - beta^t, with t the fed step count.
                 let t = step.expect("Adam allocates the step input");
                 let t = graph.cast(t, dtype);
@@ -129,9 +114,9 @@ pub fn append_update(graph: &mut Graph, params_and_grads: &[(NodeId, NodeId)], s
             }
         };
         let new_param = graph.binary(BinaryOp::Sub, param, delta)?;
-        graph.set_output(update_output(name), new_param);
+        graph.set_update(name.clone(), new_param);
     }
-    Ok(slots)
+    Ok(())
 }
 
 /// `beta * old + (1 - beta) * new`.

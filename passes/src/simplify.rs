@@ -97,9 +97,9 @@ fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
         map[id.index()] = Some(new);
     }
     out.set_loc(None);
-    for (name, id) in graph.outputs() {
-        if let Some(new) = map[id.index()] {
-            out.set_output(name.clone(), new);
+    for o in graph.outputs() {
+        if let Some(new) = map[o.node.index()] {
+            out.push_output(o.at(new));
         }
     }
     Ok((out, map))
@@ -108,7 +108,7 @@ fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
 /// Outputs, parameters, inputs, and everything they depend on.
 fn live_nodes(graph: &Graph) -> Vec<bool> {
     let mut live = vec![false; graph.len()];
-    for (_, id) in graph.outputs() {
+    for id in graph.outputs().iter().map(|o| &o.node) {
         live[id.index()] = true;
     }
     for id in (0..graph.len()).rev().map(NodeId::new) {
@@ -133,7 +133,7 @@ fn user_counts(graph: &Graph) -> Vec<usize> {
             users[a.index()] += 1;
         }
     }
-    for (_, id) in graph.outputs() {
+    for id in graph.outputs().iter().map(|o| &o.node) {
         users[id.index()] += 1;
     }
     users
@@ -338,8 +338,8 @@ pub fn promote_f64(graph: &Graph) -> Result<Graph, ShapeError> {
         map.push(out.add_op(&node.op, &args, dtype, &node.shape)?);
     }
     out.set_loc(None);
-    for (name, id) in graph.outputs() {
-        out.set_output(name.clone(), map[id.index()]);
+    for o in graph.outputs() {
+        out.push_output(o.at(map[o.node.index()]));
     }
     Ok(out)
 }

@@ -25,6 +25,25 @@ pub trait Executable {
     }
 }
 
+/// Feeds each update output of `graph` back in place of the fed tensor it
+/// updates (parameters, optimizer state, buffers, recurrent state): the
+/// new value becomes the feed and the old one takes its place in
+/// `outputs`, to be overwritten by the next run, so no tensor is allocated
+/// once every feed exists.
+pub fn apply_updates(graph: &Graph, outputs: &mut [(String, Tensor)], feeds: &mut HashMap<String, Tensor>) {
+    for (name, t) in outputs.iter_mut() {
+        if !graph.updates().any(|o| o.name == *name) {
+            continue;
+        }
+        match feeds.get_mut(name.as_str()) {
+            Some(slot) => std::mem::swap(slot, t),
+            None => {
+                feeds.insert(name.clone(), t.clone());
+            }
+        }
+    }
+}
+
 /// Which executor runs graphs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {

@@ -197,7 +197,7 @@ impl Plan {
     fn outputs_only(graph: &Graph) -> Plan {
         let n = graph.len();
         let mut needed = vec![false; n];
-        for (_, id) in graph.outputs() {
+        for id in graph.outputs().iter().map(|o| &o.node) {
             needed[id.index()] = true;
         }
         // Index order is topological, so one backward sweep finds every ancestor.
@@ -217,7 +217,7 @@ impl Plan {
                 }
             }
         }
-        for (_, id) in graph.outputs() {
+        for id in graph.outputs().iter().map(|o| &o.node) {
             last_use[id.index()] = usize::MAX;
         }
         Plan { needed, last_use }
@@ -254,10 +254,10 @@ impl Interpreter {
         let mut slots = self.execute(graph, feeds, &Plan::outputs_only(graph))?;
         let outputs = graph.outputs();
         let mut result = Vec::with_capacity(outputs.len());
-        for (k, (name, id)) in outputs.iter().enumerate() {
+        for (k, (name, id)) in outputs.iter().map(|o| (&o.name, &o.node)).enumerate() {
             let slot = &mut slots[id.index()];
             // One node may be named by several outputs: move it out at its last mention.
-            let again = outputs[k + 1..].iter().any(|(_, later)| later == id);
+            let again = outputs[k + 1..].iter().any(|later| later.node == *id);
             let value = if again { slot.clone() } else { slot.take() };
             let value = value.ok_or_else(|| RunError::IllTyped {
                 node: describe(graph, *id),
@@ -282,7 +282,7 @@ impl Interpreter {
             }
             let node = graph.node(id);
             let value = match (&node.op, &node.args[..]) {
-                (Op::Input { name }, _) => feed(node, name, FeedKind::Input, feeds)?,
+                (Op::Input { name, .. }, _) => feed(node, name, FeedKind::Input, feeds)?,
                 (Op::Param { name, .. } | Op::State { name, .. }, _) => feed(node, name, FeedKind::Param, feeds)?,
                 // Value-preserving ops whose operand dies here take it over
                 // instead of copying it (a flatten in every training step).

@@ -167,16 +167,9 @@ impl Trainer {
             swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
             result?;
             let mut loss = f64::NAN;
+            crate::apply_updates(&self.graphs.step[&b], outputs, &mut self.feeds);
             for (name, t) in outputs.iter_mut() {
-                if let Some(target) = name.strip_prefix("update:") {
-                    // The new value becomes the feed; the old one is the next step's output buffer.
-                    match self.feeds.get_mut(target) {
-                        Some(slot) => std::mem::swap(slot, t),
-                        None => {
-                            self.feeds.insert(target.to_string(), t.clone());
-                        }
-                    }
-                } else if name == "loss" {
+                if name == "loss" {
                     loss = first_value(t);
                 } else if name == "output" {
                     acc.add_predictions(t, &y);

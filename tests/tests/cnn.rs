@@ -339,21 +339,18 @@ fn scratch_and_builtin_batch_norm_agree() {
     close(&a["output"], &b["output"], "training output");
     for k in 0..4 {
         for (s, c) in [("moving_mean", "running_mean"), ("moving_var", "running_var")] {
-            let ours = &a[&format!("update:scratch_batch_norm_{k}.{s}")];
-            let theirs = &b[&format!("update:batch_norm_{k}.{c}")];
+            let ours = &a[&format!("scratch_batch_norm_{k}.{s}")];
+            let theirs = &b[&format!("batch_norm_{k}.{c}")];
             close(ours, theirs, s);
         }
     }
     // Evaluation with the updated statistics.
-    for (name, t) in &a {
-        if let Some(state) = name.strip_prefix("update:") {
-            scratch_feeds.insert(state.to_string(), t.clone());
-        }
+    let scratch_graph = lowered("batchnorm_lenet", true);
+    for o in scratch_graph.updates() {
+        scratch_feeds.insert(o.name.clone(), a[&o.name].clone());
     }
-    for (name, t) in &b {
-        if let Some(state) = name.strip_prefix("update:") {
-            concise_feeds.insert(state.to_string(), t.clone());
-        }
+    for o in concise_graph.updates() {
+        concise_feeds.insert(o.name.clone(), b[&o.name].clone());
     }
     let output = |model: &str, feeds: &HashMap<String, Tensor>| Interpreter::new(0).run(&lowered(model, false), feeds).unwrap().into_iter().find(|(n, _)| n == "output").unwrap().1;
     close(&output("batchnorm_lenet", &scratch_feeds), &output("batchnorm_lenet_concise", &concise_feeds), "evaluation output");
@@ -368,11 +365,11 @@ fn gradcheck(file: &str, extra: &str, model: &str) {
     let text = std::fs::read_to_string(model_path(file)).unwrap() + extra;
     let program = Program::load(file, &text, None).unwrap_or_else(|e| panic!("{e}"));
     let opts = LowerOptions { default_dim: Some(2), training: true, ..LowerOptions::default() };
-    let spec = LossSpec { loss: "cross_entropy".into(), label_name: "label".into(), label_dtype: DType::I64, label_shape: vec![2] };
+    let spec = LossSpec::one_label("cross_entropy", "label", DType::I64, vec![2]);
     let forward = promote_f64(&program.lower_with_loss(model, &opts, &spec).unwrap_or_else(|e| panic!("{e}")).graph).unwrap();
     let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
     let mut feeds = init_params(&forward, 3);
-    let x = forward.inputs().into_iter().find(|&i| matches!(&forward.node(i).op, Op::Input { name } if name == "x")).unwrap();
+    let x = forward.inputs().into_iter().find(|&i| matches!(&forward.node(i).op, Op::Input { name, .. } if name == "x")).unwrap();
     let shape = forward.shape(x).0.clone();
     let n: usize = shape.iter().product();
     // Distinct values: no ties under max pooling.

@@ -130,7 +130,7 @@ fn gradcheck(name: &str, graph: &Graph, wrt: &[NodeId], feeds: &HashMap<String, 
     let mut feeds = feeds.clone();
     for &w in wrt {
         let leaf = graph.node(w).op.clone();
-        let (d2l_ir::Op::Param { name: leaf_name, .. } | d2l_ir::Op::Input { name: leaf_name }) = leaf else {
+        let (d2l_ir::Op::Param { name: leaf_name, .. } | d2l_ir::Op::Input { name: leaf_name, .. }) = leaf else {
             panic!("{name}: only leaves are checked")
         };
         let grad = analytic[&grad_output_name(graph, w)].to_f64_vec();

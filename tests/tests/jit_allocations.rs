@@ -48,7 +48,7 @@ fn feeds(graph: &d2l_ir::Graph) -> HashMap<String, Tensor> {
     let mut feeds = init_params(graph, 3);
     for id in graph.ids() {
         let node = graph.node(id);
-        if let Op::Input { name } = &node.op {
+        if let Op::Input { name, .. } = &node.op {
             let t = match node.dtype {
                 DType::I64 => Tensor::from_i64(node.shape.dims(), vec![1; node.shape.numel()]),
                 d => Tensor::zeros(d, node.shape.dims()),
@@ -82,11 +82,7 @@ fn a_compiled_training_step_allocates_nothing() {
         let mut outputs = Vec::new();
         let mut step = |feeds: &mut HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>| {
             exe.run_into(feeds, outputs).unwrap_or_else(|e| panic!("{model}: {e}"));
-            for (name, t) in outputs.iter_mut() {
-                if let Some(target) = name.strip_prefix("update:") {
-                    std::mem::swap(feeds.get_mut(target).expect("a fed parameter"), t);
-                }
-            }
+            d2l_runtime::apply_updates(&graph, outputs, feeds);
         };
         for _ in 0..3 {
             step(&mut feeds, &mut outputs);

@@ -33,7 +33,7 @@ fn feeds_for(graph: &Graph, seed: u64, int_range: i64) -> HashMap<String, Tensor
     let mut feeds = init_params(graph, seed);
     for id in graph.ids() {
         let node = graph.node(id);
-        if let Op::Input { name } = &node.op {
+        if let Op::Input { name, .. } = &node.op {
             feeds.insert(name.clone(), random(&mut rng, node.dtype, node.shape.dims(), int_range));
         }
     }

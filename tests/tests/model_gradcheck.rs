@@ -51,16 +51,16 @@ fn check_model(program: &Program, model: &str) -> f64 {
     let x_node = probe.graph.inputs()[0];
     let x_shape = probe.graph.shape(x_node).0.clone();
     // Regression targets have the output's shape ([B, 1], or an image for the edge detector).
-    let out_node = probe.graph.outputs()[0].1;
+    let out_node = probe.graph.outputs()[0].node;
     let (label_dtype, label_shape) = if classify { (DType::I64, vec![batch]) } else { (DType::F32, probe.graph.shape(out_node).0.clone()) };
     let lopts = LowerOptions { default_dim: Some(batch), training: true, ..LowerOptions::default() };
-    let spec = LossSpec { loss: config.loss.clone(), label_name: "label".into(), label_dtype, label_shape: label_shape.clone() };
+    let spec = LossSpec::one_label(&config.loss, "label", label_dtype, label_shape.clone());
     let forward = promote_f64(&program.lower_with_loss(model, &lopts, &spec).unwrap().graph).unwrap();
     let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
 
     let mut feeds: HashMap<String, Tensor> = init_params(&forward, 3);
     let n: usize = x_shape.iter().product();
-    let Op::Input { name: x_name } = &forward.node(x_node).op else { unreachable!("inputs()[0] is an input") };
+    let Op::Input { name: x_name, .. } = &forward.node(x_node).op else { unreachable!("inputs()[0] is an input") };
     let mut rng = Rng(7);
     feeds.insert(x_name.clone(), Tensor::from_f64(&x_shape, (0..n).map(|_| rng.next_f64()).collect()));
     let targets = label_shape.iter().product::<usize>();

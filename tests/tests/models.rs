@@ -16,7 +16,7 @@ fn every_model_checks_at_two_batch_sizes() {
         for model in program.model_names() {
             for batch in [1, 3] {
                 let lowered = lower(&program, model, batch);
-                let (_, out) = lowered.graph.outputs()[0].clone();
+                let out = lowered.graph.outputs()[0].node;
                 assert_eq!(lowered.graph.shape(out).0[0], batch, "{model}: the batch dim flows to the output");
             }
         }
@@ -107,5 +107,5 @@ fn use_imports_blocks_from_other_files_and_cycles_end() {
     std::fs::write(&main, "use \"lib/double.d2l\"\nmodel m(x: f32[B, 2]) -> f32[B, 2] {\n    return double(x)\n}\n").unwrap();
     let program = d2l_dsl::Program::load_file(&main).unwrap_or_else(|e| panic!("{e}"));
     let lowered = lower(&program, "m", 3);
-    assert_eq!(lowered.graph.shape(lowered.graph.outputs()[0].1).0, vec![3, 2]);
+    assert_eq!(lowered.graph.shape(lowered.graph.outputs()[0].node).0, vec![3, 2]);
 }

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use d2l_ir::{BinaryOp, DType, Graph, Init, ReduceOp, Shape};
+use d2l_ir::{BinaryOp, DType, Graph, Init, InputRole, Op, ReduceOp, Shape};
 use d2l_passes::optimizer::{Optimizer, UpdateSpec, append_update};
 use d2l_passes::{DiffOptions, differentiate_params};
-use d2l_runtime::{Interpreter, Tensor};
+use d2l_runtime::{Interpreter, Tensor, apply_updates};
 
 /// loss = sum(w * c) + sum(b * c2): gradients are the constants c and c2.
 fn linear_loss() -> Graph {
@@ -38,24 +38,23 @@ fn run_with_state(spec: &UpdateSpec, w0: [f32; 4], b0: [f32; 2], grad_w: [f32; 4
     let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
     let mut graph = grads.graph;
     let pairs: Vec<_> = graph.params().into_iter().zip(grads.grads.iter().copied()).collect();
-    let slots = append_update(&mut graph, &pairs, spec).unwrap();
+    append_update(&mut graph, &pairs, spec).unwrap();
     let mut feeds: HashMap<String, Tensor> = HashMap::new();
     feeds.insert("w".into(), Tensor::from_f32(&[2, 2], w0.to_vec()));
     feeds.insert("b".into(), Tensor::from_f32(&[2], b0.to_vec()));
     feeds.insert("c".into(), Tensor::from_f32(&[2, 2], grad_w.to_vec()));
     feeds.insert("c2".into(), Tensor::from_f32(&[2], grad_b.to_vec()));
-    for s in &slots {
-        feeds.insert(s.name.clone(), Tensor::zeros(s.dtype, &s.shape.0));
+    // Optimizer slots start at zero.
+    for id in graph.ids() {
+        if let Op::Input { name, role: InputRole::OptimizerSlot { .. } } = &graph.node(id).op {
+            feeds.insert(name.clone(), Tensor::zeros(graph.dtype(id), graph.shape(id).dims()));
+        }
     }
     let mut history = Vec::new();
     for step in 1..=steps {
         feeds.insert("step".into(), Tensor::from_f32(&[], vec![step as f32]));
-        let out: HashMap<String, Tensor> = Interpreter::new(0).run(&graph, &feeds).unwrap().into_iter().collect();
-        for (name, t) in out {
-            if let Some(target) = name.strip_prefix("update:") {
-                feeds.insert(target.to_string(), t);
-            }
-        }
+        let mut out = Interpreter::new(0).run(&graph, &feeds).unwrap();
+        apply_updates(&graph, &mut out, &mut feeds);
         history.push(feeds.iter().map(|(name, t)| (name.clone(), t.to_f64_vec())).collect());
     }
     history
@@ -112,8 +111,8 @@ fn adam_matches_torch_formula() {
                 p[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
             }
             close(&fed[*name], p);
-            close(&fed[&format!("state:{name}:m")], m);
-            close(&fed[&format!("state:{name}:v")], v);
+            close(&fed[&format!("{name}:m")], m);
+            close(&fed[&format!("{name}:v")], v);
         }
     }
 }

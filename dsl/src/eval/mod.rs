@@ -65,15 +65,31 @@ impl Lowered {
     }
 }
 
-/// How `lower_with_loss` attaches a loss to the model's output.
+/// How `lower_with_loss` attaches a loss to the model's results.
 #[derive(Clone, Debug)]
 pub struct LossSpec {
-    /// The loss block (`cross_entropy`, `mse`, ...).
+    /// The loss block (`cross_entropy`, `mse`, ...). It is called with the
+    /// model's first results (those that update no input; as many as its
+    /// required parameters leave room for) and then the labels.
     pub loss: String,
-    /// The label input fed beside the model's inputs.
-    pub label_name: String,
-    pub label_dtype: DType,
-    pub label_shape: Vec<usize>,
+    /// The label inputs fed beside the model's inputs, in the order the loss
+    /// takes them.
+    pub labels: Vec<LabelSpec>,
+}
+
+/// One label input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl LossSpec {
+    /// `loss(prediction, label)` with one label input named `name`.
+    pub fn one_label(loss: &str, name: &str, dtype: DType, shape: Vec<usize>) -> LossSpec {
+        LossSpec { loss: loss.into(), labels: vec![LabelSpec { name: name.into(), dtype, shape }] }
+    }
 }
 
 impl Program {
@@ -219,12 +235,11 @@ impl<'p> Lowerer<'p> {
         if !func.ret.is_empty() && func.ret.len() != outputs.len() {
             return Err(diag(result.1, format!("model `{}` declares {} results but returns {}", func.name.name, func.ret.len(), outputs.len())));
         }
-        let mut first = None;
+        let mut results = Vec::new();
         for (i, out) in outputs.iter().enumerate() {
             let Value::Tensor(id) = out else {
                 return Err(diag(result.1, format!("a model returns tensors, but result {i} is {}", out.describe(&self.graph))));
             };
-            first.get_or_insert(*id);
             let name = match func.ret.get(i) {
                 Some(rt) => {
                     if let TypeExpr::Tensor { dtype, dims, span } = &rt.ty {
@@ -235,21 +250,47 @@ impl<'p> Lowerer<'p> {
                 None => None,
             };
             let name = name.unwrap_or_else(|| if outputs.len() == 1 { "output".into() } else { format!("output{i}") });
-            self.graph.set_output(name, *id);
+            // A result named like an input is that input's next value
+            // (recurrent state): whoever runs the model feeds it back.
+            match self.graph.input_named(&name) {
+                Some(input) => {
+                    if self.graph.dtype(input) != self.graph.dtype(*id) || self.graph.shape(input) != self.graph.shape(*id) {
+                        let span = func.ret.get(i).and_then(|r| r.name.as_ref()).map_or(result.1, |n| n.span);
+                        return Err(diag(span, format!("result `{name}` is the next value of input `{name}`, so it must have its type {}, but it is {}", Value::Tensor(input).describe(&self.graph), Value::Tensor(*id).describe(&self.graph)))
+                            .with_label("named like an input")
+                            .with_note("a result named like an input is carried into that input (recurrent state); rename it otherwise"));
+                    }
+                    self.graph.set_update(name, *id);
+                }
+                None => {
+                    self.graph.set_output(name, *id);
+                    results.push(*id);
+                }
+            }
         }
-        if let (Some(spec), Some(pred)) = (loss, first) {
-            self.attach_loss(spec, pred, func.name.span)?;
+        if let Some(spec) = loss {
+            self.attach_loss(spec, &results, func.name.span)?;
         }
         self.check_sizes(func.name.span)
     }
 
-    fn attach_loss(&mut self, spec: &LossSpec, pred: NodeId, span: Span) -> Result<()> {
+    fn attach_loss(&mut self, spec: &LossSpec, results: &[NodeId], span: Span) -> Result<()> {
         self.at(span);
-        let label = self.graph.input(&spec.label_name, spec.label_dtype, Shape(spec.label_shape.clone()));
-        let args = vec![
-            ArgVal { name: None, value: Value::Tensor(pred), span },
-            ArgVal { name: None, value: Value::Tensor(label), span },
-        ];
+        let Some(&pred) = results.first() else {
+            return Err(diag(span, "a model trained with a loss needs a result that is not the next value of an input"));
+        };
+        // The loss takes as many results as its required parameters leave
+        // room for beside the labels (at least one).
+        let required = match self.prog.defs.get(&spec.loss) {
+            Some(def) => def.func.params.iter().filter(|p| p.default.is_none()).count(),
+            None => 1 + spec.labels.len(),
+        };
+        let n = required.saturating_sub(spec.labels.len()).clamp(1, results.len());
+        let mut args: Vec<ArgVal> = results[..n].iter().map(|&r| ArgVal { name: None, value: Value::Tensor(r), span }).collect();
+        for label in &spec.labels {
+            let id = self.graph.input(&label.name, label.dtype, Shape(label.shape.clone()));
+            args.push(ArgVal { name: None, value: Value::Tensor(id), span });
+        }
         let ident = Ident { name: spec.loss.clone(), span };
         let loss = self.call(&ident, args, span)?;
         let Value::Tensor(id) = loss else {
@@ -594,14 +635,14 @@ impl<'p> Lowerer<'p> {
     }
 
     /// Turns the buffers of the current frame that were rebound into graph
-    /// outputs `update:<name>`, checked to keep their type.
+    /// update outputs, checked to keep their type.
     fn emit_buffer_updates(&mut self) -> Result<()> {
         let buffers = std::mem::take(&mut self.frame().buffers);
         for (var, full_name, declared, span) in buffers {
             match self.lookup(&var) {
                 Some(Value::Tensor(id)) if id == declared => {}
                 Some(Value::Tensor(id)) if self.graph.shape(id) == self.graph.shape(declared) && self.graph.dtype(id) == self.graph.dtype(declared) => {
-                    self.graph.set_output(format!("update:{full_name}"), id);
+                    self.graph.set_update(full_name, id);
                 }
                 Some(v) => {
                     return Err(diag(span, format!("buffer `{var}` was reassigned to {}, but it is declared as {}", v.describe(&self.graph), Value::Tensor(declared).describe(&self.graph)))
