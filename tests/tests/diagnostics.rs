@@ -162,3 +162,33 @@ fn intermediates_and_inputs_larger_than_memory_are_refused_where_they_are_made()
     // Inside a standard-library block: the error points into the block.
     insta::assert_snapshot!("layer_too_large", memory_error("layer_too_large", "model m(x: f32[B, 4]) {\n    return linear(x, 300000000)\n}\n"));
 }
+
+#[test]
+fn sharing_a_block_without_parameters() {
+    check("share_relu", "model m(x: f32[B, 4]) {\n    act = share(relu)\n    return act(x)\n}\n");
+}
+
+#[test]
+fn sharing_a_builtin() {
+    check("share_builtin", "model m(x: f32[B, 4]) {\n    act = share(sigmoid)\n    return act(x)\n}\n");
+}
+
+#[test]
+fn sharing_an_unknown_block() {
+    check("share_unknown", "model m(x: f32[B, 4]) {\n    layer = share(no_such_block, out=8)\n    return layer(x)\n}\n");
+}
+
+#[test]
+fn sharing_a_tensor() {
+    check("share_tensor", "model m(x: f32[B, 4]) {\n    layer = share(x)\n    return layer(x)\n}\n");
+}
+
+#[test]
+fn giving_a_shared_instance_a_bound_argument_again() {
+    check("share_bound_twice", "model m(x: f32[B, 4]) {\n    shared = share(linear, out=8)\n    return shared(x, out=4)\n}\n");
+}
+
+#[test]
+fn calling_a_shared_instance_on_inputs_of_another_width() {
+    check("share_width", "model m(x: f32[B, 4]) {\n    shared = share(linear, out=8)\n    y = shared(x)\n    return shared(y)\n}\n");
+}

@@ -4,8 +4,12 @@
 
 use d2l_ir::{BinaryOp, DType, Init, NodeId, PoolKind, RandDist, ReduceOp, Shape, UnaryOp};
 
-use super::{ArgVal, Lowerer, Result, Value, bind_args, diag};
-use crate::ast::{BinOp, Span};
+use std::collections::HashSet;
+
+use super::program::Program;
+use super::value::{BoundArg, Instance};
+use super::{ArgVal, Lowerer, Result, Value, bind_args, closest, diag, instance_hint, signature_text};
+use crate::ast::{BinOp, Expr, ExprKind, IndexItem, Span, Stmt};
 
 /// Every builtin and its parameters; a trailing `?` marks an optional one.
 const SIGNATURES: &[(&str, &[&str])] = &[
@@ -65,6 +69,8 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("enumerate", &["xs"]),
     ("zip", &["a", "b"]),
     ("pair", &["x"]),
+    // parameter tying: `share(block, key=value, ...)`, handled by `share`
+    ("share", &["block"]),
 ];
 
 /// Names usable as values without a call.
@@ -74,7 +80,7 @@ pub(super) const NAMES: &[&str] = &[
     "exp", "log", "sqrt", "tanh", "sigmoid", "abs", "sin", "cos", "maximum", "minimum", "where", "stop_gradient", "sum", "mean", "max", "min", "argmax", "reshape",
     "permute", "transpose", "broadcast_to", "unsqueeze", "squeeze", "concat", "pad", "pad2d", "take", "one_hot", "cast", "zeros", "ones", "full", "arange",
     "rand_uniform", "rand_normal", "conv", "pool_max", "pool_avg", "normal", "uniform", "constant", "int", "float", "len", "range", "enumerate", "zip", "pair",
-    "training", "inf", "pi", "xavier_uniform", "xavier_normal",
+    "share", "training", "inf", "pi", "xavier_uniform", "xavier_normal",
 ];
 
 pub(super) const INIT_HELP: &str = "initializers are zeros, ones, normal(mean, std), uniform(low, high), constant(v), xavier_uniform and xavier_normal";
@@ -161,7 +167,8 @@ impl Args<'_> {
 
     fn wrong(&self, lw: &Lowerer, i: usize, want: &str) -> crate::Diagnostic {
         let got = self.get(i).map_or("nothing".into(), |v| v.describe(&lw.graph));
-        diag(self.span(i), format!("argument `{}` of `{}` must be {want}, got {got}", self.name(i), self.callee)).with_label("this argument")
+        let d = diag(self.span(i), format!("argument `{}` of `{}` must be {want}, got {got}", self.name(i), self.callee)).with_label("this argument");
+        instance_hint(d, &self.get(i).into_iter().collect::<Vec<_>>())
     }
 
     fn tensor(&self, lw: &Lowerer, i: usize) -> Result<NodeId> {
@@ -245,6 +252,10 @@ impl Args<'_> {
 }
 
 pub(super) fn call(lw: &mut Lowerer, name: &str, args: Vec<ArgVal>, span: Span) -> Result<Value> {
+    if name == "share" {
+        // Any keywords of the shared block, so not bound by signature.
+        return share(lw, args, span);
+    }
     let names = SIGNATURES.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).expect("call() is only reached for builtins");
     let params: Vec<(&str, bool)> = names.iter().map(|n| (n.trim_end_matches('?'), n.ends_with('?'))).collect();
     let slots = bind_args(&params, name, args, span, None)?;
@@ -507,6 +518,145 @@ pub(super) fn call(lw: &mut Lowerer, name: &str, args: Vec<ArgVal>, span: Span) 
         }
         _ => unreachable!("every builtin in SIGNATURES is handled above"),
     })
+}
+
+const SHARE_USAGE: &str = "write `shared = share(linear, out=8)`, then call `shared(x)` as often as needed: every call uses the same parameters";
+
+/// `share(block, key=value, ...)`: a new instance of `block` with its own
+/// parameter scope, named like a call here would have been.
+fn share(lw: &mut Lowerer, args: Vec<ArgVal>, span: Span) -> Result<Value> {
+    let mut args = args.into_iter();
+    let Some(first) = args.next().filter(|a| a.name.is_none()) else {
+        return Err(diag(span, "`share` needs the block to share first: `share(block, key=value, ...)`").with_label("no block given").with_note(SHARE_USAGE));
+    };
+    let prog = lw.prog;
+    let block = match &first.value {
+        Value::Func(f) if prog.defs.contains_key(f) => f.clone(),
+        Value::Func(f) => {
+            return Err(diag(first.span, format!("`{f}` is a builtin function: it has no parameters to share"))
+                .with_label("not a block")
+                .with_note(format!("call `{f}` directly; `share` takes a block that declares parameters, such as `linear` or `conv2d`")));
+        }
+        Value::Instance(inst) => {
+            return Err(diag(first.span, format!("this is already a {}", first.value.describe(&lw.graph)))
+                .with_label("already shared")
+                .with_note(format!("call it to reuse its parameters, or `share({})` again for a separate set", inst.block)));
+        }
+        other => return Err(diag(first.span, format!("`share` takes a block, got {}", other.describe(&lw.graph))).with_label("not a block").with_note(SHARE_USAGE)),
+    };
+    if !may_declare_state(prog, &block, &mut HashSet::new()) {
+        return Err(diag(first.span, format!("block `{block}` declares no parameters or buffers, so there is nothing to share"))
+            .with_label("nothing to share")
+            .with_note(format!("call `{block}` directly; sharing only matters for layers with parameters")));
+    }
+    let func = &prog.defs[&block].func;
+    let params: Vec<(&str, bool)> = func.params.iter().map(|p| (p.name.name.as_str(), p.default.is_some())).collect();
+    let mut bound: Vec<BoundArg> = Vec::new();
+    for a in args {
+        let Some(key) = a.name else {
+            return Err(diag(a.span, "`share` binds keyword arguments only; the inputs are given when the instance is called").with_label("positional argument").with_note(SHARE_USAGE));
+        };
+        if !params.iter().any(|(p, _)| *p == key.name) {
+            let names: Vec<&str> = params.iter().map(|(p, _)| *p).collect();
+            let d = diag(key.span, format!("`{block}` has no parameter named `{}`", key.name)).with_label("unknown keyword").with_note(format!("the signature is {}", signature_text(&params, &block)));
+            let d = match closest(&key.name, &names) {
+                Some(best) => d.with_note(format!("did you mean `{best}`?")),
+                None => d,
+            };
+            return Err(d.with_secondary(func.name.span, "defined here"));
+        }
+        if bound.iter().any(|b| b.name == key.name) {
+            return Err(diag(a.span, format!("argument `{}` of `{block}` is given twice", key.name)));
+        }
+        bound.push(BoundArg { span: Span { hi: a.span.hi, ..key.span }, name: key.name, value: a.value });
+    }
+    let index = {
+        let counters = lw.counters.last_mut().expect("a counter scope is active");
+        let c = counters.entry(block.clone()).or_insert(0);
+        *c += 1;
+        *c - 1
+    };
+    let mut scope = lw.scopes.clone();
+    scope.push(format!("{block}_{index}"));
+    Ok(Value::Instance(Box::new(Instance { block, scope, bound })))
+}
+
+/// Whether expanding block `name` could declare a parameter or buffer:
+/// a `param`/`buffer` statement, a call of such a block, or a call of a
+/// local name (a function or instance passed in), which may do anything.
+fn may_declare_state(prog: &Program, name: &str, seen: &mut HashSet<String>) -> bool {
+    let Some(def) = prog.defs.get(name) else { return false };
+    if !seen.insert(name.to_string()) {
+        return false;
+    }
+    let mut locals: HashSet<&str> = def.func.params.iter().map(|p| p.name.name.as_str()).collect();
+    let mut calls = Vec::new();
+    let declares = scan_stmts(&def.func.body, &mut locals, &mut calls);
+    declares || calls.iter().any(|c| locals.contains(c) || may_declare_state(prog, c, seen))
+}
+
+/// Collects assigned names and called names; true if a declaration is seen.
+fn scan_stmts<'a>(stmts: &'a [Stmt], locals: &mut HashSet<&'a str>, calls: &mut Vec<&'a str>) -> bool {
+    let mut declares = false;
+    for s in stmts {
+        match s {
+            Stmt::Let { targets, value, .. } => {
+                locals.extend(targets.iter().map(|t| t.name.as_str()));
+                scan_expr(value, locals, calls, &mut declares);
+            }
+            Stmt::Param { .. } => declares = true,
+            Stmt::If { cond, then_body, else_body, .. } => {
+                scan_expr(cond, locals, calls, &mut declares);
+                declares |= scan_stmts(then_body, locals, calls);
+                declares |= else_body.as_ref().is_some_and(|b| scan_stmts(b, locals, calls));
+            }
+            Stmt::For { vars, iter, body, .. } => {
+                locals.extend(vars.iter().map(|v| v.name.as_str()));
+                scan_expr(iter, locals, calls, &mut declares);
+                declares |= scan_stmts(body, locals, calls);
+            }
+            Stmt::Return { value, .. } | Stmt::Yield { value, .. } | Stmt::Expr(value) => scan_expr(value, locals, calls, &mut declares),
+        }
+    }
+    declares
+}
+
+fn scan_expr<'a>(e: &'a Expr, locals: &mut HashSet<&'a str>, calls: &mut Vec<&'a str>, declares: &mut bool) {
+    match &e.kind {
+        ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) | ExprKind::Str(_) | ExprKind::Name(_) => {}
+        ExprKind::Tuple(items) => items.iter().for_each(|i| scan_expr(i, locals, calls, declares)),
+        ExprKind::Unary { expr, .. } => scan_expr(expr, locals, calls, declares),
+        ExprKind::Binary { lhs, rhs, .. } | ExprKind::Range { start: lhs, end: rhs } => {
+            scan_expr(lhs, locals, calls, declares);
+            scan_expr(rhs, locals, calls, declares);
+        }
+        ExprKind::Pipe { lhs, rhs } => {
+            scan_expr(lhs, locals, calls, declares);
+            match &rhs.kind {
+                ExprKind::Name(n) => calls.push(n),
+                _ => scan_expr(rhs, locals, calls, declares),
+            }
+        }
+        ExprKind::Call { callee, args } => {
+            calls.push(&callee.name);
+            args.iter().for_each(|a| scan_expr(&a.value, locals, calls, declares));
+        }
+        ExprKind::Index { base, items } => {
+            scan_expr(base, locals, calls, declares);
+            for item in items {
+                match item {
+                    IndexItem::At(i) => scan_expr(i, locals, calls, declares),
+                    IndexItem::Range { start, end, step } => [start, end, step].into_iter().flatten().for_each(|i| scan_expr(i, locals, calls, declares)),
+                }
+            }
+        }
+        ExprKind::Field { base, .. } => scan_expr(base, locals, calls, declares),
+        ExprKind::For { vars, iter, body } => {
+            locals.extend(vars.iter().map(|v| v.name.as_str()));
+            scan_expr(iter, locals, calls, declares);
+            *declares |= scan_stmts(body, locals, calls);
+        }
+    }
 }
 
 fn scalar_math(name: &str, x: f64) -> f64 {

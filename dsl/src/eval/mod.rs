@@ -8,7 +8,7 @@ mod program;
 mod train;
 mod value;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use d2l_ir::{BinaryOp, CmpOp, DType, Graph, Init, Loc, NodeId, Shape};
@@ -19,6 +19,7 @@ pub use memory::{bytes_text, machine_memory};
 pub use program::{Error, Program};
 pub use train::{Spec, TrainConfig};
 pub use value::Value;
+use value::{BoundArg, Instance};
 
 type Result<T> = std::result::Result<T, Diagnostic>;
 
@@ -126,9 +127,22 @@ enum Flow {
 #[derive(Default)]
 struct Frame {
     vars: HashMap<String, Value>,
-    /// Buffers declared here: (variable, full name, node as declared). A
-    /// variable bound to another node when the block ends is an update.
+    /// Buffers declared here: (variable, full name, value at declaration).
+    /// A variable bound to another node when the block ends is an update.
     buffers: Vec<(String, String, NodeId, Span)>,
+    /// Parameters and buffers declared in this frame: a second declaration
+    /// of a name is an error even where a shared instance reuses it.
+    declared: HashSet<String>,
+}
+
+/// A parameter or buffer declared during a call of a shared instance, which
+/// later calls of that instance reuse.
+struct SharedDecl {
+    id: NodeId,
+    kind: DeclKind,
+    /// The declaration, and the instance call that made it.
+    span: Span,
+    call: Span,
 }
 
 /// An argument after evaluation.
@@ -151,6 +165,13 @@ struct Lowerer<'p> {
     scopes: Vec<String>,
     /// Per scope, how many instances of each callee were created so far.
     counters: Vec<HashMap<String, usize>>,
+    /// Calls of shared instances being expanded: (instance path, call span).
+    instances: Vec<(String, Span)>,
+    /// Parameters and buffers made inside instance calls, by full name.
+    shared_decls: HashMap<String, SharedDecl>,
+    /// The latest value of each buffer, by full name: a shared instance's
+    /// second call starts from its first call's update.
+    buffer_values: HashMap<String, NodeId>,
     /// Stack of `for` expressions collecting `yield`s.
     yields: Vec<Vec<(NodeId, Span)>>,
     layers: Vec<Layer>,
@@ -178,6 +199,9 @@ impl<'p> Lowerer<'p> {
             call_stack: Vec::new(),
             scopes: Vec::new(),
             counters: vec![HashMap::new()],
+            instances: Vec::new(),
+            shared_decls: HashMap::new(),
+            buffer_values: HashMap::new(),
             yields: Vec::new(),
             layers: Vec::new(),
             bound_dims: BTreeMap::new(),
@@ -238,7 +262,7 @@ impl<'p> Lowerer<'p> {
         let mut results = Vec::new();
         for (i, out) in outputs.iter().enumerate() {
             let Value::Tensor(id) = out else {
-                return Err(diag(result.1, format!("a model returns tensors, but result {i} is {}", out.describe(&self.graph))));
+                return Err(instance_hint(diag(result.1, format!("a model returns tensors, but result {i} is {}", out.describe(&self.graph))), &[out]));
             };
             let name = match func.ret.get(i) {
                 Some(rt) => {
@@ -606,6 +630,12 @@ impl<'p> Lowerer<'p> {
             full_name.push('.');
         }
         full_name.push_str(&name.name);
+        if self.frame().declared.contains(&name.name) {
+            return Err(diag(name.span, format!("`{}` is declared twice in this block", name.name)));
+        }
+        if !self.instances.is_empty() && self.shared_decls.contains_key(&full_name) {
+            return self.reuse_shared(kind, name, dtype, Shape(shape), &full_name, span);
+        }
         let taken = self.graph.params().into_iter().chain(self.graph.states()).any(|p| {
             matches!(&self.graph.node(p).op, d2l_ir::Op::Param { name, .. } | d2l_ir::Op::State { name, .. } if *name == full_name)
         });
@@ -626,10 +656,49 @@ impl<'p> Lowerer<'p> {
             DeclKind::Param => self.graph.param(&full_name, dtype, Shape(shape), init).map_err(|e| diag(span, e.0))?,
             DeclKind::Buffer => {
                 let id = self.graph.state(&full_name, dtype, Shape(shape), init);
-                self.frame().buffers.push((name.name.clone(), full_name, id, span));
+                self.buffer_values.insert(full_name.clone(), id);
+                self.frame().buffers.push((name.name.clone(), full_name.clone(), id, span));
                 id
             }
         };
+        if let Some(&(_, call)) = self.instances.last() {
+            self.shared_decls.insert(full_name, SharedDecl { id, kind, span, call });
+        }
+        self.frame().declared.insert(name.name.clone());
+        self.set_var(&name.name, Value::Tensor(id));
+        Ok(())
+    }
+
+    /// A declaration repeated by a later call of a shared instance: binds
+    /// the existing parameter (or the buffer's latest value) if the type is
+    /// the same.
+    fn reuse_shared(&mut self, kind: DeclKind, name: &Ident, dtype: DType, shape: Shape, full_name: &str, span: Span) -> Result<()> {
+        let (instance, call) = self.instances.last().cloned().expect("only called inside an instance call");
+        let prev = &self.shared_decls[full_name];
+        let (prev_id, prev_kind, prev_span, prev_call) = (prev.id, prev.kind, prev.span, prev.call);
+        if kind != prev_kind || dtype != self.graph.dtype(prev_id) || shape != *self.graph.shape(prev_id) {
+            let now = format!("{} {dtype}{shape}", kind.keyword());
+            let before = format!("{} {}{}", prev_kind.keyword(), self.graph.dtype(prev_id), self.graph.shape(prev_id));
+            let mut d = diag(span, format!("`{}` of shared instance `{instance}` would be {now} in this call, but an earlier call declared it {before}", name.name))
+                .with_label("declared again here")
+                .with_secondary(call, "this call");
+            if prev_call != call {
+                d = d.with_secondary(prev_call, "the earlier call");
+            }
+            if prev_span != span {
+                d = d.with_secondary(prev_span, "first declared here");
+            }
+            return Err(d.with_note("every call of a shared instance uses the same parameters, so they must have the same type each time: call it with inputs of the same shape, or `share` the block twice"));
+        }
+        let id = match kind {
+            DeclKind::Param => prev_id,
+            DeclKind::Buffer => {
+                let latest = self.buffer_values.get(full_name).copied().unwrap_or(prev_id);
+                self.frame().buffers.push((name.name.clone(), full_name.to_string(), latest, span));
+                latest
+            }
+        };
+        self.frame().declared.insert(name.name.clone());
         self.set_var(&name.name, Value::Tensor(id));
         Ok(())
     }
@@ -642,6 +711,8 @@ impl<'p> Lowerer<'p> {
             match self.lookup(&var) {
                 Some(Value::Tensor(id)) if id == declared => {}
                 Some(Value::Tensor(id)) if self.graph.shape(id) == self.graph.shape(declared) && self.graph.dtype(id) == self.graph.dtype(declared) => {
+                    // A later call of a shared instance replaces the update.
+                    self.buffer_values.insert(full_name.clone(), id);
                     self.graph.set_update(full_name, id);
                 }
                 Some(v) => {
@@ -696,6 +767,16 @@ impl<'p> Lowerer<'p> {
                 }
             }
             ExprKind::Call { callee, args } => {
+                // `share(typo)`: say what `share` wanted (unless `share` is redefined).
+                if callee.name == "share"
+                    && !self.prog.defs.contains_key("share")
+                    && self.lookup("share").is_none()
+                    && let Some(Arg { name: None, value: Expr { kind: ExprKind::Name(block), span } }) = args.first()
+                    && self.name_value(block, *span).is_err()
+                {
+                    let note = "`share` takes a block: one defined with `block` in this program or the standard library (`linear`, `conv2d`, ...)";
+                    return Err(self.unknown_name(block, *span).with_note(note));
+                }
                 let vals = self.eval_args(args)?;
                 self.call(callee, vals, e.span)
             }
@@ -787,6 +868,7 @@ impl<'p> Lowerer<'p> {
             Value::Int(i) => *i as f64,
             Value::Float(f) if dtype.is_float() => *f,
             Value::Bool(b) if dtype == DType::Bool => f64::from(u8::from(*b)),
+            Value::Instance(_) => return Err(instance_hint(diag(span, format!("cannot combine {} with a {dtype} tensor", v.describe(&self.graph))), &[v])),
             other => {
                 return Err(diag(span, format!("cannot combine {} with a {dtype} tensor", other.describe(&self.graph))).with_note("convert with `cast(x, \"f32\")`"));
             }
@@ -797,7 +879,7 @@ impl<'p> Lowerer<'p> {
     fn binary(&mut self, op: BinOp, a: Value, b: Value, sa: Span, sb: Span, span: Span) -> Result<Value> {
         if !matches!(a, Value::Tensor(_)) && !matches!(b, Value::Tensor(_)) {
             return builtins::scalar_binary(op, &a, &b).ok_or_else(|| {
-                diag(span, format!("`{}` is not defined for {} and {}", op.symbol(), a.describe(&self.graph), b.describe(&self.graph)))
+                instance_hint(diag(span, format!("`{}` is not defined for {} and {}", op.symbol(), a.describe(&self.graph), b.describe(&self.graph))), &[&a, &b])
             });
         }
         self.at(span);
@@ -977,15 +1059,19 @@ impl<'p> Lowerer<'p> {
     // ---- calls ------------------------------------------------------------
 
     fn call(&mut self, callee: &Ident, args: Vec<ArgVal>, span: Span) -> Result<Value> {
-        // A variable holding a function (`loss = cross_entropy; loss(y, t)`).
-        let name = match self.lookup(&callee.name) {
-            Some(Value::Func(f)) => f,
+        // A variable holding a function (`loss = cross_entropy; loss(y, t)`)
+        // or a shared instance (`shared = share(linear, out=8); shared(x)`).
+        let (name, instance) = match self.lookup(&callee.name) {
+            Some(Value::Func(f)) => (f, None),
+            Some(Value::Instance(inst)) => (inst.block.clone(), Some(inst)),
             Some(other) => return Err(diag(callee.span, format!("`{}` is {}, not a function", callee.name, other.describe(&self.graph)))),
-            None => callee.name.clone(),
+            None => (callee.name.clone(), None),
         };
         let at_model_level = self.call_stack.len() == 1;
         let params_before = self.param_elems();
-        let result = if let Some(def) = self.prog.defs.get(&name) {
+        let result = if let Some(inst) = instance {
+            self.call_instance(&inst, args, span)?
+        } else if let Some(def) = self.prog.defs.get(&name) {
             self.call_block(&def.func, args, span)?
         } else if builtins::is_builtin(&name) {
             self.at(span);
@@ -1004,11 +1090,16 @@ impl<'p> Lowerer<'p> {
         self.graph.params().iter().fold(0usize, |n, &p| n.saturating_add(self.graph.shape(p).numel()))
     }
 
+    fn check_recursion(&self, name: &str, span: Span) -> Result<()> {
+        match self.call_stack.iter().find(|(n, _)| n == name) {
+            Some((_, outer)) => Err(diag(span, format!("block `{name}` calls itself")).with_label("recursive call").with_secondary(*outer, "while expanding this call").with_note("blocks are expanded at compile time, so recursion would never end; use a `for` loop")),
+            None => Ok(()),
+        }
+    }
+
     fn call_block(&mut self, func: &FuncDef, args: Vec<ArgVal>, span: Span) -> Result<Value> {
         let name = &func.name.name;
-        if let Some((_, outer)) = self.call_stack.iter().find(|(n, _)| n == name) {
-            return Err(diag(span, format!("block `{name}` calls itself")).with_label("recursive call").with_secondary(*outer, "while expanding this call").with_note("blocks are expanded at compile time, so recursion would never end; use a `for` loop"));
-        }
+        self.check_recursion(name, span)?;
         let bound = bind_args(&func.params.iter().map(|p| (p.name.name.as_str(), p.default.is_some())).collect::<Vec<_>>(), name, args, span, Some(func.name.span))?;
         let index = {
             let counters = self.counters.last_mut().expect("a counter scope is active");
@@ -1025,6 +1116,47 @@ impl<'p> Lowerer<'p> {
         self.scopes.pop();
         self.call_stack.pop();
         self.frames.pop();
+        result
+    }
+
+    /// Expands a shared instance's block in the instance's own scope, with
+    /// fresh counters, so every call declares (and reuses) the same names.
+    fn call_instance(&mut self, inst: &Instance, args: Vec<ArgVal>, span: Span) -> Result<Value> {
+        let prog = self.prog;
+        let func = &prog.defs.get(&inst.block).expect("`share` checked that the block exists").func;
+        self.check_recursion(&inst.block, span)?;
+        let params: Vec<(&str, bool)> = func.params.iter().map(|p| (p.name.name.as_str(), p.default.is_some())).collect();
+        let mut positional = 0;
+        for a in &args {
+            let target = match &a.name {
+                Some(n) => Some(n.name.as_str()),
+                None => {
+                    positional += 1;
+                    params.get(positional - 1).map(|p| p.0)
+                }
+            };
+            if let Some(b) = target.and_then(|t| inst.bound.iter().find(|b| b.name == t)) {
+                let given = a.name.as_ref().map_or(a.span, |n| Span { hi: a.span.hi, ..n.span });
+                return Err(diag(given, format!("argument `{}` of shared instance `{}` is already bound by `share`", b.name, inst.path()))
+                    .with_label("given again here")
+                    .with_secondary(b.span, "bound here")
+                    .with_note("every call of a shared instance receives the arguments given to `share`; for another value, `share` the block again (separate parameters)"));
+            }
+        }
+        let mut args = args;
+        args.extend(inst.bound.iter().map(|b: &BoundArg| ArgVal { name: Some(Ident { name: b.name.clone(), span: b.span }), value: b.value.clone(), span: b.span }));
+        let bound = bind_args(&params, &inst.block, args, span, Some(func.name.span))?;
+        let outer = std::mem::replace(&mut self.scopes, inst.scope.clone());
+        self.frames.push(Frame::default());
+        self.call_stack.push((inst.block.clone(), span));
+        self.counters.push(HashMap::new());
+        self.instances.push((inst.path(), span));
+        let result = self.run_block(func, bound, span);
+        self.instances.pop();
+        self.counters.pop();
+        self.call_stack.pop();
+        self.frames.pop();
+        self.scopes = outer;
         result
     }
 
@@ -1048,9 +1180,10 @@ impl<'p> Lowerer<'p> {
                 }
                 (Some(ty), v) => {
                     let ts = match ty { TypeExpr::Tensor { span, .. } | TypeExpr::Scalar { span, .. } => *span };
-                    return Err(diag(vspan, format!("argument `{}` of `{}` must be {}, got {}", p.name.name, func.name.name, type_text(ty), v.describe(&self.graph)))
+                    let d = diag(vspan, format!("argument `{}` of `{}` must be {}, got {}", p.name.name, func.name.name, type_text(ty), v.describe(&self.graph)))
                         .with_label("this value")
-                        .with_secondary(ts, "expected type declared here"));
+                        .with_secondary(ts, "expected type declared here");
+                    return Err(instance_hint(d, &[v]));
                 }
             }
             self.set_var(&p.name.name, value);
@@ -1067,10 +1200,7 @@ impl<'p> Lowerer<'p> {
 /// Matches call arguments to parameter names: positionals in order, then
 /// keywords. Returns one slot per parameter (`None` = use its default).
 fn bind_args(params: &[(&str, bool)], callee: &str, args: Vec<ArgVal>, span: Span, def_span: Option<Span>) -> Result<Vec<Option<(Value, Span)>>> {
-    let signature = || {
-        let names: Vec<String> = params.iter().map(|(n, has_default)| if *has_default { format!("{n}=..") } else { n.to_string() }).collect();
-        format!("`{callee}({})`", names.join(", "))
-    };
+    let signature = || signature_text(params, callee);
     let with_def = |d: Diagnostic| match def_span {
         Some(s) => d.with_secondary(s, "defined here"),
         None => d,
@@ -1110,6 +1240,21 @@ fn bind_args(params: &[(&str, bool)], callee: &str, args: Vec<ArgVal>, span: Spa
         }
     }
     Ok(slots)
+}
+
+/// Explains a shared instance used where a value was expected.
+fn instance_hint(d: Diagnostic, values: &[&Value]) -> Diagnostic {
+    if values.iter().any(|v| matches!(v, Value::Instance(_))) {
+        d.with_note("a shared instance is a layer, not a value: call it on a tensor, as in `y = shared(x)` or `x |> shared`")
+    } else {
+        d
+    }
+}
+
+/// `` `linear(x, out, bias=..)` `` for messages.
+fn signature_text(params: &[(&str, bool)], callee: &str) -> String {
+    let names: Vec<String> = params.iter().map(|(n, has_default)| if *has_default { format!("{n}=..") } else { n.to_string() }).collect();
+    format!("`{callee}({})`", names.join(", "))
 }
 
 fn scalar_matches(kind: &str, v: &Value) -> bool {

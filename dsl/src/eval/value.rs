@@ -2,6 +2,8 @@
 
 use d2l_ir::{Graph, Init, NodeId};
 
+use crate::ast::Span;
+
 /// What a name or expression evaluates to while a model is expanded. Only
 /// `Tensor`s become graph nodes; everything else exists at compile time.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,6 +18,34 @@ pub enum Value {
     Func(String),
     /// An initializer expression such as `normal(0, 0.01)`.
     Init(Init),
+    /// A block instance made by `share`: every call uses its parameters.
+    Instance(Box<Instance>),
+}
+
+/// `share(block, key=value, ...)`: a block bound to one parameter scope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub block: String,
+    /// The full scope path (`["linear_1"]`), fixed where `share` ran, so the
+    /// instance names the same parameters wherever it is called.
+    pub scope: Vec<String>,
+    /// Keyword arguments every call receives.
+    pub bound: Vec<BoundArg>,
+}
+
+/// One keyword argument bound by `share`; `span` covers `key=value`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BoundArg {
+    pub name: String,
+    pub value: Value,
+    pub span: Span,
+}
+
+impl Instance {
+    /// The scope as parameter names spell it: `linear_1`, `block_0.linear_1`.
+    pub fn path(&self) -> String {
+        self.scope.join(".")
+    }
 }
 
 impl Value {
@@ -33,6 +63,7 @@ impl Value {
             }
             Value::Func(name) => format!("function `{name}`"),
             Value::Init(init) => format!("initializer {init}"),
+            Value::Instance(inst) => format!("shared instance of `{}` ({})", inst.block, inst.path()),
         }
     }
 
