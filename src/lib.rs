@@ -1,7 +1,8 @@
 //! d2l: a compiler for the Dive-into-Deep-Learning model zoo.
 //!
 //! This crate is the facade over the pipeline crates (`d2l-dsl` → `d2l-ir`
-//! → `d2l-passes` → `d2l-runtime`) and the home of the `d2l` command.
+//! → `d2l-passes` → `d2l-codegen` → `d2l-runtime` → `d2l-train`) and the
+//! home of the `d2l` command.
 //!
 //! ```no_run
 //! use d2l::{Device, Options, Tensor};
@@ -12,8 +13,15 @@
 //! # Ok::<(), d2l::Error>(())
 //! ```
 
-pub mod bench;
-pub mod train;
+// The README's Rust examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// Training from `train` blocks: data sources, step graphs, the epoch loop,
+/// checkpoints, generation, benchmarks.
+pub use d2l_train as train;
+pub use d2l_train::{TrainOptions, Training};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -34,6 +42,8 @@ pub enum Error {
     #[error("{0}")]
     Checkpoint(#[from] d2l_runtime::checkpoint::CheckpointError),
     #[error("{0}")]
+    Train(#[from] d2l_train::Error),
+    #[error("{0}")]
     Usage(String),
 }
 
@@ -46,9 +56,9 @@ pub struct Options {
     pub seed: u64,
 }
 
-/// Where a session executes. Only the CPU so far (the interpreter or the
-/// Cranelift JIT, see [`Session::set_backend`]); the PTX backend is not
-/// written yet.
+/// Where a session executes. Only the CPU so far (the Cranelift JIT, or the
+/// reference interpreter with [`Session::set_backend`]); the PTX backend is
+/// not written yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
@@ -73,8 +83,15 @@ pub fn compile_str(name: &str, text: &str, options: &Options) -> Result<Compiled
 impl Compiled {
     pub fn session(&self, device: Device) -> Result<Session<'_>, Error> {
         match device {
-            Device::Cpu => Ok(Session { compiled: self, params: HashMap::new(), graphs: HashMap::new(), interp: Interpreter::new(self.options.seed), backend: d2l_runtime::Backend::Interpreter, executables: HashMap::new() }),
+            Device::Cpu => Ok(Session { compiled: self, params: HashMap::new(), graphs: HashMap::new(), interp: Interpreter::new(self.options.seed), backend: d2l_runtime::Backend::Jit, executables: HashMap::new() }),
         }
+    }
+
+    /// Prepares `model` for training as its `train` block says (data,
+    /// loss, optimizer, epochs), with `opts` overriding it; run epochs with
+    /// [`Training::epoch`].
+    pub fn trainer(&self, model: &str, opts: &TrainOptions) -> Result<Training, Error> {
+        Ok(d2l_train::prepare(&self.program, model, opts)?)
     }
 }
 
@@ -102,11 +119,16 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Uses the parameters of a training run (e.g. after [`Training::epoch`]).
+    pub fn set_params<'a>(&mut self, params: impl IntoIterator<Item = (String, &'a Tensor)>) {
+        self.params.extend(params.into_iter().map(|(n, t)| (n, t.clone())));
+    }
+
     pub fn params(&self) -> &HashMap<String, Tensor> {
         &self.params
     }
 
-    /// Runs graphs with `backend` from now on (default: the interpreter).
+    /// Runs graphs with `backend` from now on (default: the JIT).
     pub fn set_backend(&mut self, backend: d2l_runtime::Backend) {
         self.backend = backend;
         self.executables.clear();

@@ -110,6 +110,24 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
     },
+    /// Write text with a trained language model: it reads the prefix, then
+    /// predicts one token at a time, greedily (the course's `predict_ch8`).
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The trained parameters (the MODEL.safetensors `d2l train` wrote).
+        #[arg(long, value_name = "FILE")]
+        params: PathBuf,
+        /// The text to continue; tokens not in the vocabulary read as <unk>.
+        #[arg(long, default_value = "time traveller")]
+        prefix: String,
+        /// How many tokens to predict.
+        #[arg(long, default_value_t = 50)]
+        len: usize,
+        /// What executes the model.
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+        backend: BackendArg,
+    },
     /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
     Fetch {
         /// fashion-mnist, mnist, time-machine, ... (see `d2l fetch --list`)
@@ -225,17 +243,17 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Summary(args) => summary(&args),
         Command::Ir { model, stage, locs } => ir(&model, stage, locs),
         Command::Train { model, epochs, data, out, seed, resume, batch, limit, backend } => {
-            let opts = d2l::train::TrainOptions { data_dir: data, epochs, limit, seed, backend: backend.into(), batch };
+            let opts = d2l::TrainOptions { data_dir: data, epochs, limit, seed, backend: backend.into(), batch };
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),
         Command::Bench { model, backend, batch, steps, seconds, peak, profile, json } => {
             let compiled = load(&model, 0)?;
             let name = pick_model(&compiled, &model)?;
-            let opts = d2l::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, min_seconds: seconds, profile, ..Default::default() };
-            let report = d2l::bench::bench(&compiled.program, &name, &opts)?;
-            let peak = peak.unwrap_or_else(d2l::bench::measured_peak_gflops);
-            print!("{}", d2l::bench::render(&report, peak));
+            let opts = d2l::train::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, min_seconds: seconds, profile, ..Default::default() };
+            let report = d2l::train::bench::bench(&compiled.program, &name, &opts)?;
+            let peak = peak.unwrap_or_else(d2l::train::bench::measured_peak_gflops);
+            print!("{}", d2l::train::bench::render(&report, peak));
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Usage(format!("cannot encode the figures as JSON: {e}")))?;
                 std::fs::write(&path, text + "\n").map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
@@ -243,6 +261,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
+        Command::Generate { model, params, prefix, len, backend } => generate(&model, &params, &prefix, len, backend.into()),
         Command::Run { model, image: Some(spec), params, seed, top, .. } => {
             let compiled = load(&model, seed)?;
             let name = pick_model(&compiled, &model)?;
@@ -436,71 +455,55 @@ impl d2l_runtime::train::Progress for Bar {
     }
 }
 
-fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: bool) -> Result<(), Error> {
-    use d2l::train::{EpochLog, write_logs, write_plot};
+/// The course's prefixes for its language models' sample text.
+const PREFIXES: [&str; 2] = ["time traveller", "traveller"];
+
+fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -> Result<(), Error> {
     let compiled = load(args, opts.seed)?;
     let model = pick_model(&compiled, args)?;
-    let started = std::time::Instant::now();
-    let mut run = d2l::train::prepare(&compiled.program, &model, opts)?;
-    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut run = compiled.trainer(&model, opts)?;
     std::fs::create_dir_all(out).map_err(|e| Error::Usage(format!("cannot create {}: {e}", out.display())))?;
-    let base = out.join(&model);
-    let checkpoint = base.with_extension("safetensors");
-    let mut log: Vec<EpochLog> = Vec::new();
+    let mut log = Vec::new();
     if resume {
-        run.trainer.resume(&checkpoint).map_err(|e| Error::Usage(e.to_string()))?;
-        log = read_log(&base);
-        log.truncate(run.trainer.epoch);
-        eprintln!("resumed {} at epoch {}", checkpoint.display(), run.trainer.epoch);
+        log = run.resume(out)?;
+        eprintln!("resumed {} at epoch {}", run.files(out).checkpoint.display(), run.trainer.epoch);
     }
+    let held_out = run.source.test_len().map_or(String::new(), |n| format!(" / {n} test"));
+    let unit = if run.source.vocab().is_some() { "tokens" } else { "examples" };
     eprintln!(
-        "training {model}: {} parameters, data {}, {} train / {} test examples, batch {}, {} epochs (graphs built in {compile_ms:.0} ms)",
+        "training {model}: {} parameters, data {}, {} train{held_out} {unit}, batch {}, {} epochs (graphs built in {:.0} ms)",
         group_digits(run.param_count),
-        run.data.source,
-        run.data.train.len(),
-        run.data.test.as_ref().map_or(0, |t| t.len()),
-        run.data.batch,
-        run.epochs
+        run.source.describe(),
+        run.source.train_len(),
+        run.source.schema().batch,
+        run.epochs,
+        run.build_ms,
     );
-    if let Some(k) = run.data.folds {
-        return train_k_fold(&compiled.program, &run, k, opts);
+    if run.source.folds().is_some() {
+        return train_k_fold(&compiled.program, &run, opts);
     }
     let style = indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
         .expect("valid template")
         .progress_chars("=> ");
-    let batch_opts = run.data.train_batches(d2l::train::derive_seed(opts.seed, d2l::train::Stream::Shuffle));
-    let save = |trainer: &d2l_runtime::train::Trainer, log: &[EpochLog]| -> Result<(), Error> {
-        let meta = [("model".to_string(), model.clone()), ("seed".to_string(), opts.seed.to_string())].into();
-        trainer.save(&checkpoint, meta).map_err(|e| Error::Usage(e.to_string()))?;
-        write_logs(&base, log).map_err(|e| Error::Usage(format!("cannot write the log: {e}")))?;
-        write_plot(&base.with_extension("svg"), log).map_err(|e| Error::Usage(format!("cannot write the plot: {e}")))
-    };
     let mut saved = false;
     while run.trainer.epoch < run.epochs {
         let bar = indicatif::ProgressBar::new(0).with_style(style.clone()).with_prefix((run.trainer.epoch + 1).to_string());
         let mut progress = Bar(bar);
-        let train = run.trainer.train_epoch(&run.data.train, &batch_opts, &mut progress).map_err(|e| Error::Usage(e.to_string()))?;
+        let entry = run.epoch(&mut progress)?;
         progress.0.finish_and_clear();
-        let test = match &run.data.test {
-            Some(t) => Some(run.data.evaluate(&mut run.trainer, t)?),
-            None => None,
-        };
-        let entry = EpochLog { epoch: run.trainer.epoch, train, test };
         eprintln!("epoch {:>3}: {}", entry.epoch, epoch_line(&entry));
         log.push(entry);
-        save(&run.trainer, &log)?;
+        run.save(out, &log)?;
         saved = true;
     }
     // No epoch left to run (`--epochs 0`: the initial parameters; a resumed
     // run that had finished): still write what the last line says it wrote.
-    if !saved {
-        save(&run.trainer, &log)?;
-    }
+    let files = if saved { run.files(out) } else { run.save(out, &log)? };
     if let Some(last) = log.last() {
         println!("{}", epoch_line(last));
     }
     let params = run.trainer.params();
-    println!("weights L2 norm {:.4}", d2l::train::weight_norm(&params));
+    println!("weights L2 norm {:.4}", d2l::train::run::weight_norm(&params));
     // Small models (linear regression) show what they learned.
     if run.param_count <= 16 {
         for (name, t) in &params {
@@ -508,14 +511,34 @@ fn train(args: &ModelArgs, opts: &d2l::train::TrainOptions, out: &Path, resume: 
             println!("{name} = [{}]", values.join(", "));
         }
     }
-    println!("wrote {}, {}, {}", checkpoint.display(), base.with_extension("csv").display(), base.with_extension("svg").display());
+    // Language models show what they write, as the course does.
+    if let Some((vocab, kind)) = run.source.vocab() {
+        let params = params.into_iter().map(|(n, t)| (n, t.clone())).collect();
+        let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &params, vocab.clone(), kind, opts.backend)?;
+        for prefix in PREFIXES {
+            println!("{prefix:?} -> {:?}", generator.generate(prefix, 50)?);
+        }
+    }
+    // A time series: the course's one-step and k-step predictions.
+    if let Some((series, tau)) = run.source.series() {
+        let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+        let predictions = d2l::train::series::predict(&compiled.program, &model, &params, series, tau, run.source.train_len() + tau, opts.backend)?;
+        let base = out.join(format!("{model}-predictions"));
+        let (csv, svg) = (base.with_extension("csv"), base.with_extension("svg"));
+        d2l::train::series::write(&predictions, series, &csv, &svg).map_err(|e| Error::Usage(format!("cannot write the predictions: {e}")))?;
+        let errors: Vec<String> = predictions.mse.iter().map(|(what, e)| format!("{what} {e:.4}")).collect();
+        println!("prediction MSE: {}", errors.join(", "));
+        println!("wrote {}, {}", csv.display(), svg.display());
+    }
+    println!("wrote {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.plot.display());
     Ok(())
 }
 
 /// K-fold validation: one fresh model per fold, as the course's `k_fold`.
-fn train_k_fold(program: &d2l::Program, run: &d2l::train::Training, k: usize, opts: &d2l::train::TrainOptions) -> Result<(), Error> {
+fn train_k_fold(program: &d2l::Program, run: &d2l::Training, opts: &d2l::TrainOptions) -> Result<(), Error> {
+    let k = run.source.folds().unwrap_or(0);
     eprintln!("{k}-fold cross-validation, {} epochs per fold", run.epochs);
-    let results = d2l::train::k_fold(program, run, k, opts, &mut |r| {
+    let results = d2l::train::k_fold(program, run, opts, &mut |r| {
         eprintln!("fold {}: train loss {:.4}, {}, valid {}", r.fold, r.train.loss, metric_text(&r.train), metric_text(&r.valid));
     })?;
     let mean = |f: &dyn Fn(&d2l::train::FoldResult) -> Option<f64>| -> Option<f64> {
@@ -539,8 +562,13 @@ fn metric_text(m: &d2l_runtime::train::Metrics) -> String {
     }
 }
 
-/// The course's summary line: `loss 0.469, train acc 0.823, test acc 0.779, 5500.2 examples/sec`.
+/// The course's summary line: `loss 0.469, train acc 0.823, test acc 0.779,
+/// 5500.2 examples/sec`, or for a language model `perplexity 1.0, 81234.5
+/// tokens/sec`.
 fn epoch_line(e: &d2l::train::EpochLog) -> String {
+    if let Some(p) = e.train.perplexity {
+        return format!("perplexity {p:.3}, loss {:.4}, {:.1} tokens/sec", e.train.loss, e.train.tokens_per_sec());
+    }
     let loss = e.train.loss;
     let mut line = if loss.abs() < 0.01 { format!("loss {loss:.3e}") } else { format!("loss {loss:.3}") };
     if let Some(a) = e.train.accuracy {
@@ -555,9 +583,19 @@ fn epoch_line(e: &d2l::train::EpochLog) -> String {
     line
 }
 
-/// Earlier epochs of a resumed run, from its JSON log (empty if unreadable).
-fn read_log(path: &Path) -> Vec<d2l::train::EpochLog> {
-    d2l::train::read_log(path).unwrap_or_default()
+/// `d2l generate`: text from a trained language model.
+fn generate(args: &ModelArgs, params: &Path, prefix: &str, len: usize, backend: d2l_runtime::Backend) -> Result<(), Error> {
+    let compiled = load(args, 0)?;
+    let model = pick_model(&compiled, args)?;
+    let config = compiled.program.train_config(&model)?;
+    let source = d2l::train::sources::open(&compiled.program, &config.data, &d2l::TrainOptions::default())?;
+    let Some((vocab, kind)) = source.vocab() else {
+        return Err(Error::Usage(format!("model `{model}` trains on {}, which has no vocabulary to generate text with", source.describe())));
+    };
+    let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
+    let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &tensors, vocab.clone(), kind, backend)?;
+    println!("{}", generator.generate(prefix, len)?);
+    Ok(())
 }
 
 fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64, backend: d2l_runtime::Backend) -> Result<(), Error> {

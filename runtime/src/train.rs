@@ -1,43 +1,88 @@
 //! The training loop. It runs compiled training-step graphs (forward, loss,
 //! backward and optimizer update in one graph, built upstream) over
-//! minibatches, carries parameters and optimizer state from step to step,
-//! measures loss and accuracy, and saves resumable checkpoints.
+//! minibatches, carries parameters, optimizer state, buffers and recurrent
+//! state from step to step, measures loss, accuracy, log-RMSE and
+//! perplexity, and saves resumable checkpoints.
 //!
-//! Graphs have static shapes, so there is one step graph per batch size the
-//! data produces (the full batch and, usually, a smaller last one).
+//! Everything it feeds is found from the graphs' typed roles: parameters
+//! and buffers are `Param`/`State` nodes, optimizer slots and the step
+//! count are inputs with those roles, and every update output replaces the
+//! fed tensor of its name after each step. Graphs have static shapes, so
+//! there is one step graph per batch size the data produces.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use d2l_ir::{DType, Graph, Shape};
+use d2l_ir::{DType, Graph, InputRole, Op};
 
-use crate::data::{BatchOptions, DataError, TensorDataset};
+use crate::data::text::SeqBatches;
+use crate::data::{Batches, DataError};
 use crate::{Backend, Executable, RunError, Tensor, checkpoint};
 
-/// Optimizer state tensor: starts as zeros, fed as input `name`, returned
-/// as output `update:<name>`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StateSpec {
-    pub name: String,
-    pub dtype: DType,
-    pub shape: Shape,
+/// One epoch of minibatches, each a tensor per field (the model's inputs,
+/// then the labels), written into the same tensors batch after batch.
+pub trait BatchStream {
+    /// Batches left in this epoch.
+    fn remaining(&self) -> usize;
+    /// Writes the next minibatch into `fields`; false when the epoch is over.
+    fn next_batch(&mut self, fields: &mut [Tensor]) -> bool;
+}
+
+impl BatchStream for Batches<'_> {
+    fn remaining(&self) -> usize {
+        Batches::remaining(self)
+    }
+    fn next_batch(&mut self, fields: &mut [Tensor]) -> bool {
+        self.next_fields(fields)
+    }
+}
+
+impl BatchStream for SeqBatches<'_> {
+    fn remaining(&self) -> usize {
+        SeqBatches::remaining(self)
+    }
+    fn next_batch(&mut self, fields: &mut [Tensor]) -> bool {
+        let [x, y] = fields else { panic!("a sequence stream has two fields (tokens, labels)") };
+        self.next_into(x, y)
+    }
+}
+
+/// When recurrent state (a data input that the step also updates) starts
+/// again from zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateReset {
+    /// Every minibatch: independent examples (random sampling).
+    #[default]
+    EveryBatch,
+    /// At the start of each epoch only: minibatch i+1 continues where
+    /// minibatch i stopped (sequential partitioning); no gradient flows into
+    /// the previous minibatch, since the state is fed, not computed.
+    EveryEpoch,
+}
+
+/// Which figures to measure beside the loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricSet {
+    /// The course's house-prices measure (regression on positive targets).
+    pub log_rmse: bool,
+    /// `exp` of the mean loss (language models).
+    pub perplexity: bool,
 }
 
 /// The graphs of one training setup.
 pub struct TrainGraphs {
-    /// Batch size → training step (outputs `loss`, `output`, `update:*`).
+    /// Batch size → training step (outputs `loss`, `output` and updates).
     pub step: BTreeMap<usize, Graph>,
     /// Batch size → evaluation-mode forward + loss (outputs `loss`, `output`).
     pub eval: BTreeMap<usize, Graph>,
-    pub state: Vec<StateSpec>,
-    /// Names of the model's data input and the label input.
-    pub input: String,
-    pub label: String,
-    /// Whether the step takes the scalar input `step` (Adam).
-    pub needs_step_counter: bool,
-    /// Also measure the course's log-RMSE (regression on positive targets).
-    pub log_rmse: bool,
+    /// The graph input each field of a minibatch feeds, in the stream's
+    /// order: the model's inputs, then the labels.
+    pub fields: Vec<String>,
+    /// How many of `fields`, from the last, are labels (at least one).
+    pub labels: usize,
+    pub state_reset: StateReset,
+    pub metrics: MetricSet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +112,21 @@ pub struct Metrics {
     /// `sqrt(mean((log(max(pred, 1)) - log(target))^2))`, the course's
     /// house-prices measure, when asked for.
     pub log_rmse: Option<f64>,
+    /// `exp(loss)`: the language models' measure, when asked for.
+    pub perplexity: Option<f64>,
     pub examples: usize,
+    /// Label elements seen (tokens, for a language model).
+    pub tokens: usize,
     pub seconds: f64,
 }
 
 impl Metrics {
     pub fn examples_per_sec(&self) -> f64 {
         if self.seconds > 0.0 { self.examples as f64 / self.seconds } else { 0.0 }
+    }
+
+    pub fn tokens_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 { self.tokens as f64 / self.seconds } else { 0.0 }
     }
 }
 
@@ -86,166 +139,228 @@ pub trait Progress {
 pub struct Silent;
 impl Progress for Silent {}
 
+/// A recurrent-state input: its name, dtype and shape.
+type StateShape = (String, DType, Vec<usize>);
+
 pub struct Trainer {
     graphs: TrainGraphs,
     /// The step and eval graphs compiled by the chosen backend, by batch size.
     step: BTreeMap<usize, Box<dyn Executable>>,
     eval: BTreeMap<usize, Box<dyn Executable>>,
-    /// Parameters, optimizer state, the step counter and the current batch,
-    /// by input name: fed to every step and updated in place from its outputs.
+    /// Parameters, buffers, optimizer state, the step count, recurrent state
+    /// and the current batch, by input name: fed to every step and updated
+    /// in place from its outputs.
     feeds: HashMap<String, Tensor>,
+    /// Recurrent state: data inputs the step graphs also update.
+    carried: Vec<String>,
+    /// Per (training?, batch size), the recurrent state's zeros: its start.
+    state_zeros: HashMap<(bool, usize), Vec<StateShape>>,
+    /// The step-count input, if the optimizer takes one (Adam).
+    step_count: Option<String>,
     /// Last outputs per (graph kind, batch size): the next run writes into
     /// them (`run_into`), so steady-state steps allocate nothing.
     outputs: HashMap<(bool, usize), Vec<(String, Tensor)>>,
+    /// The batch's tensors, reused from batch to batch.
+    batch: Vec<Tensor>,
     /// Epochs completed (also after a resume).
     pub epoch: usize,
     /// Optimizer steps taken.
-    pub step_count: u64,
+    pub steps: u64,
 }
 
 impl Trainer {
-    /// Compiles every graph with `backend`; `seed` seeds random ops (dropout).
+    /// Compiles every graph with `backend`; `seed` seeds random ops
+    /// (dropout). `params` holds the parameters and buffers; optimizer slots
+    /// start at zeros.
     pub fn new(graphs: TrainGraphs, params: HashMap<String, Tensor>, backend: Backend, seed: u64) -> Result<Trainer, TrainError> {
         let mut feeds = params;
-        for s in &graphs.state {
-            feeds.insert(s.name.clone(), Tensor::zeros(s.dtype, &s.shape.0));
+        let mut carried = Vec::new();
+        let mut step_count = None;
+        if let Some(g) = graphs.step.values().next() {
+            for id in g.inputs() {
+                let Op::Input { name, role } = &g.node(id).op else { continue };
+                match role {
+                    InputRole::OptimizerSlot { .. } => {
+                        feeds.insert(name.clone(), Tensor::zeros(g.dtype(id), g.shape(id).dims()));
+                    }
+                    InputRole::StepCount => step_count = Some(name.clone()),
+                    InputRole::Data if g.updates().any(|o| o.name == *name) => carried.push(name.clone()),
+                    InputRole::Data => {}
+                }
+            }
         }
         let compile = |set: &BTreeMap<usize, Graph>, salt: u64| -> Result<BTreeMap<usize, Box<dyn Executable>>, TrainError> {
             set.iter().map(|(&b, g)| Ok((b, backend.compile(g, seed ^ salt.wrapping_mul(b as u64 + 1))?))).collect()
         };
         let step = compile(&graphs.step, 0x51)?;
         let eval = compile(&graphs.eval, 0xe7)?;
-        // The batch lives in the feeds (swapped in and out), so no step
-        // inserts a key.
-        for name in [&graphs.input, &graphs.label] {
-            feeds.insert(name.clone(), Tensor::zeros(DType::F32, &[0]));
+        let batch = graphs.fields.iter().map(|_| Tensor::zeros(DType::F32, &[0])).collect();
+        let mut state_zeros = HashMap::new();
+        for (training, set) in [(true, &graphs.step), (false, &graphs.eval)] {
+            for (&b, g) in set {
+                let zeros = carried.iter().filter_map(|n| g.input_named(n).map(|id| (n.clone(), g.dtype(id), g.shape(id).dims().to_vec()))).collect();
+                state_zeros.insert((training, b), zeros);
+            }
         }
-        Ok(Trainer { graphs, step, eval, feeds, outputs: HashMap::new(), epoch: 0, step_count: 0 })
+        Ok(Trainer { graphs, step, eval, feeds, carried, state_zeros, step_count, outputs: HashMap::new(), batch, epoch: 0, steps: 0 })
     }
 
     /// Current parameter values (and nothing else), by name.
     pub fn params(&self) -> BTreeMap<String, &Tensor> {
         let mut out = BTreeMap::new();
-        for g in self.graphs.step.values().take(1) {
+        if let Some(g) = self.graphs.step.values().next() {
             for p in g.params() {
-                if let d2l_ir::Op::Param { name, .. } = &g.node(p).op
+                if let Some(name) = g.leaf_name(p)
                     && let Some(t) = self.feeds.get(name)
                 {
-                    out.insert(name.clone(), t);
+                    out.insert(name.to_string(), t);
                 }
             }
         }
         out
     }
 
-    /// One epoch over `data`, updating parameters after every minibatch.
-    pub fn train_epoch(&mut self, data: &TensorDataset, opts: &BatchOptions, progress: &mut dyn Progress) -> Result<Metrics, TrainError> {
-        let start = Instant::now();
-        let mut batches = data.batches(opts, self.epoch as u64)?;
-        let total = batches.remaining();
-        let (mut x, mut y) = (Tensor::zeros(DType::F32, &[0]), Tensor::zeros(DType::F32, &[0]));
-        let mut acc = Accumulator { log_rmse: self.graphs.log_rmse, ..Accumulator::default() };
-        let mut done = 0;
-        while batches.next_into(&mut x, &mut y) {
-            let b = x.dims()[0];
-            let exe = self.step.get_mut(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.step.keys().copied().collect()))?;
-            self.step_count += 1;
-            if self.graphs.needs_step_counter {
-                match self.feeds.get_mut("step") {
-                    Some(Tensor::F32(a)) => a.fill(self.step_count as f32),
+    /// Names of the fed tensors a checkpoint holds: parameters, buffers and
+    /// optimizer state (not the batch, the step count or recurrent state,
+    /// which starts again at each epoch).
+    fn persistent(&self) -> Vec<String> {
+        let transient = |n: &String| self.graphs.fields.contains(n) || self.carried.contains(n) || self.step_count.as_ref() == Some(n);
+        let mut names: Vec<String> = self.feeds.keys().filter(|n| !transient(n)).cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Zeros the recurrent state the graph (training?, batch size) takes
+    /// when the policy says so, or when what is fed has another shape (a
+    /// smaller last batch).
+    fn prepare_state(&mut self, key: (bool, usize), first: bool) {
+        let Some(zeros) = self.state_zeros.get(&key) else { return };
+        let stale = zeros.iter().any(|(n, _, dims)| self.feeds.get(n).is_none_or(|t| t.dims() != dims.as_slice()));
+        if first || stale || self.graphs.state_reset == StateReset::EveryBatch {
+            for (name, dtype, dims) in zeros {
+                match self.feeds.get_mut(name) {
+                    Some(Tensor::F32(a)) if a.shape() == dims.as_slice() => a.fill(0.0),
                     _ => {
-                        self.feeds.insert("step".into(), Tensor::from_f32(&[], vec![self.step_count as f32]));
+                        self.feeds.insert(name.clone(), Tensor::zeros(*dtype, dims));
                     }
                 }
             }
-            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
-            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
-            let outputs = self.outputs.entry((true, b)).or_default();
-            let result = exe.run_into(&self.feeds, outputs);
-            // Hand the batch buffers back so the next batch reuses them.
-            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
-            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
-            result?;
-            let mut loss = f64::NAN;
-            crate::apply_updates(&self.graphs.step[&b], outputs, &mut self.feeds);
-            for (name, t) in outputs.iter_mut() {
-                if name == "loss" {
-                    loss = first_value(t);
-                } else if name == "output" {
-                    acc.add_predictions(t, &y);
-                }
-            }
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.step_count });
-            }
-            acc.add_loss(loss, b);
-            done += 1;
-            progress.batch(done, total, acc.mean_loss());
         }
-        self.epoch += 1;
-        Ok(acc.finish(start))
     }
 
-    /// Loss and accuracy of the current parameters in evaluation mode.
-    pub fn evaluate(&mut self, data: &TensorDataset, batch_size: usize) -> Result<Metrics, TrainError> {
+    /// One epoch over `batches`, updating parameters after every minibatch.
+    pub fn train_epoch(&mut self, batches: &mut dyn BatchStream, progress: &mut dyn Progress) -> Result<Metrics, TrainError> {
+        self.run_epoch(batches, true, progress)
+    }
+
+    /// Loss and metrics of the current parameters in evaluation mode.
+    pub fn evaluate(&mut self, batches: &mut dyn BatchStream) -> Result<Metrics, TrainError> {
+        self.run_epoch(batches, false, &mut Silent)
+    }
+
+    fn run_epoch(&mut self, batches: &mut dyn BatchStream, training: bool, progress: &mut dyn Progress) -> Result<Metrics, TrainError> {
         let start = Instant::now();
-        let opts = BatchOptions::new(batch_size).shuffle(false);
-        let mut batches = data.batches(&opts, 0)?;
-        let (mut x, mut y) = (Tensor::zeros(DType::F32, &[0]), Tensor::zeros(DType::F32, &[0]));
-        let mut acc = Accumulator { log_rmse: self.graphs.log_rmse, ..Accumulator::default() };
-        while batches.next_into(&mut x, &mut y) {
-            let b = x.dims()[0];
-            let exe = self.eval.get_mut(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, self.graphs.eval.keys().copied().collect()))?;
-            // The batch joins the parameters in `feeds` for this run only.
-            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
-            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
-            let outputs = self.outputs.entry((false, b)).or_default();
-            let result = exe.run_into(&self.feeds, outputs);
-            swap_feed(&mut self.feeds, &self.graphs.input, &mut x);
-            swap_feed(&mut self.feeds, &self.graphs.label, &mut y);
-            result?;
-            for (name, t) in outputs.iter() {
-                match name.as_str() {
-                    "loss" => acc.add_loss(first_value(t), b),
-                    "output" => acc.add_predictions(t, &y),
-                    _ => {}
+        let total = batches.remaining();
+        let mut acc = Accumulator { metrics: self.graphs.metrics, ..Accumulator::default() };
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut done = 0;
+        let first_label = self.first_label();
+        let result = (|| {
+            while batches.next_batch(&mut batch) {
+                let b = batch.first().and_then(|t| t.dims().first().copied()).unwrap_or(0);
+                let graphs = if training { &self.graphs.step } else { &self.graphs.eval };
+                if !graphs.contains_key(&b) {
+                    return Err(TrainError::NoGraphForBatch(b, graphs.keys().copied().collect()));
                 }
+                self.prepare_state((training, b), done == 0);
+                if training {
+                    self.steps += 1;
+                    if let Some(name) = &self.step_count {
+                        match self.feeds.get_mut(name) {
+                            Some(Tensor::F32(a)) => a.fill(self.steps as f32),
+                            _ => {
+                                self.feeds.insert(name.clone(), Tensor::from_f32(&[], vec![self.steps as f32]));
+                            }
+                        }
+                    }
+                }
+                // The batch joins the feeds for this run only.
+                for (name, t) in self.graphs.fields.iter().zip(batch.iter_mut()) {
+                    swap_feed(&mut self.feeds, name, t);
+                }
+                let exe = if training { self.step.get_mut(&b) } else { self.eval.get_mut(&b) }.expect("compiled with its graph");
+                let outputs = self.outputs.entry((training, b)).or_default();
+                let run = exe.run_into(&self.feeds, outputs);
+                for (name, t) in self.graphs.fields.iter().zip(batch.iter_mut()) {
+                    swap_feed(&mut self.feeds, name, t);
+                }
+                run?;
+                let graph = if training { &self.graphs.step[&b] } else { &self.graphs.eval[&b] };
+                crate::apply_updates(graph, outputs, &mut self.feeds);
+                let mut loss = f64::NAN;
+                for (name, t) in outputs.iter() {
+                    if name == "loss" {
+                        loss = first_value(t);
+                    } else if name == "output"
+                        && let Some(labels) = batch.get(first_label)
+                    {
+                        acc.add_predictions(t, labels);
+                    }
+                }
+                if training && !loss.is_finite() {
+                    return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.steps });
+                }
+                let tokens = batch.get(first_label).map_or(b, Tensor::numel);
+                acc.add_loss(loss, b, tokens);
+                done += 1;
+                progress.batch(done, total, acc.mean_loss());
             }
+            Ok(())
+        })();
+        self.batch = batch;
+        result?;
+        if training {
+            self.epoch += 1;
         }
         Ok(acc.finish(start))
     }
 
-    /// Writes parameters, optimizer state and progress counters, atomically.
+    /// Index of the first label among the fields (labels follow the model's
+    /// inputs): accuracy compares `output` with it.
+    fn first_label(&self) -> usize {
+        self.graphs.fields.len() - self.graphs.labels
+    }
+
+    /// Writes parameters, buffers, optimizer state and progress counters,
+    /// atomically.
     pub fn save(&self, path: &Path, mut metadata: BTreeMap<String, String>) -> Result<(), TrainError> {
         metadata.insert("epoch".into(), self.epoch.to_string());
-        metadata.insert("step".into(), self.step_count.to_string());
-        let mut names: Vec<&String> = self.feeds.keys().filter(|k| *k != "step" && **k != self.graphs.input && **k != self.graphs.label).collect();
-        names.sort();
-        let tensors: Vec<(String, &Tensor)> = names.into_iter().map(|n| (n.clone(), &self.feeds[n])).collect();
+        metadata.insert("step".into(), self.steps.to_string());
+        let names = self.persistent();
+        let tensors: Vec<(String, &Tensor)> = names.iter().map(|n| (n.clone(), &self.feeds[n])).collect();
         checkpoint::save(path, &tensors, &metadata)?;
         Ok(())
     }
 
-    /// Restores a checkpoint written by [`Trainer::save`]; every parameter
-    /// and state tensor must be present with the expected dtype and shape.
+    /// Restores a checkpoint written by [`Trainer::save`]; every parameter,
+    /// buffer and optimizer state tensor must be present with the expected
+    /// dtype and shape.
     pub fn resume(&mut self, path: &Path) -> Result<BTreeMap<String, String>, TrainError> {
         let (tensors, metadata) = checkpoint::load(path)?;
         let bad = |problem: String| TrainError::BadCheckpoint { path: path.display().to_string(), problem };
-        for (name, current) in self.feeds.iter_mut() {
-            if name == "step" || *name == self.graphs.input || *name == self.graphs.label {
-                continue;
-            }
-            let Some(t) = tensors.get(name) else {
+        for name in self.persistent() {
+            let current = &self.feeds[&name];
+            let Some(t) = tensors.get(&name) else {
                 return Err(bad(format!("has no tensor `{name}`; was it written for another model or optimizer?")));
             };
             if t.dtype() != current.dtype() || t.shape() != current.shape() {
                 return Err(bad(format!("`{name}` is {}{} but the model needs {}{}", t.dtype(), t.shape(), current.dtype(), current.shape())));
             }
-            *current = t.clone();
+            self.feeds.insert(name, t.clone());
         }
         let number = |key: &str| metadata.get(key).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| bad(format!("metadata has no valid `{key}`")));
         self.epoch = number("epoch")? as usize;
-        self.step_count = number("step")?;
+        self.steps = number("step")?;
         Ok(metadata)
     }
 }
@@ -273,20 +388,21 @@ fn first_value(t: &Tensor) -> f64 {
 /// Running sums for [`Metrics`].
 #[derive(Default)]
 struct Accumulator {
+    metrics: MetricSet,
     loss_sum: f64,
     examples: usize,
+    tokens: usize,
     correct: usize,
     classified: usize,
-    /// Whether to accumulate squared log errors.
-    log_rmse: bool,
     log_sq_sum: f64,
     log_count: usize,
 }
 
 impl Accumulator {
-    fn add_loss(&mut self, batch_mean: f64, batch: usize) {
+    fn add_loss(&mut self, batch_mean: f64, batch: usize, tokens: usize) {
         self.loss_sum += batch_mean * batch as f64;
         self.examples += batch;
+        self.tokens += tokens;
     }
 
     fn mean_loss(&self) -> f64 {
@@ -296,7 +412,7 @@ impl Accumulator {
     /// Counts argmax hits when `output` is [b, K] scores and `labels` [b] i64,
     /// and squared log errors when asked for and the labels are floats.
     fn add_predictions(&mut self, output: &Tensor, labels: &Tensor) {
-        if self.log_rmse && labels.dtype().is_float() {
+        if self.metrics.log_rmse && labels.dtype().is_float() {
             for (p, y) in output.to_f64_vec().into_iter().zip(labels.to_f64_vec()) {
                 // Clamping at 1 as the course does keeps log finite.
                 self.log_sq_sum += (p.max(1.0).ln() - y.max(1.0).ln()).powi(2);
@@ -305,13 +421,17 @@ impl Accumulator {
         }
         let Tensor::I64(labels) = labels else { return };
         let &[b, k] = output.dims() else { return };
-        if labels.len() != b || k == 0 {
+        if labels.len() != b || labels.ndim() != 1 || k == 0 {
             return;
         }
         // f32 scores are read in place (no copy per step).
-        let scores: std::borrow::Cow<'_, [f64]> = match output {
-            Tensor::F32(_) => std::borrow::Cow::Borrowed(&[]),
-            other => std::borrow::Cow::Owned(other.to_f64_vec()),
+        let owned;
+        let scores: &[f64] = match output {
+            Tensor::F32(_) => &[],
+            other => {
+                owned = other.to_f64_vec();
+                &owned
+            }
         };
         let f32_scores = match output {
             Tensor::F32(a) => a.as_slice(),
@@ -329,11 +449,14 @@ impl Accumulator {
     }
 
     fn finish(&self, start: Instant) -> Metrics {
+        let loss = self.mean_loss();
         Metrics {
-            loss: self.mean_loss(),
+            loss,
             accuracy: (self.classified > 0).then(|| self.correct as f64 / self.classified as f64),
             log_rmse: (self.log_count > 0).then(|| (self.log_sq_sum / self.log_count as f64).sqrt()),
+            perplexity: self.metrics.perplexity.then(|| loss.exp()),
             examples: self.examples,
+            tokens: self.tokens,
             seconds: start.elapsed().as_secs_f64(),
         }
     }

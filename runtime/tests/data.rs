@@ -624,7 +624,7 @@ fn bad_batch_requests_are_errors() {
         Tensor::zeros(d2l_ir::DType::F32, &[3, 2]),
         Tensor::zeros(d2l_ir::DType::I64, &[4]),
     );
-    assert_contains(&err_text(mismatch), &["3 examples", "labels have 4"]);
+    assert_contains(&err_text(mismatch), &["`x` has 3 examples (shape [3, 2])", "`label` has 4"]);
 }
 
 #[test]

@@ -168,7 +168,7 @@ fn batchnorm_lenet_matches_the_course() {
 fn edge_detector_matches_the_course() {
     check_trace(&load("edge_detector.d2l"), "edge_detector", &[("conv2d", &[1, 6, 7])], 2);
     // The data: a white image with a black band in columns 2..6, and its edges.
-    let (x, y) = d2l::train::edge_detection_data();
+    let (x, y) = d2l::train::sources::edge_detection_data();
     assert_eq!((x.shape().0, y.shape().0), (vec![1, 1, 6, 8], vec![1, 1, 6, 7]));
     let row = |t: &Tensor, w: usize| t.to_f64_vec()[..w].to_vec();
     assert_eq!(row(&x, 8), [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
@@ -184,9 +184,8 @@ fn the_edge_detector_learns_the_kernel_in_ten_steps() {
         let program = load("edge_detector.d2l");
         let mut run = prepare(&program, "edge_detector", &TrainOptions { seed, ..TrainOptions::default() }).unwrap();
         assert_eq!(run.epochs, 10);
-        let batches = run.data.train_batches(seed);
         for _ in 0..run.epochs {
-            run.trainer.train_epoch(&run.data.train, &batches, &mut Silent).unwrap();
+            run.epoch(&mut Silent).unwrap();
         }
         let k = run.trainer.params()["conv2d_0.W"].to_f64_vec();
         assert!((k[0] - 1.0).abs() < 0.15 && (k[1] + 1.0).abs() < 0.15, "seed {seed}: kernel {k:?}");
@@ -420,24 +419,44 @@ fn image_program(data: &str) -> Program {
 
 #[test]
 fn fashion_mnist_resizes_and_flips_per_batch() {
-    use d2l::train::{ImageTransform, TrainOptions, prepare};
+    use d2l::train::{TrainOptions, prepare};
+    use d2l_runtime::data::{BatchOptions, TensorDataset};
     let program = image_program("fashion_mnist(batch=4, resize=32, flip=true)");
     let mut run = prepare(&program, "m", &TrainOptions { limit: Some(40), ..TrainOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(run.data.transform, ImageTransform { resize: Some((32, 32)), hflip: true });
-    // The stored images keep their size; the model sees them resized.
-    assert_eq!(run.data.train.features().shape().0, vec![40, 1, 28, 28]);
-    assert_eq!(run.data.example_shape(), vec![1, 32, 32]);
-    let opts = run.data.train_batches(3);
-    assert_eq!((opts.resize, opts.random_hflip), (Some((32, 32)), true));
-    run.trainer.train_epoch(&run.data.train, &opts, &mut d2l_runtime::train::Silent).unwrap();
-    // Evaluation resizes a few batches at a time (here 32 examples, then 8)
-    // and combines them: the same figures as on the whole set resized at once.
-    let test = run.data.test.clone().unwrap();
-    let chunked = run.data.evaluate(&mut run.trainer, &test).unwrap();
-    let (x, y) = test.batches(&d2l_runtime::data::BatchOptions::new(40).shuffle(false).resize(32, 32), 0).unwrap().next().unwrap();
-    let whole = run.trainer.evaluate(&d2l_runtime::data::TensorDataset::new(x, y).unwrap(), 4).unwrap();
-    assert_eq!(chunked.examples, 40);
-    assert!((chunked.loss - whole.loss).abs() < 1e-9 && chunked.accuracy == whole.accuracy, "{chunked:?} vs {whole:?}");
+    // The model sees 32x32 images: the schema and every batch say so.
+    assert_eq!(run.source.schema().inputs[0].dims, vec![1, 32, 32]);
+    let mut fields = vec![Tensor::zeros(d2l::DType::F32, &[0]); 2];
+    assert!(run.source.train_epoch(0).unwrap().next_batch(&mut fields));
+    assert_eq!((fields[0].dims(), fields[1].dims()), (&[4, 1, 32, 32][..], &[4][..]));
+    // Without `flip` the same seed cuts the same batches: each image is the
+    // unflipped one or its mirror, and some are mirrored.
+    let plain = prepare(&image_program("fashion_mnist(batch=4, resize=32)"), "m", &TrainOptions { limit: Some(40), ..TrainOptions::default() }).unwrap();
+    let (mut flipped, mut same) = (vec![Tensor::zeros(d2l::DType::F32, &[0]); 2], vec![Tensor::zeros(d2l::DType::F32, &[0]); 2]);
+    let (mut a, mut b) = (run.source.train_epoch(1).unwrap(), plain.source.train_epoch(1).unwrap());
+    let mut mirrored = 0;
+    while a.next_batch(&mut flipped) {
+        assert!(b.next_batch(&mut same));
+        assert_eq!(flipped[1].to_f64_vec(), same[1].to_f64_vec(), "same examples");
+        let (x, y) = (flipped[0].to_f64_vec(), same[0].to_f64_vec());
+        for (img, orig) in x.chunks(32 * 32).zip(y.chunks(32 * 32)) {
+            let mirror: Vec<f64> = orig.chunks(32).flat_map(|row| row.iter().rev().copied()).collect();
+            assert!(img == orig || img == mirror.as_slice(), "an image is itself or its mirror");
+            mirrored += usize::from(img != orig);
+        }
+    }
+    assert!((5..=35).contains(&mirrored), "{mirrored} of 40 images mirrored");
+    drop((a, b));
+    run.epoch(&mut d2l_runtime::train::Silent).unwrap();
+    // Evaluation resizes each batch (never flips): the same figures as the
+    // whole test set resized at once and cut into the same batches.
+    let resized = run.evaluate_test().unwrap().unwrap();
+    let test = d2l_runtime::data::load_mnist_like(&d2l_runtime::data::find_dataset("fashion-mnist", None).unwrap(), d2l_runtime::data::Split::Test).unwrap().to_tensor_dataset();
+    let first: Vec<usize> = (0..40).collect();
+    let (x, y) = test.select(&first).unwrap().batches(&BatchOptions::new(40).shuffle(false).resize(32, 32), 0).unwrap().next().unwrap();
+    let whole = TensorDataset::new(x, y).unwrap();
+    let reference = run.trainer.evaluate(&mut whole.batches(&BatchOptions::new(4).shuffle(false), 0).unwrap()).unwrap();
+    assert_eq!(resized.examples, 40);
+    assert!((resized.loss - reference.loss).abs() < 1e-9 && resized.accuracy == reference.accuracy, "{resized:?} vs {reference:?}");
 }
 
 #[test]

@@ -101,12 +101,15 @@ fn the_training_loop_allocates_per_epoch_not_per_step() {
     let program = load("linear_regression.d2l");
     let opts = TrainOptions { backend: Backend::Jit, ..TrainOptions::default() };
     let mut run = prepare(&program, "linear_regression", &opts).unwrap_or_else(|e| panic!("{e}"));
-    let full = run.data.train.clone();
+    // The train block's data: 1,000 examples in batches of 10.
+    let (x, y) = d2l_runtime::data::synthetic_data(&[2.0, -3.4], 4.2, 1000, 1);
+    let full = d2l_runtime::data::TensorDataset::new(x, y).unwrap();
     let tenth = full.select(&(0..full.len() / 10).collect::<Vec<_>>()).expect("a subset");
-    let batch = BatchOptions::new(run.data.batch);
+    let batch = BatchOptions::new(10);
     let mut epoch = |data: &d2l_runtime::data::TensorDataset| {
         let before = allocations();
-        run.trainer.train_epoch(data, &batch, &mut Silent).unwrap_or_else(|e| panic!("{e}"));
+        let mut batches = data.batches(&batch, 0).unwrap();
+        run.trainer.train_epoch(&mut batches, &mut Silent).unwrap_or_else(|e| panic!("{e}"));
         allocations() - before
     };
     epoch(&full);

@@ -10,60 +10,85 @@ use rand::{Rng, SeedableRng};
 use super::DataError;
 use crate::Tensor;
 
-/// Examples held as tensors whose first dimension indexes the example:
-/// features [N, ...] and labels [N, ...] (any dtype; typically f32 features
-/// and i64 class labels [N] or f32 targets [N, k]).
+/// Examples held as named tensors whose first dimension indexes the
+/// example: the model's inputs (e.g. f32 features [N, ...]; tokens and
+/// valid lengths) and then the labels the loss takes (e.g. i64 classes [N]
+/// or f32 targets [N, k]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorDataset {
-    features: Tensor,
-    labels: Tensor,
+    fields: Vec<(String, Tensor)>,
+    /// How many of `fields`, from the first, are model inputs.
+    inputs: usize,
 }
 
 impl TensorDataset {
-    /// Pairs features with labels; both need rank >= 1 and the same first
-    /// dimension. Stores them in row-major layout so rows copy as slices.
+    /// Features named `x` and labels named `label`; both need rank >= 1 and
+    /// the same first dimension.
     pub fn new(features: Tensor, labels: Tensor) -> Result<TensorDataset, DataError> {
-        let (fs, ls) = (features.shape().0, labels.shape().0);
-        if fs.is_empty() || ls.is_empty() {
+        TensorDataset::with_fields(vec![("x".into(), features)], vec![("label".into(), labels)])
+    }
+
+    /// Named inputs and labels (at least one of each), all with the same
+    /// number of examples. Stored in row-major layout so rows copy as slices.
+    pub fn with_fields(inputs: Vec<(String, Tensor)>, labels: Vec<(String, Tensor)>) -> Result<TensorDataset, DataError> {
+        if inputs.is_empty() || labels.is_empty() {
+            return Err(DataError::Invalid("a dataset needs at least one input and one label tensor".into()));
+        }
+        let n_inputs = inputs.len();
+        let fields: Vec<(String, Tensor)> = inputs.into_iter().chain(labels).map(|(n, t)| (n, standard_layout(t))).collect();
+        let describe = |fields: &[(String, Tensor)]| fields.iter().map(|(n, t)| format!("{n} {:?}", t.shape().0)).collect::<Vec<_>>().join(", ");
+        if fields.iter().any(|(_, t)| t.shape().0.is_empty()) {
+            return Err(DataError::Invalid(format!("every tensor of a dataset needs a leading example dimension; got {}", describe(&fields))));
+        }
+        let (first, n) = (&fields[0].0, fields[0].1.dims()[0]);
+        if let Some((other, t)) = fields.iter().find(|(_, t)| t.dims()[0] != n) {
             return Err(DataError::Invalid(format!(
-                "a dataset needs features and labels with a leading example dimension; \
-                 got features of shape {fs:?} and labels of shape {ls:?}"
+                "the tensors of a dataset need the same number of examples (first dimension): `{first}` has {n} examples (shape {:?}) but `{other}` has {} (shape {:?})",
+                fields[0].1.dims(),
+                t.dims()[0],
+                t.dims()
             )));
         }
-        if fs[0] != ls[0] {
-            return Err(DataError::Invalid(format!(
-                "features have {} examples (shape {fs:?}) but labels have {} (shape {ls:?})",
-                fs[0], ls[0]
-            )));
+        for (i, (name, _)) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|(other, _)| other == name) {
+                return Err(DataError::Invalid(format!("a dataset has two tensors named `{name}`")));
+            }
         }
-        Ok(TensorDataset {
-            features: standard_layout(features),
-            labels: standard_layout(labels),
-        })
+        Ok(TensorDataset { fields, inputs: n_inputs })
     }
 
     pub fn len(&self) -> usize {
-        self.features.shape().0[0]
+        self.fields[0].1.dims()[0]
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The first input (the features of a features/labels dataset).
     pub fn features(&self) -> &Tensor {
-        &self.features
+        &self.fields[0].1
     }
 
+    /// The first label.
     pub fn labels(&self) -> &Tensor {
-        &self.labels
+        &self.fields[self.inputs].1
+    }
+
+    /// Every tensor by name: the inputs, then the labels.
+    pub fn fields(&self) -> &[(String, Tensor)] {
+        &self.fields
+    }
+
+    /// How many fields, from the first, are model inputs.
+    pub fn input_count(&self) -> usize {
+        self.inputs
     }
 
     /// The examples at `idx`, in that order (for k-fold splits and subsets).
     pub fn select(&self, idx: &[usize]) -> Result<TensorDataset, DataError> {
-        Ok(TensorDataset {
-            features: select_rows(&self.features, idx)?,
-            labels: select_rows(&self.labels, idx)?,
-        })
+        let fields = self.fields.iter().map(|(n, t)| Ok((n.clone(), select_rows(t, idx)?))).collect::<Result<_, DataError>>()?;
+        Ok(TensorDataset { fields, inputs: self.inputs })
     }
 
     /// The minibatches of one epoch. The order (and any random flips) depend
@@ -72,12 +97,12 @@ impl TensorDataset {
         if opts.batch_size == 0 {
             return Err(DataError::Invalid("batch size must be at least 1".into()));
         }
-        let fshape = self.features.shape().0;
+        let fshape = self.features().shape().0;
         if opts.resize.is_some() || opts.random_hflip {
-            if !matches!(self.features, Tensor::F32(_)) || fshape.len() < 3 {
+            if !matches!(self.features(), Tensor::F32(_)) || fshape.len() < 3 {
                 return Err(DataError::Invalid(format!(
                     "resize and random flips need f32 image features [N, (C,) H, W]; got {} {fshape:?}",
-                    self.features.dtype()
+                    self.features().dtype()
                 )));
             }
             let (h, w) = (fshape[fshape.len() - 2], fshape[fshape.len() - 1]);
@@ -184,33 +209,43 @@ impl Batches<'_> {
         (self.order.len() - self.pos).div_ceil(self.opts.batch_size)
     }
 
-    /// Writes the next batch into `x` and `y`, reusing their storage when
-    /// the dtype matches; returns false when the epoch is over.
-    pub fn next_into(&mut self, x: &mut Tensor, y: &mut Tensor) -> bool {
+    /// Writes the next batch of every field into `fields` (one tensor per
+    /// field, in the dataset's order), reusing their storage when the dtype
+    /// matches; returns false when the epoch is over. The image transforms
+    /// apply to the first field.
+    pub fn next_fields(&mut self, fields: &mut [Tensor]) -> bool {
         if self.pos >= self.order.len() {
             return false;
         }
-        let (start, end) = (
-            self.pos,
-            (self.pos + self.opts.batch_size).min(self.order.len()),
-        );
+        assert_eq!(fields.len(), self.data.fields.len(), "one tensor per field of the dataset");
+        let (start, end) = (self.pos, (self.pos + self.opts.batch_size).min(self.order.len()));
         self.pos = end;
-
         let idx = &self.order[start..end];
-        *y = gather(&self.data.labels, idx, std::mem::replace(y, placeholder()));
-        let reuse = std::mem::replace(x, placeholder());
-        *x = if self.opts.resize.is_none() && !self.opts.random_hflip {
-            gather(&self.data.features, idx, reuse)
+        for (k, out) in fields.iter_mut().enumerate().skip(1) {
+            *out = gather(&self.data.fields[k].1, idx, std::mem::replace(out, placeholder()));
+        }
+        let reuse = std::mem::replace(&mut fields[0], placeholder());
+        fields[0] = if self.opts.resize.is_none() && !self.opts.random_hflip {
+            gather(self.data.features(), idx, reuse)
         } else {
             self.transform_images(start..end, reuse)
         };
         true
     }
 
+    /// [`Batches::next_fields`] for a features/labels dataset.
+    pub fn next_into(&mut self, x: &mut Tensor, y: &mut Tensor) -> bool {
+        let mut pair = [std::mem::replace(x, placeholder()), std::mem::replace(y, placeholder())];
+        let more = self.next_fields(&mut pair);
+        let [a, b] = pair;
+        (*x, *y) = (a, b);
+        more
+    }
+
     /// Gathers, resizes and flips a batch of f32 images [b, C.., H, W].
     fn transform_images(&mut self, range: std::ops::Range<usize>, reuse: Tensor) -> Tensor {
         let idx = &self.order[range];
-        let Tensor::F32(src) = &self.data.features else {
+        let Tensor::F32(src) = self.data.features() else {
             unreachable!("checked in batches()")
         };
         let shape = src.shape();

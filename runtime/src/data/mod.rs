@@ -23,7 +23,7 @@ pub use batches::{
 pub use csv::{HousePrices, k_fold, load_house_prices};
 pub use idx::{FASHION_MNIST_CLASSES, ImageDataset, Split, load_mnist_like};
 pub use locate::{fetch, find_dataset, verify_checksum};
-pub use synthetic::synthetic_data;
+pub use synthetic::{sine_series, synthetic_data};
 pub use text::{
     Sampling, SeqBatches, SeqDataLoader, SeqOptions, TokenKind, Vocab, load_corpus,
     load_data_time_machine, read_lines, read_time_machine,

@@ -1,4 +1,5 @@
-//! The course's linear-regression data (`synthetic_data`, §08).
+//! The course's synthetic data: linear regression (`synthetic_data`, §08)
+//! and the noisy sine series of sequence models (`sine_series`, §51).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -29,4 +30,17 @@ pub fn synthetic_data(w: &[f32], b: f32, n: usize, seed: u64) -> (Tensor, Tensor
         })
         .collect();
     (Tensor::from_f32(&[n, d], x), Tensor::from_f32(&[n, 1], y))
+}
+
+/// The course's §51 series: `x_t = sin(0.01 t) + N(0, 0.2²)` for
+/// t = 1..=n, and its pairs of `tau` consecutive values → the next one:
+/// features [n - tau, tau] and labels [n - tau, 1], f32. Returns the series
+/// too (what k-step predictions are compared with).
+pub fn sine_series(n: usize, tau: usize, seed: u64) -> (Vec<f32>, Tensor, Tensor) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x: Vec<f32> = (1..=n).map(|t| (0.01 * t as f64).sin() as f32 + 0.2 * rng.sample::<f32, _>(StandardNormal)).collect();
+    let rows = n.saturating_sub(tau);
+    let features: Vec<f32> = (0..rows).flat_map(|r| x[r..r + tau].to_vec()).collect();
+    let labels: Vec<f32> = (0..rows).map(|r| x[r + tau]).collect();
+    (x, Tensor::from_f32(&[rows, tau], features), Tensor::from_f32(&[rows, 1], labels))
 }

@@ -11,7 +11,7 @@ use d2l_ir::{DType, Graph, Op};
 use d2l_runtime::{Backend, Executable, Tensor, init_params};
 
 use crate::Error;
-use crate::train::{TrainStage, stage_graph};
+use crate::graphs::{TrainStage, stage_graph};
 
 /// What to measure.
 #[derive(Clone, Debug)]

@@ -1,0 +1,171 @@
+//! A training run: the train block's data source, the compiled graphs and
+//! the trainer that carries parameters through them; epochs with
+//! evaluation, k-fold cross-validation, checkpoints with logs and curves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use d2l_dsl::{Program, TrainConfig};
+use d2l_runtime::train::{MetricSet, Metrics, Progress, Silent, TrainGraphs, Trainer};
+
+use crate::graphs::{bind, eval_graph, forward_with_loss, initial_params, step_graph, update_spec};
+use crate::logs::{self, EpochLog};
+use crate::sources::{self, Source};
+use crate::{Error, Stream, TrainOptions, derive_seed};
+
+/// Metric names a train block may ask for beside the loss.
+const METRICS: &[&str] = &["accuracy", "log_rmse", "perplexity"];
+
+/// Everything a training run needs, ready to run.
+pub struct Training {
+    pub model: String,
+    pub config: TrainConfig,
+    pub source: Box<dyn Source>,
+    pub trainer: Trainer,
+    /// Epochs to train (the train block's, or `--epochs`).
+    pub epochs: usize,
+    /// Trained parameter elements (buffers not counted).
+    pub param_count: usize,
+    /// Building and compiling every graph took this long (ms).
+    pub build_ms: f64,
+    seed: u64,
+}
+
+/// Loads the train block's data and builds a trainer for it.
+pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Training, Error> {
+    let started = Instant::now();
+    let config = program.train_config(model)?;
+    let source = sources::open(program, &config.data, opts)?;
+    let (trainer, param_count) = build_trainer(program, model, &config, source.as_ref(), opts)?;
+    let epochs = opts.epochs.unwrap_or(config.epochs);
+    let build_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(Training { model: model.to_string(), config, source, trainer, epochs, param_count, build_ms, seed: opts.seed })
+}
+
+/// Compiles the training-step and evaluation graphs for every batch size
+/// `source` produces, with freshly initialised parameters.
+fn build_trainer(program: &Program, model: &str, config: &TrainConfig, source: &dyn Source, opts: &TrainOptions) -> Result<(Trainer, usize), Error> {
+    for (m, span) in &config.metrics {
+        if !METRICS.contains(&m.as_str()) {
+            return Err(program.error_at(*span, format!("unknown metric `{m}` (known: {})", METRICS.join(", "))).into());
+        }
+    }
+    let update = update_spec(program, &config.optimizer)?;
+    let schema = source.schema();
+    let binding = bind(program, model, &schema)?;
+    let mut step = BTreeMap::new();
+    for b in source.train_batch_sizes() {
+        let forward = forward_with_loss(program, model, &config.loss, &schema, &binding, b, true)?;
+        step.insert(b, step_graph(&forward, &update)?);
+    }
+    let mut eval = BTreeMap::new();
+    for b in source.eval_batch_sizes() {
+        eval.insert(b, eval_graph(forward_with_loss(program, model, &config.loss, &schema, &binding, b, false)?));
+    }
+    let first = step.values().next().ok_or_else(|| Error::Usage(format!("{} yields no minibatches", source.describe())))?;
+    let params = initial_params(first, config.init.as_ref(), derive_seed(opts.seed, Stream::Init));
+    // Buffers (batch-norm statistics) are initialised too, but not counted.
+    let param_count = first.params().iter().map(|&p| first.shape(p).numel()).sum();
+    let asked = |m: &str| config.metrics.iter().any(|(n, _)| n == m);
+    let metrics = MetricSet { log_rmse: asked("log_rmse"), perplexity: asked("perplexity") };
+    let graphs = TrainGraphs { step, eval, fields: binding.fields, labels: schema.labels.len(), state_reset: source.state_reset(), metrics };
+    let trainer = Trainer::new(graphs, params, opts.backend, derive_seed(opts.seed, Stream::Dropout))?;
+    Ok((trainer, param_count))
+}
+
+impl Training {
+    /// One epoch of training, then the held-out set (if any) in evaluation mode.
+    pub fn epoch(&mut self, progress: &mut dyn Progress) -> Result<EpochLog, Error> {
+        let mut batches = self.source.train_epoch(self.trainer.epoch as u64)?;
+        let train = self.trainer.train_epoch(batches.as_mut(), progress)?;
+        drop(batches);
+        let test = self.evaluate_test().transpose()?;
+        Ok(EpochLog { epoch: self.trainer.epoch, train, test })
+    }
+
+    /// The current parameters on the training set, in evaluation mode.
+    pub fn evaluate_train(&mut self) -> Result<Metrics, Error> {
+        let mut batches = self.source.train_eval()?;
+        Ok(self.trainer.evaluate(batches.as_mut())?)
+    }
+
+    /// The current parameters on the held-out set, if the source has one.
+    pub fn evaluate_test(&mut self) -> Option<Result<Metrics, Error>> {
+        let batches = self.source.test()?;
+        Some(batches.and_then(|mut b| Ok(self.trainer.evaluate(b.as_mut())?)))
+    }
+
+    /// Where a run writes into `dir`: `MODEL.safetensors`, `.csv`, `.json`, `.svg`.
+    pub fn files(&self, dir: &Path) -> RunFiles {
+        let base = dir.join(&self.model);
+        RunFiles { checkpoint: base.with_extension("safetensors"), csv: base.with_extension("csv"), json: base.with_extension("json"), plot: base.with_extension("svg") }
+    }
+
+    /// Writes the checkpoint (parameters, optimizer state, progress), the
+    /// log and the curves into `dir`, each atomically.
+    pub fn save(&self, dir: &Path, log: &[EpochLog]) -> Result<RunFiles, Error> {
+        let files = self.files(dir);
+        let meta = [("model".to_string(), self.model.clone()), ("seed".to_string(), self.seed.to_string())].into();
+        self.trainer.save(&files.checkpoint, meta)?;
+        let io = |what: &str, e: std::io::Error| Error::Usage(format!("cannot write the {what}: {e}"));
+        logs::write_logs(&files.csv, &files.json, log).map_err(|e| io("log", e))?;
+        logs::write_plot(&files.plot, log).map_err(|e| io("plot", e))?;
+        Ok(files)
+    }
+
+    /// Continues from the checkpoint in `dir`; returns the log of the epochs
+    /// already run (empty if the log is unreadable).
+    pub fn resume(&mut self, dir: &Path) -> Result<Vec<EpochLog>, Error> {
+        let files = self.files(dir);
+        self.trainer.resume(&files.checkpoint)?;
+        let mut log = logs::read_log(&files.csv).unwrap_or_default();
+        log.truncate(self.trainer.epoch);
+        Ok(log)
+    }
+}
+
+/// The files a run writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunFiles {
+    pub checkpoint: PathBuf,
+    pub csv: PathBuf,
+    pub json: PathBuf,
+    pub plot: PathBuf,
+}
+
+/// One fold of a k-fold run: final training and validation metrics.
+#[derive(Clone, Debug)]
+pub struct FoldResult {
+    pub fold: usize,
+    pub train: Metrics,
+    pub valid: Metrics,
+}
+
+/// The course's K-fold cross-validation (`k_fold`, §15): for each fold a
+/// fresh model trains on the other folds for the configured epochs and is
+/// evaluated on the held-out one. `on_fold` sees each result as it comes.
+pub fn k_fold(program: &Program, run: &Training, opts: &TrainOptions, on_fold: &mut dyn FnMut(&FoldResult)) -> Result<Vec<FoldResult>, Error> {
+    let k = run.source.folds().ok_or_else(|| Error::Usage(format!("{} has no folds", run.source.describe())))?;
+    let mut results = Vec::new();
+    for i in 0..k {
+        let source = run.source.fold(i)?;
+        let (trainer, param_count) = build_trainer(program, &run.model, &run.config, source.as_ref(), opts)?;
+        let mut fold = Training { model: run.model.clone(), config: run.config.clone(), source, trainer, epochs: run.epochs, param_count, build_ms: 0.0, seed: opts.seed };
+        for _ in 0..run.epochs {
+            let mut batches = fold.source.train_epoch(fold.trainer.epoch as u64)?;
+            fold.trainer.train_epoch(batches.as_mut(), &mut Silent)?;
+        }
+        let train = fold.evaluate_train()?;
+        let valid = fold.evaluate_test().ok_or_else(|| Error::Usage("a fold has no validation set".into()))??;
+        let result = FoldResult { fold: i + 1, train, valid };
+        on_fold(&result);
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// L2 norm of all weights (rank >= 2 parameters): what weight decay shrinks.
+pub fn weight_norm(params: &BTreeMap<String, &d2l_runtime::Tensor>) -> f64 {
+    params.values().filter(|t| t.shape().rank() >= 2).flat_map(|t| t.to_f64_vec()).map(|v| v * v).sum::<f64>().sqrt()
+}
