@@ -64,6 +64,14 @@ fn build_trainer(program: &Program, model: &str, config: &TrainConfig, source: &
         eval.insert(b, eval_graph(forward_with_loss(program, model, &config.loss, &schema, &binding, b, false)?));
     }
     let first = step.values().next().ok_or_else(|| Error::Usage(format!("{} yields no minibatches", source.describe())))?;
+    // A language model scores every token of its data's vocabulary: a
+    // narrower output would read the last tokens' labels as nothing.
+    if let (Some((vocab, _)), Some(out)) = (source.vocab(), first.output("output")) {
+        let width = first.shape(out).dims().last().copied().unwrap_or(0);
+        if width > 1 && width != vocab.len() {
+            return Err(Error::Usage(format!("model `{model}` scores {width} tokens, but the vocabulary of its data has {} ({})", vocab.len(), source.describe())));
+        }
+    }
     let params = initial_params(first, config.init.as_ref(), derive_seed(opts.seed, Stream::Init));
     // Buffers (batch-norm statistics) are initialised too, but not counted.
     let param_count = first.params().iter().map(|&p| first.shape(p).numel()).sum();

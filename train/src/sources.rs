@@ -114,7 +114,7 @@ pub const SOURCES: &[SourceKind] = &[
     SourceKind { name: "sine_series", usage: "sine_series(batch, tau=4, n=1000, n_train=600)", open: open_sine_series, schema: Some(sine_schema) },
     SourceKind { name: "time_machine", usage: "time_machine(batch, steps, random=false, max_tokens=10000, tokens=\"char\"|\"word\")", open: open_time_machine, schema: Some(text_schema) },
     SourceKind { name: "text_file", usage: "text_file(path=\"..\", batch, steps, random=false, max_tokens=.., tokens=\"char\"|\"word\")", open: open_text_file, schema: Some(text_schema) },
-    SourceKind { name: "npy", usage: "npy(features=\"x.npy\", labels=\"y.npy\", test_features=.., test_labels=.., batch)", open: open_npy, schema: None },
+    SourceKind { name: "npy", usage: "npy(features=\"x.npy\" | ((\"name\", \"file.npy\"), ..), labels=\"y.npy\", test_features=.., test_labels=.., batch)", open: open_npy, schema: None },
     SourceKind { name: "csv", usage: "csv(path=\"..\", label=\"column\", classification=false, test=\"..\", batch)", open: open_csv, schema: None },
 ];
 
@@ -203,14 +203,43 @@ impl Args<'_> {
 
     /// A file named by `key`, relative to the .d2l file the setting is in.
     fn path(&self, key: &str) -> Result<Option<PathBuf>, Error> {
-        let Some(s) = self.string(key)? else { return Ok(None) };
-        let path = PathBuf::from(&s);
+        Ok(self.string(key)?.map(|s| self.resolve(&s)))
+    }
+
+    /// `file` relative to the .d2l file the setting is in.
+    fn resolve(&self, file: &str) -> PathBuf {
+        let path = PathBuf::from(file);
         if path.is_absolute() {
-            return Ok(Some(path));
+            return path;
         }
-        let file = self.program.sources.name(self.spec.span.file);
-        let base = Path::new(file).parent().filter(|d| d.is_dir());
-        Ok(Some(base.map_or(path.clone(), |d| d.join(&path))))
+        let source = self.program.sources.name(self.spec.span.file);
+        let base = Path::new(source).parent().filter(|d| d.is_dir());
+        base.map_or(path.clone(), |d| d.join(&path))
+    }
+
+    /// `key="file"` (one input named `x`) or `key=(("name", "file"), ...)`
+    /// (several named inputs), files relative to the .d2l file.
+    fn named_paths(&self, key: &str) -> Result<Option<Vec<(String, PathBuf)>>, Error> {
+        let Some((value, span)) = self.value(key) else { return Ok(None) };
+        let bad = || self.err(*span, format!("`{key}` is a file name, or a tuple of (input name, file name) pairs"));
+        let pairs: Vec<(String, String)> = match value {
+            Value::Str(file) => vec![("x".into(), file.clone())],
+            Value::Tuple(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Tuple(p) => match &p[..] {
+                        [Value::Str(name), Value::Str(file)] => Ok((name.clone(), file.clone())),
+                        _ => Err(bad()),
+                    },
+                    _ => Err(bad()),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        };
+        if pairs.is_empty() {
+            return Err(bad());
+        }
+        Ok(Some(pairs.into_iter().map(|(name, file)| (name, self.resolve(&file))).collect()))
     }
 
     fn required_path(&self, key: &str) -> Result<PathBuf, Error> {
@@ -494,15 +523,25 @@ fn open_sine_series(args: &Args) -> Result<Box<dyn Source>, Error> {
 
 fn open_npy(args: &Args) -> Result<Box<dyn Source>, Error> {
     args.keys(&["features", "labels", "test_features", "test_labels", "batch"])?;
-    let (x, y) = (args.required_path("features")?, args.required_path("labels")?);
-    let train = data::load_npy_dataset(&x, &y)?;
-    let test = match (args.path("test_features")?, args.path("test_labels")?) {
-        (Some(tx), Some(ty)) => Some(data::load_npy_dataset(&tx, &ty)?),
+    let load = |features: &str, labels: &str| -> Result<Option<(TensorDataset, String)>, Error> {
+        let (Some(inputs), Some(y)) = (args.named_paths(features)?, args.path(labels)?) else { return Ok(None) };
+        let mut fields = Vec::new();
+        for (name, path) in &inputs {
+            fields.push((name.clone(), d2l_runtime::npy::read_npy(path).map_err(data::DataError::from)?));
+        }
+        let label = d2l_runtime::npy::read_npy(&y).map_err(data::DataError::from)?;
+        let files: Vec<String> = inputs.iter().map(|(_, p)| p.display().to_string()).chain([y.display().to_string()]).collect();
+        Ok(Some((TensorDataset::with_fields(fields, vec![("label".into(), label)])?, files.join(", "))))
+    };
+    let Some((train, files)) = load("features", "labels")? else {
+        return Err(args.err(args.spec.span, "`npy` needs `features=\"x.npy\"` (or several inputs, `features=((\"name\", \"file.npy\"), ...)`) and `labels=\"y.npy\"`"));
+    };
+    let test = match (args.value("test_features"), args.value("test_labels")) {
+        (Some(_), Some(_)) => load("test_features", "test_labels")?.map(|(t, _)| t),
         (None, None) => None,
         _ => return Err(args.err(args.spec.span, "`test_features` and `test_labels` go together")),
     };
-    let description = format!("npy ({}, {})", x.display(), y.display());
-    Ok(Box::new(TensorSource::new(description, train, test, args.batch()?, args)?))
+    Ok(Box::new(TensorSource::new(format!("npy ({files})"), train, test, args.batch()?, args)?))
 }
 
 fn open_csv(args: &Args) -> Result<Box<dyn Source>, Error> {
