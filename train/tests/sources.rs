@@ -124,7 +124,7 @@ fn sequential_partitioning_carries_state_and_random_sampling_resets_it() {
         let text = COUNTER.replace("SAMPLING", sampling);
         let mut run = prepare(&program(dir.path(), &text), "counter", &TrainOptions::default()).unwrap_or_else(|e| panic!("{e}"));
         for _ in 0..2 {
-            let mut batches = run.source.train_epoch(run.trainer.epoch as u64).unwrap();
+            let batches = run.source.train_epoch(run.trainer.epoch as u64).unwrap();
             let n = batches.remaining() as f64;
             drop(batches);
             let m = run.epoch(&mut Silent).unwrap().train;
