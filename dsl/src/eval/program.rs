@@ -12,6 +12,7 @@ const STD_FILES: &[(&str, &str)] = &[
     ("<std>/activations.d2l", include_str!("../../std/activations.d2l")),
     ("<std>/layers.d2l", include_str!("../../std/layers.d2l")),
     ("<std>/losses.d2l", include_str!("../../std/losses.d2l")),
+    ("<std>/recurrent.d2l", include_str!("../../std/recurrent.d2l")),
 ];
 
 /// A front-end error, already rendered against its source text.
