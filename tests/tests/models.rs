@@ -8,17 +8,26 @@ fn trace(program: &d2l_dsl::Program, model: &str) -> Vec<(String, Vec<usize>, us
     lower(program, model, 1).layers.into_iter().map(|l| (l.name, l.shape.0, l.params)).collect()
 }
 
+/// Every model lowers with its batch `B` at 1 and 3, and its other dims (a
+/// sequence length `T`, a feature count `F`) at 7: the first output's
+/// leading dim scales with the batch. That is the batch itself, or for the
+/// language models, whose outputs are time-major `[T*B, vocab]`, `T` rows
+/// per example.
 #[test]
 fn every_model_checks_at_two_batch_sizes() {
+    let lead = |program: &d2l_dsl::Program, model: &str, batch: usize| {
+        let opts = d2l_dsl::LowerOptions { dims: [("B".to_string(), batch)].into(), default_dim: Some(7), ..Default::default() };
+        let graph = program.lower(model, &opts).unwrap_or_else(|e| panic!("{e}")).graph;
+        graph.shape(graph.outputs()[0].node).0[0]
+    };
     for file in model_files() {
         let program = d2l_dsl::Program::load_file(&file).unwrap_or_else(|e| panic!("{e}"));
         assert!(!program.model_names().is_empty(), "{} defines no model", file.display());
         for model in program.model_names() {
-            for batch in [1, 3] {
-                let lowered = lower(&program, model, batch);
-                let out = lowered.graph.outputs()[0].node;
-                assert_eq!(lowered.graph.shape(out).0[0], batch, "{model}: the batch dim flows to the output");
-            }
+            let per_example = lead(&program, model, 1);
+            assert_eq!(lead(&program, model, 3), 3 * per_example, "{model}: the batch dim flows to the output");
+            let time_major = file.file_name().is_some_and(|f| ["rnn.d2l", "gru.d2l", "lstm.d2l"].contains(&f.to_str().unwrap()));
+            assert_eq!(per_example, if time_major { 7 } else { 1 }, "{model}: rows per example");
         }
     }
 }
@@ -61,6 +70,7 @@ fn parameter_counts_match_the_course() {
         ("mlp.d2l", "mlp_scratch", 203_530),
         ("mlp.d2l", "mlp_dropout", 269_322),
         ("lenet.d2l", "lenet", 61_706),
+        // The sequence models' counts (§51, §55-§59): tests/tests/sequences.rs.
     ];
     for (file, model, count) in cases {
         assert_eq!(lower(&load(file), model, 1).param_count(), count, "{model}");
