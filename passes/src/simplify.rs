@@ -16,6 +16,8 @@
 //!   the gradient of a padded input is the gradient of the pad's output,
 //!   cropped, and computing only the crop saves most of the work on small
 //!   feature maps (a 3x3 map padded to 5x5: 9 pixels instead of 25).
+//! - Sums of products: `A1 B1 + A2 B2` → `[A1 A2] [B1; B2]`, one product
+//!   over the concatenated inner dimension (`merge_matmul_sum`).
 //! - Algebra: `x+0`, `0+x`, `x-0`, `x*1`, `1*x`, `x/1`, `x^1` → `x`;
 //!   `x*0` → `0` (not IEEE-exact for infinities and NaN, which is acceptable
 //!   in training graphs); `neg(neg x)` → `x`; `select(c, x, x)` → `x`;
@@ -86,6 +88,10 @@ fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
         out.set_loc(node.loc.clone());
         if let Some(cropped) = crop_conv(&mut out, graph, id, &map, &users)? {
             map[id.index()] = Some(cropped);
+            continue;
+        }
+        if let Some(merged) = merge_matmul_sum(&mut out, graph, id, &map, &users)? {
+            map[id.index()] = Some(merged);
             continue;
         }
         let new = match rewrite(&out, &node.op, &args, node.dtype) {
@@ -190,6 +196,44 @@ fn crop_conv(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, users: &
         }
     };
     Ok(Some(out.conv2d(input, mapped(w)?, [1, 1])?))
+}
+
+/// `add(matmul(A1, B1), matmul(A2, B2))` of 2-D products that only the add
+/// reads → `matmul(concat([A1, A2], 1), concat([B1, B2], 0))`: one product
+/// over the summed inner dimension. Autodiff makes such sums (the gradient
+/// of a weight used at every step of an unrolled loop is one product per
+/// step, added up), and one long product runs at the GEMM's rate where many
+/// short ones and the additions between them do not. A product that is
+/// already such a concatenation contributes its parts, so a chain of
+/// additions becomes one product.
+fn merge_matmul_sum(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, users: &[usize]) -> Result<Option<NodeId>, ShapeError> {
+    let node = graph.node(id);
+    if node.op != Op::Binary(BinaryOp::Add) || node.args.len() != 2 || !node.dtype.is_float() {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    for &a in &node.args {
+        let (Some(new), 1) = (map[a.index()], users[a.index()]) else { return Ok(None) };
+        let product = out.node(new);
+        if product.op != Op::MatMul || product.shape.rank() != 2 {
+            return Ok(None);
+        }
+        let (x, y) = (product.args[0], product.args[1]);
+        match (&out.node(x).op, &out.node(y).op) {
+            // Parts of an earlier merge: pairs of equal inner sizes.
+            (Op::Concat { axis: 1 }, Op::Concat { axis: 0 })
+                if out.node(x).args.len() == out.node(y).args.len()
+                    && out.node(x).args.iter().zip(&out.node(y).args).all(|(&p, &q)| out.shape(p).dims()[1] == out.shape(q).dims()[0]) =>
+            {
+                parts.extend(out.node(x).args.iter().copied().zip(out.node(y).args.iter().copied()));
+            }
+            _ => parts.push((x, y)),
+        }
+    }
+    let (xs, ys): (Vec<NodeId>, Vec<NodeId>) = parts.into_iter().unzip();
+    let x = out.concat(&xs, 1)?;
+    let y = out.concat(&ys, 0)?;
+    Ok(Some(out.matmul(x, y)?))
 }
 
 /// Builds `op` unless an identical node already exists.

@@ -211,3 +211,52 @@ fn a_cropped_convolution_computes_only_the_crop() {
     let kept = simplify(&g);
     assert!(kept.ids().any(|id| matches!(kept.node(id).op, Op::Slice { .. })), "{}", text::print(&kept, false));
 }
+
+#[test]
+fn a_sum_of_products_becomes_one_product_over_the_joined_inner_dimension() {
+    // A weight's gradient in an unrolled loop: hᵀ₀ d₀ + hᵀ₁ d₁ + hᵀ₂ d₂.
+    let mut g = Graph::new("t");
+    let hs: Vec<_> = (0..3).map(|i| g.input(&format!("h{i}"), DType::F32, shape(&[2, 4]))).collect();
+    let ds: Vec<_> = (0..3).map(|i| g.input(&format!("d{i}"), DType::F32, shape(&[2, 3]))).collect();
+    let products: Vec<_> = hs
+        .iter()
+        .zip(&ds)
+        .map(|(&h, &d)| {
+            let ht = g.permute(h, &[1, 0]).unwrap();
+            g.matmul(ht, d).unwrap()
+        })
+        .collect();
+    let s = g.binary(BinaryOp::Add, products[0], products[1]).unwrap();
+    let s = g.binary(BinaryOp::Add, s, products[2]).unwrap();
+    g.set_output("grad", s);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: f32[2, 4] = input "h0"
+      %1: f32[2, 4] = input "h1"
+      %2: f32[2, 4] = input "h2"
+      %3: f32[2, 3] = input "d0"
+      %4: f32[2, 3] = input "d1"
+      %5: f32[2, 3] = input "d2"
+      %6: f32[4, 2] = permute %0 perm=[1, 0]
+      %7: f32[4, 2] = permute %1 perm=[1, 0]
+      %8: f32[4, 2] = permute %2 perm=[1, 0]
+      %9: f32[4, 6] = concat %6, %7, %8 axis=1
+      %10: f32[6, 3] = concat %3, %4, %5 axis=0
+      %11: f32[4, 3] = matmul %9, %10
+      output grad = %11
+    "#);
+}
+
+#[test]
+fn products_read_elsewhere_are_not_merged() {
+    let mut g = Graph::new("t");
+    let a = g.input("a", DType::F32, shape(&[2, 2]));
+    let b = g.input("b", DType::F32, shape(&[2, 2]));
+    let p = g.matmul(a, b).unwrap();
+    let q = g.matmul(b, a).unwrap();
+    let s = g.binary(BinaryOp::Add, p, q).unwrap();
+    g.set_output("s", s);
+    g.set_output("p", p);
+    let simplified = simplify(&g);
+    assert_eq!(simplified.node(simplified.output("s").unwrap()).op, Op::Binary(BinaryOp::Add));
+}

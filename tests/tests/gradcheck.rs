@@ -347,6 +347,18 @@ fn matmuls() {
     let b = c.param("b", &[2, 4, 5], Values::In(-1.0, 1.0));
     let y = c.g.matmul(a, b).unwrap();
     c.check(y);
+
+    // A weight applied at three steps, as in an unrolled recurrence: its
+    // gradient is a sum of three products, which simplification merges
+    // into one product over the concatenated steps.
+    let mut c = Case::new("weight used at three steps");
+    let w = c.param("w", &[4, 4], Values::In(-0.5, 0.5));
+    let mut h = c.input("h0", &[2, 4], Values::In(-1.0, 1.0));
+    for _ in 0..3 {
+        let z = c.g.matmul(h, w).unwrap();
+        h = c.g.unary(UnaryOp::Tanh, z).unwrap();
+    }
+    c.check(h);
 }
 
 #[test]
