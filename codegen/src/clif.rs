@@ -30,6 +30,11 @@ use crate::math::Math;
 const W: usize = 4;
 /// Innermost loops up to this long (not the outermost) are fully unrolled.
 const SHORT_ROW: usize = 32;
+/// Bodies of more instructions than this, counting each transcendental
+/// function as the polynomial it becomes, are not unrolled: they have
+/// independent work enough in one copy, and each copy is code to compile
+/// (an LSTM cell's kernel is ~300 instructions).
+const HEAVY_BODY: usize = 64;
 
 /// The signature every kernel has: the buffer table and a range of loop 0.
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64);
@@ -340,8 +345,32 @@ impl<'k, 'f> Emitter<'k, 'f> {
         let mut e = Emitter { b, k, calls, variant, vector: false, store_kinds, bases: HashMap::new(), accs: HashMap::new(), unroll: 1, straight: false };
         e.vector = inner >= W && e.vectorizable();
         e.straight = r >= 2 && inner <= SHORT_ROW;
-        e.unroll = if e.straight { (inner / W).max(1) } else if inner >= 8 * W { 4 } else if inner >= 2 * W { 2 } else { 1 };
+        let heavy = e.body_size() > HEAVY_BODY;
+        e.unroll = if e.straight {
+            (inner / W).max(1)
+        } else if heavy {
+            1
+        } else if inner >= 8 * W {
+            4
+        } else if inner >= 2 * W {
+            2
+        } else {
+            1
+        };
         e
+    }
+
+    /// The body's size in instructions, transcendentals as their polynomials.
+    fn body_size(&self) -> usize {
+        self.k
+            .insts
+            .iter()
+            .map(|i| match i {
+                Inst::Unary { op: UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid, .. } => 30,
+                _ => 1,
+            })
+            .sum::<usize>()
+            + self.k.stores.len()
     }
 
     /// Whether the innermost loop can run on f32x4 lanes.
@@ -591,20 +620,25 @@ impl<'k, 'f> Emitter<'k, 'f> {
                 self.body(Lanes::Scalar, &rows, j, 1, &invariant);
             }
         } else {
-            self.loops(&rows, start, end, &invariant, &splats);
+            // The innermost loop of a nest runs over its whole extent: the
+            // loops its length cannot reach are not emitted.
+            let known = (r >= 2).then(|| self.k.extents[r - 1]);
+            self.loops(&rows, start, end, known, &invariant, &splats);
         }
         self.write_back(&rows);
     }
 
     /// The innermost loop as loops: unrolled vector, vector, scalar tail.
-    fn loops(&mut self, rows: &HashMap<usize, Value>, start: Value, end: Value, invariant: &[Option<Value>], splats: &[Option<Value>]) {
+    fn loops(&mut self, rows: &HashMap<usize, Value>, start: Value, end: Value, known: Option<usize>, invariant: &[Option<Value>], splats: &[Option<Value>]) {
+        // With a known length, each loop is emitted only if it runs.
+        let runs = |from: usize, step: usize| known.is_none_or(|n| (n - from) / step > 0);
         let mut scalar_from = start;
         if self.vector {
             let u = self.unroll;
             let count = self.b.ins().isub(end, start);
             let main = self.b.ins().band_imm_s(count, !((W * u) as i64 - 1));
             let main_end = self.b.ins().iadd(start, main);
-            if u > 1 {
+            if u > 1 && runs(0, W * u) {
                 self.for_loop(start, main_end, (W * u) as i64, &mut |e: &mut Self, j| {
                     e.body(Lanes::Vector, rows, j, u, splats);
                 });
@@ -612,14 +646,20 @@ impl<'k, 'f> Emitter<'k, 'f> {
             let vec = self.b.ins().band_imm_s(count, !(W as i64 - 1));
             let vec_end = self.b.ins().iadd(start, vec);
             let vec_start = if u > 1 { main_end } else { start };
-            self.for_loop(vec_start, vec_end, W as i64, &mut |e: &mut Self, j| {
-                e.body(Lanes::Vector, rows, j, 1, splats);
-            });
+            let main_len = if u > 1 { known.map_or(0, |n| n / (W * u) * W * u) } else { 0 };
+            if runs(main_len, W) {
+                self.for_loop(vec_start, vec_end, W as i64, &mut |e: &mut Self, j| {
+                    e.body(Lanes::Vector, rows, j, 1, splats);
+                });
+            }
             scalar_from = vec_end;
         }
-        self.for_loop(scalar_from, end, 1, &mut |e: &mut Self, j| {
-            e.body(Lanes::Scalar, rows, j, 1, invariant);
-        });
+        let vector_len = if self.vector { known.map_or(0, |n| n / W * W) } else { 0 };
+        if runs(vector_len, 1) {
+            self.for_loop(scalar_from, end, 1, &mut |e: &mut Self, j| {
+                e.body(Lanes::Scalar, rows, j, 1, invariant);
+            });
+        }
     }
 
     /// Writes back register reductions after the innermost loop.

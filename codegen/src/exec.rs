@@ -4,6 +4,7 @@
 //! caller's output buffers and allocates nothing.
 
 use std::cell::UnsafeCell;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use d2l_ir::{DType, Graph};
@@ -85,11 +86,61 @@ pub struct Program {
     profile: Option<Vec<f64>>,
     /// Seconds spent in each loop kernel (epilogues apart from their GEMM).
     loop_times: Vec<std::cell::Cell<f64>>,
+    /// B operands that several products read (a recurrent weight at every
+    /// step), packed once per run; per matmul step, which one it reads and
+    /// whether it is the first reader (which packs it).
+    packed: Vec<UnsafeCell<gemm::PackedB>>,
+    packed_of: Vec<Option<(usize, bool)>>,
+    /// Per loop kernel: its machine code (shared by kernels equal up to
+    /// their slots), its slots in the order the code reads them, and the
+    /// table of their addresses it is called with (filled before each call).
+    kernel_code: Vec<usize>,
+    kernel_slots: Vec<Vec<usize>>,
+    kernel_tables: Vec<UnsafeCell<Vec<*mut u8>>>,
 }
 
 // SAFETY: the raw pointers in `table` point into buffers this program owns
 // or that the caller lends for the duration of `run`.
 unsafe impl Send for Program {}
+
+/// The packed B operands, and per step which one it reads and whether it packs it.
+type SharedB = (Vec<UnsafeCell<gemm::PackedB>>, Vec<Option<(usize, bool)>>);
+
+/// The f32 products whose B operand (the same buffer, read through the
+/// same view) another product reads too, grouped: one packed B per group,
+/// packed by its first step. A buffer keeps its value from its first reader
+/// to its last (the memory plan reuses it only after), so the packed copy
+/// stays right for the whole group.
+fn shared_b_operands(plan: &Plan) -> SharedB {
+    type Key = (usize, i64, i64, i64, usize, usize);
+    let key = |step: &Step| -> Option<Key> {
+        let Step::MatMul { dtype: DType::F32, batch, m, n, k, b, .. } = step else { return None };
+        // Batched products move B between batches; tiny ones are not packed.
+        (batch.is_empty() && m * n * k > gemm::SMALL).then(|| (b.slot, b.map.offset, b.map.strides[0], b.map.strides[1], *k, *n))
+    };
+    let mut readers: HashMap<Key, usize> = HashMap::new();
+    for step in &plan.steps {
+        if let Some(k) = key(step) {
+            *readers.entry(k).or_default() += 1;
+        }
+    }
+    let mut index: HashMap<Key, usize> = HashMap::new();
+    let mut packed = Vec::new();
+    let packed_of = plan
+        .steps
+        .iter()
+        .map(|step| {
+            let k = key(step).filter(|k| readers[k] > 1)?;
+            let first = !index.contains_key(&k);
+            let i = *index.entry(k).or_insert_with(|| {
+                packed.push(UnsafeCell::new(gemm::PackedB::new(k.4, k.5)));
+                packed.len() - 1
+            });
+            Some((i, first))
+        })
+        .collect();
+    (packed, packed_of)
+}
 
 /// The buffer table, readable from parallel parts of a routine.
 struct Slots<'a>(&'a [*mut u8], &'a [lower::Slot]);
@@ -123,11 +174,27 @@ impl Program {
         let t1 = Instant::now();
         let plan = lower::plan(graph, &fusion)?;
         let t2 = Instant::now();
+        // One function per distinct kernel: the steps of an unrolled loop
+        // repeat the same kernels on other buffers.
         let mut jit = Jit::new()?;
+        let mut functions: HashMap<String, usize> = HashMap::new();
+        let (mut kernel_code, mut kernel_slots) = (Vec::new(), Vec::new());
         for k in &plan.kernels {
-            jit.add(k)?;
+            let (canonical, slots) = k.canonical();
+            let key = format!("{canonical:?}");
+            let f = match functions.get(&key) {
+                Some(&f) => f,
+                None => {
+                    let f = jit.add(&crate::kernel::LoopKernel { name: k.name.clone(), ..canonical })?;
+                    functions.insert(key, f);
+                    f
+                }
+            };
+            kernel_code.push(f);
+            kernel_slots.push(slots);
         }
         let code = jit.finish()?;
+        let kernel_tables = kernel_slots.iter().map(|s: &Vec<usize>| UnsafeCell::new(vec![std::ptr::null_mut(); s.len()])).collect();
         let t3 = Instant::now();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         let times = CompileTimes { fusion_ms: ms(t0, t1), plan_ms: ms(t1, t2), codegen_ms: ms(t2, t3) };
@@ -194,7 +261,13 @@ impl Program {
             convs.push(conv);
         }
         let names = graph.ids().map(|id| lower::describe(graph, id)).collect();
+        let (packed, packed_of) = shared_b_operands(&plan);
         Ok(Program {
+            packed,
+            packed_of,
+            kernel_code,
+            kernel_slots,
+            kernel_tables,
             gemm: Scratches::new(threads, max_n.max(1)),
             convs,
             conv_acc: (0..threads).map(|_| UnsafeCell::new(vec![0.0; acc])).collect(),
@@ -300,8 +373,16 @@ impl Program {
         Ok(())
     }
 
-    fn kernel_fn(&self, k: usize) -> KernelFn {
-        self.code.functions[k]
+    /// Loop kernel `k`'s code and the table to call it with (as an
+    /// address, to share with parallel parts), filled from the current
+    /// buffer table.
+    fn kernel_entry(&self, k: usize) -> (KernelFn, usize) {
+        // SAFETY: kernels run one at a time; their parallel parts only read the table.
+        let table = unsafe { &mut *self.kernel_tables[k].get() };
+        for (entry, &slot) in table.iter_mut().zip(&self.kernel_slots[k]) {
+            *entry = self.table[slot];
+        }
+        (self.code.functions[self.kernel_code[k]], table.as_ptr() as usize)
     }
 
     /// Runs loop kernel `k` over its whole range, split over threads when big.
@@ -316,13 +397,12 @@ impl Program {
 
     unsafe fn run_loop_untimed(&self, k: usize) -> Result<(), ExecError> {
         let kernel = &self.plan.kernels[k];
-        let f = self.kernel_fn(k);
+        let (f, table) = self.kernel_entry(k);
         let extent = kernel.extents[0];
-        let table = self.table.as_ptr() as usize;
         let parts = if kernel.splittable() && kernel.numel() >= PARALLEL_LOOP { self.pool.threads().min(extent) } else { 1 };
         if parts <= 1 {
             // SAFETY: the kernel reads and writes its slots only.
-            unsafe { f(self.table.as_ptr(), 0, extent as i64) };
+            unsafe { f(table as *const *mut u8, 0, extent as i64) };
         } else {
             let chunk = extent.div_ceil(parts);
             self.pool.run(parts, &|p, _| {
@@ -359,11 +439,14 @@ impl Program {
 
     /// How to run loop kernel `e` one image at a time (its loop 0 covers
     /// the images, `r` iterations each), if it can be.
-    fn per_image(&self, e: Option<usize>, images: usize) -> Option<(KernelFn, usize)> {
+    fn per_image(&self, e: Option<usize>, images: usize) -> Option<(KernelFn, usize, usize)> {
         let e = e?;
         let k = &self.plan.kernels[e];
         let extent = k.extents[0];
-        (k.splittable() && !k.hoisted && images > 0 && extent.is_multiple_of(images)).then(|| (self.kernel_fn(e), extent / images))
+        (k.splittable() && !k.hoisted && images > 0 && extent.is_multiple_of(images)).then(|| {
+            let (f, table) = self.kernel_entry(e);
+            (f, table, extent / images)
+        })
     }
 
     unsafe fn step(&mut self, s: usize) -> Result<(), ExecError> {
@@ -403,17 +486,23 @@ impl Program {
                         let c = out_ptr.offset((bi * m * n) as isize * size);
                         match dtype {
                             DType::F64 => routines::dgemm_naive(m, n, k, (pa as *const f64).offset(oa as isize), (ars, acs), (pb as *const f64).offset(ob as isize), (brs, bcs), c as *mut f64, false),
-                            _ => gemm::sgemm_parallel(
-                                m,
-                                n,
-                                k,
-                                MatRef::strided((pa as *const f32).offset(oa as isize), ars, acs),
-                                MatRef::strided((pb as *const f32).offset(ob as isize), brs, bcs),
-                                MatMut { ptr: c as *mut f32, rs: n as isize },
-                                false,
-                                &self.gemm,
-                                self.pool,
-                            ),
+                            _ => {
+                                let am = MatRef::strided((pa as *const f32).offset(oa as isize), ars, acs);
+                                let bm = MatRef::strided((pb as *const f32).offset(ob as isize), brs, bcs);
+                                let cm = MatMut { ptr: c as *mut f32, rs: n as isize };
+                                match self.packed_of[s] {
+                                    Some((i, first)) => {
+                                        // SAFETY: steps run one at a time; the first reader of
+                                        // a shared B packs it before any reader multiplies.
+                                        let packed = &mut *self.packed[i].get();
+                                        if first {
+                                            packed.pack(bm, self.pool);
+                                        }
+                                        gemm::sgemm_packed_parallel(m, am, packed, cm, false, &self.gemm, self.pool);
+                                    }
+                                    None => gemm::sgemm_parallel(m, n, k, am, bm, cm, false, &self.gemm, self.pool),
+                                }
+                            }
                         }
                     }
                 }
@@ -508,9 +597,8 @@ impl Program {
     unsafe fn conv2d_f32(&self, s: usize, x: *const f32, xmap: &Affine, w: &lower::Operand, out: usize, epilogue: Option<usize>) -> bool {
         let Some(t) = &self.convs[s] else { return false };
         let per_image = if t.channel_outer { None } else { self.per_image(epilogue, t.n) };
-        let table = self.table.as_ptr() as usize;
         let finish = |img: usize| {
-            if let Some((f, r)) = per_image {
+            if let Some((f, table, r)) = per_image {
                 // SAFETY: disjoint ranges of a splittable kernel's loop 0.
                 unsafe { f(table as *const *mut u8, (img * r) as i64, ((img + 1) * r) as i64) };
             }

@@ -7,9 +7,10 @@
 //! extra. The packing buffers are allocated once per compiled program
 //! ([`Scratch`]); a multiplication allocates nothing.
 //!
-//! The micro-kernel is 6×16 with AVX2+FMA (12 accumulators; runtime
-//! detection), else portable Rust that LLVM vectorises for the baseline
-//! target. Why not the `gemm` crate: it allocates its packing buffers on
+//! The micro-kernel is chosen at run time: 8×32 with AVX-512 (16 zmm
+//! accumulators), 6×16 with AVX2+FMA (12 ymm accumulators), else portable
+//! Rust that LLVM vectorises for the baseline target; the packed layouts
+//! follow its tile (`MR` rows of A, `NR` columns of B per panel). Why not the `gemm` crate: it allocates its packing buffers on
 //! every call (gemm-common 0.19 `gemm.rs`: `MemBuffer::new`,
 //! `vec![false; mc / MR]`), and steps must not allocate. On square
 //! products this kernel matches `torch.mm` on 1 and 2 threads (README
@@ -17,13 +18,16 @@
 
 use crate::pool::Pool;
 
-pub const MR: usize = 6;
-pub const NR: usize = 16;
+/// The tile of the AVX2 and portable micro-kernels.
+const MR: usize = 6;
+const NR: usize = 16;
 const KC: usize = 256;
+/// A multiple of every kernel's `mr` (6 and 8).
 const MC: usize = 120;
+/// A multiple of every kernel's `nr` (16 and 32).
 const NC: usize = 2048;
 /// Below this many multiply-adds, a direct loop beats packing.
-const SMALL: usize = 4096;
+pub const SMALL: usize = 4096;
 /// Below this many multiply-adds per thread, one thread does it all.
 const PER_THREAD: usize = 1 << 17;
 
@@ -122,7 +126,8 @@ pub struct Scratch {
 impl Scratch {
     /// Buffers for products with up to `max_n` columns.
     pub fn new(max_n: usize) -> Scratch {
-        let nc = max_n.clamp(NR, NC).next_multiple_of(NR);
+        let nr = kernel().nr;
+        let nc = max_n.clamp(nr, NC).next_multiple_of(nr);
         Scratch { a: vec![0.0; MC * KC], b: vec![0.0; KC * nc] }
     }
 
@@ -162,12 +167,34 @@ impl Scratches {
 /// `(kc, a, a row stride, a step stride, b, c, rows, cols, load_c)`.
 type MicroKernel = unsafe fn(usize, *const f32, isize, isize, *const f32, MatMut, usize, usize, bool);
 
-fn micro_kernel() -> MicroKernel {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return x86::kernel_6x16;
-    }
-    portable_kernel
+/// A micro-kernel and its register tile: it multiplies an `mr`-row panel
+/// of A by an `nr`-column panel of B.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub mr: usize,
+    pub nr: usize,
+    f: MicroKernel,
+    pub name: &'static str,
+}
+
+/// The fastest micro-kernel this CPU runs (detected once). `D2L_GEMM=avx2`
+/// or `portable` picks a slower one (for comparisons and tests).
+pub fn kernel() -> Kernel {
+    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let wanted = std::env::var("D2L_GEMM").ok();
+        let allowed = |name: &str| wanted.as_deref().is_none_or(|w| w == name);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if allowed("avx512") && std::is_x86_feature_detected!("avx512f") {
+                return Kernel { mr: 8, nr: 32, f: x86::kernel_8x32, name: "avx512" };
+            }
+            if allowed("avx2") && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Kernel { mr: MR, nr: NR, f: x86::kernel_6x16, name: "avx2" };
+            }
+        }
+        Kernel { mr: MR, nr: NR, f: portable_kernel, name: "portable" }
+    })
 }
 
 /// `C = A·B`, or `C += A·B` when `accumulate`, with `A` `m × k` and `B` `k × n`.
@@ -183,35 +210,37 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, 
         unsafe { small(m, n, k, a, b, c, accumulate) };
         return;
     }
-    let kernel = micro_kernel();
+    let kern = kernel();
     let nc_max = scratch.nc();
     for jc in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            unsafe { pack_b(kc, nc, b.shifted(pc, jc), scratch.b.as_mut_ptr()) };
-            let load_c = accumulate || pc > 0;
-            // A block is reused across column panels; with a single panel
-            // (narrow C) packing it would cost as much as the product, so
-            // the micro-kernel reads a plain strided A directly.
-            let direct_a = nc <= NR && a.rows.is_none() && a.cols.is_none();
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                if !direct_a {
-                    unsafe { pack_a(mc, kc, a.shifted(ic, pc), scratch.a.as_mut_ptr()) };
-                }
-                for jr in (0..nc).step_by(NR) {
-                    for ir in (0..mc).step_by(MR) {
-                        let (ap, ars, acs) = if direct_a {
-                            (a.shifted(ic + ir, pc).ptr, a.rs, a.cs)
-                        } else {
-                            (unsafe { scratch.a.as_ptr().add(ir * kc) }, 1, MR as isize)
-                        };
-                        unsafe {
-                            kernel(kc, ap, ars, acs, scratch.b.as_ptr().add(jr * kc), c.shifted(ic + ir, jc + jr), MR.min(mc - ir), NR.min(nc - jr), load_c)
-                        };
-                    }
-                }
+            unsafe { pack_b(kc, nc, b.shifted(pc, jc), scratch.b.as_mut_ptr(), kern.nr) };
+            let panels = unsafe { std::slice::from_raw_parts(scratch.b.as_ptr(), kc * nc.next_multiple_of(kern.nr)) };
+            unsafe { multiply_block(m, nc, kc, a.shifted(0, pc), panels, c.shifted(0, jc), accumulate || pc > 0, &mut scratch.a, kern) };
+        }
+    }
+}
+
+/// `C (+)= A·B` for one `kc`-deep block: `A` `m × kc`, `B` already packed as
+/// `nc` columns of `kern.nr`-wide panels (`kc` rows each).
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_block(m: usize, nc: usize, kc: usize, a: MatRef<'_>, b: &[f32], c: MatMut, load_c: bool, a_buf: &mut [f32], kern: Kernel) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    // A block is reused across column panels; with a single panel (narrow
+    // C) packing it would cost as much as the product, so the micro-kernel
+    // reads a plain strided A directly.
+    let direct_a = nc <= nr && a.rows.is_none() && a.cols.is_none();
+    for ic in (0..m).step_by(MC) {
+        let mc = MC.min(m - ic);
+        if !direct_a {
+            unsafe { pack_a(mc, kc, a.shifted(ic, 0), a_buf.as_mut_ptr(), mr) };
+        }
+        for jr in (0..nc).step_by(nr) {
+            for ir in (0..mc).step_by(mr) {
+                let (ap, ars, acs) = if direct_a { (a.shifted(ic + ir, 0).ptr, a.rs, a.cs) } else { (unsafe { a_buf.as_ptr().add(ir * kc) }, 1, mr as isize) };
+                unsafe { (kern.f)(kc, ap, ars, acs, b.as_ptr().add(jr * kc), c.shifted(ic + ir, jr), mr.min(mc - ir), nr.min(nc - jr), load_c) };
             }
         }
     }
@@ -232,8 +261,9 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: Mat
         return;
     }
     // Split the dimension with more micro-tiles.
-    let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
-    let (extent, unit) = if by_cols { (n, NR) } else { (m, MR) };
+    let kern = kernel();
+    let by_cols = n.div_ceil(kern.nr) >= m.div_ceil(kern.mr);
+    let (extent, unit) = if by_cols { (n, kern.nr) } else { (m, kern.mr) };
     let chunk = extent.div_ceil(unit).div_ceil(threads) * unit;
     let parts = extent.div_ceil(chunk);
     pool.run(parts, &move |part, worker| {
@@ -247,6 +277,108 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: Mat
             } else {
                 sgemm(len, n, k, a.shifted(start, 0), b, c.shifted(start, 0), accumulate, scratch);
             }
+        }
+    });
+}
+
+/// B packed once for several products: a weight that every step of an
+/// unrolled loop multiplies is packed at its first use in a run, not at
+/// each of its 35 uses. The whole `k × n`: `KC`-row blocks one after
+/// another, each as the kernel's `nr`-column panels (`sgemm`'s layout).
+pub struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+    nr: usize,
+}
+
+impl PackedB {
+    pub fn new(k: usize, n: usize) -> PackedB {
+        let nr = kernel().nr;
+        PackedB { data: vec![0.0; k * n.next_multiple_of(nr)], k, n, nr }
+    }
+
+    /// Whether this holds a `k × n` B.
+    pub fn fits(&self, k: usize, n: usize) -> bool {
+        (self.k, self.n) == (k, n)
+    }
+
+    /// Packs `b` (`k × n`), split over the pool by column panels.
+    ///
+    /// # Safety
+    /// `b` must be valid for `k × n`.
+    pub unsafe fn pack(&mut self, b: MatRef<'_>, pool: &Pool) {
+        let (k, n, nr) = (self.k, self.n, self.nr);
+        let padded = n.next_multiple_of(nr);
+        let panels = n.div_ceil(nr);
+        let parts = pool.threads().min(panels).max(1);
+        let chunk = panels.div_ceil(parts) * nr;
+        let dst = SendPtr(self.data.as_mut_ptr());
+        pool.run(n.div_ceil(chunk), &move |part, _| {
+            let col0 = part * chunk;
+            let cols = chunk.min(n - col0);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                // SAFETY: each part writes its own panels of each block.
+                unsafe { pack_b(kc, cols, b.shifted(pc, col0), dst.at(pc * padded + col0 * kc), nr) };
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: parallel parts write disjoint ranges.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// # Safety
+    /// `offset` must stay inside the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `C = A·B` (or `C += A·B`) with `B` packed in advance, `A` `m × k`;
+/// split over the pool like [`sgemm_parallel`].
+///
+/// # Safety
+/// As [`sgemm_parallel`]; `b` was packed from a `k × n` matrix.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_packed_parallel(m: usize, a: MatRef<'_>, b: &PackedB, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool) {
+    let (n, k, nr) = (b.n, b.k, b.nr);
+    let kern = kernel();
+    assert_eq!(nr, kern.nr, "packed for another micro-kernel");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let padded = n.next_multiple_of(nr);
+    // One thread's share: columns [col0, col0 + cols) of rows [row0, row0 + rows).
+    let run = |row0: usize, rows: usize, col0: usize, cols: usize, scratch: &mut Scratch| {
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let block = &b.data[pc * padded + col0 * kc..(pc + kc) * padded];
+            unsafe { multiply_block(rows, cols, kc, a.shifted(row0, pc), block, c.shifted(row0, col0), accumulate || pc > 0, &mut scratch.a, kern) };
+        }
+    };
+    let threads = pool.threads().min(scratches.len()).min(m * n * k / PER_THREAD).max(1);
+    if threads == 1 {
+        run(0, m, 0, n, unsafe { scratches.get(0) });
+        return;
+    }
+    let by_cols = n.div_ceil(nr) >= m.div_ceil(kern.mr);
+    let (extent, unit) = if by_cols { (n, nr) } else { (m, kern.mr) };
+    let chunk = extent.div_ceil(unit).div_ceil(threads) * unit;
+    pool.run(extent.div_ceil(chunk), &move |part, worker| {
+        let start = part * chunk;
+        let len = chunk.min(extent - start);
+        // SAFETY: a worker runs one part at a time, with its own scratch.
+        let scratch = unsafe { scratches.get(worker) };
+        if by_cols {
+            run(0, m, start, len, scratch);
+        } else {
+            run(start, len, 0, n, scratch);
         }
     });
 }
@@ -268,63 +400,66 @@ unsafe fn small(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: M
     }
 }
 
-/// Packs an `mc × kc` block of A as `MR`-row panels, each `kc` columns of
-/// `MR` consecutive values (zero-padded rows at the bottom edge).
-unsafe fn pack_a(mc: usize, kc: usize, a: MatRef<'_>, dst: *mut f32) {
+/// The widest tile of any kernel, for stack arrays.
+const MAX_TILE: usize = 32;
+
+/// Packs an `mc × kc` block of A as `mr`-row panels, each `kc` columns of
+/// `mr` consecutive values (zero-padded rows at the bottom edge).
+unsafe fn pack_a(mc: usize, kc: usize, a: MatRef<'_>, dst: *mut f32, mr: usize) {
     let mut d = dst;
-    for ir in (0..mc).step_by(MR) {
-        let rows = MR.min(mc - ir);
+    for ir in (0..mc).step_by(mr) {
+        let rows = mr.min(mc - ir);
         let panel = a.shifted(ir, 0);
         unsafe {
-            if rows == MR && panel.unit_rows() {
+            if rows == mr && panel.unit_rows() {
                 for p in 0..kc {
-                    std::ptr::copy_nonoverlapping(panel.ptr.offset(panel.col(p)), d, MR);
-                    d = d.add(MR);
+                    std::ptr::copy_nonoverlapping(panel.ptr.offset(panel.col(p)), d, mr);
+                    d = d.add(mr);
                 }
             } else {
                 // Row bases once per panel (missing rows read row 0, then
                 // are zeroed), then one column offset per step.
-                let mut bases = [panel.ptr; MR];
+                let mut bases = [panel.ptr; MAX_TILE];
                 for (i, b) in bases.iter_mut().enumerate().take(rows) {
                     *b = panel.ptr.offset(panel.row(i));
                 }
                 for p in 0..kc {
                     let off = panel.col(p);
-                    for (i, b) in bases.iter().enumerate() {
+                    for (i, b) in bases.iter().enumerate().take(mr) {
                         *d.add(i) = if i < rows { *b.offset(off) } else { 0.0 };
                     }
-                    d = d.add(MR);
+                    d = d.add(mr);
                 }
             }
         }
     }
 }
 
-/// Packs a `kc × nc` block of B as `NR`-column panels, each `kc` rows of
-/// `NR` consecutive values (zero-padded columns at the right edge).
-unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<'_>, dst: *mut f32) {
+/// Packs a `kc × nc` block of B as `nr`-column panels, each `kc` rows of
+/// `nr` consecutive values (zero-padded columns at the right edge).
+unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<'_>, dst: *mut f32, nr: usize) {
     let mut d = dst;
-    for jr in (0..nc).step_by(NR) {
-        let cols = NR.min(nc - jr);
+    for jr in (0..nc).step_by(nr) {
+        let cols = nr.min(nc - jr);
         let panel = b.shifted(0, jr);
         unsafe {
-            if cols == NR && panel.unit_cols() {
+            if cols == nr && panel.unit_cols() {
                 for p in 0..kc {
-                    std::ptr::copy_nonoverlapping(panel.ptr.offset(panel.row(p)), d, NR);
-                    d = d.add(NR);
+                    std::ptr::copy_nonoverlapping(panel.ptr.offset(panel.row(p)), d, nr);
+                    d = d.add(nr);
                 }
             } else {
                 // Gather: column offsets once per panel, then one row base per step.
-                let mut offs = [0isize; NR];
+                let mut offs = [0isize; MAX_TILE];
                 for (j, o) in offs.iter_mut().enumerate().take(cols) {
                     *o = panel.col(j);
                 }
                 for p in 0..kc {
                     let base = panel.ptr.offset(panel.row(p));
-                    for (j, &o) in offs.iter().enumerate() {
+                    for (j, &o) in offs.iter().enumerate().take(nr) {
                         *d.add(j) = if j < cols { *base.offset(o) } else { 0.0 };
                     }
-                    d = d.add(NR);
+                    d = d.add(nr);
                 }
             }
         }
@@ -361,6 +496,57 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{MR, MatMut, NR};
+
+    /// The 8×32 AVX-512 micro-kernel: 16 zmm accumulators, two B vectors
+    /// and one broadcast A value per row and step.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `a` holds `rows × kc` values at
+    /// strides (`ars`, `acs`), `b` `kc` packed steps of 32.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_8x32(kc: usize, a: *const f32, ars: isize, acs: isize, b: *const f32, c: MatMut, rows: usize, cols: usize, load_c: bool) {
+        const R: usize = 8;
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            // Rows past `rows` (a bottom edge of a direct, unpacked A) read row 0.
+            let mut rowp = [a; R];
+            for (i, r) in rowp.iter_mut().enumerate().take(rows) {
+                *r = a.offset(i as isize * ars);
+            }
+            for i in 0..rows {
+                let row = c.ptr.offset(i as isize * c.rs) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(row);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
+            }
+            let mut b = b;
+            let mut off = 0isize;
+            for _ in 0..kc {
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*rowp[i].offset(off));
+                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                }
+                off += acs;
+                b = b.add(32);
+            }
+            // Masks select the `cols` columns a right-edge tile has.
+            let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
+            let m1: __mmask16 = if cols >= 32 { 0xffff } else if cols > 16 { (1u32 << (cols - 16)) as u16 - 1 } else { 0 };
+            for (i, row) in acc.iter().enumerate().take(rows) {
+                let dst = c.ptr.offset(i as isize * c.rs);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if load_c {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, dst));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, dst.add(16)));
+                }
+                _mm512_mask_storeu_ps(dst, m0, v0);
+                _mm512_mask_storeu_ps(dst.add(16), m1, v1);
+            }
+        }
+    }
 
     /// The 6×16 AVX2+FMA micro-kernel: 12 ymm accumulators, two B vectors
     /// and one broadcast A value per step (FMA-bound, not load-bound).
@@ -446,6 +632,33 @@ mod tests {
             }
         }
         c
+    }
+
+    /// A prepacked B gives the same products as packing per call, at every
+    /// edge, split by rows and by columns, for several A's in a row.
+    #[test]
+    fn prepacked_b_matches_a_reference() {
+        let pool = crate::pool::pool();
+        for &(m, n, k) in &[(7, 17, 5), (32, 256, 300), (130, 40, 260), (250, 33, 70), (1, 600, 3)] {
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            for b_t in [false, true] {
+                // B itself, or B stored transposed and read through strides.
+                let stored: Vec<f32> = if b_t { (0..n * k).map(|i| b[(i % k) * n + i / k]).collect() } else { b.clone() };
+                let bm = if b_t { MatRef::strided(stored.as_ptr(), 1, k as isize) } else { MatRef::strided(stored.as_ptr(), n as isize, 1) };
+                let mut packed = PackedB::new(k, n);
+                unsafe { packed.pack(bm, pool) };
+                let scratches = Scratches::new(pool.threads(), n);
+                for seed in 0..2 {
+                    let a: Vec<f32> = (0..m * k).map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 50.0).collect();
+                    let want = reference(m, n, k, &a, false, &b);
+                    let mut c = vec![1.0f32; m * n];
+                    unsafe { sgemm_packed_parallel(m, MatRef::strided(a.as_ptr(), k as isize, 1), &packed, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, &scratches, pool) };
+                    for (got, want) in c.iter().zip(&want) {
+                        assert!((got - 1.0 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} b_t={b_t}: {got} vs {}", want + 1.0);
+                    }
+                }
+            }
+        }
     }
 
     /// Edges of micro-tiles, of K and MC blocks, transposed A, 1 and 2 threads

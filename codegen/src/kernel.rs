@@ -84,6 +84,36 @@ pub struct LoopKernel {
 }
 
 impl LoopKernel {
+    /// The kernel with its slots renamed by first use (loads in order,
+    /// then stores; slot 0, the status word, stays 0) and without its name,
+    /// and the slots it reads and writes in that order: two kernels doing
+    /// the same work on different buffers (the steps of an unrolled loop)
+    /// have equal canonical forms, so one machine-code function serves
+    /// both, each called with its own slots.
+    pub fn canonical(&self) -> (LoopKernel, Vec<usize>) {
+        let mut slots = vec![0];
+        let mut rename = |slot: usize| -> usize {
+            match slots.iter().position(|&s| s == slot) {
+                Some(i) => i,
+                None => {
+                    slots.push(slot);
+                    slots.len() - 1
+                }
+            }
+        };
+        let mut k = self.clone();
+        k.name = String::new();
+        for inst in &mut k.insts {
+            if let Inst::Load { access, .. } = inst {
+                access.slot = rename(access.slot);
+            }
+        }
+        for store in &mut k.stores {
+            store.access.slot = rename(store.access.slot);
+        }
+        (k, slots)
+    }
+
     pub fn new(name: impl Into<String>, extents: Vec<usize>) -> LoopKernel {
         LoopKernel { name: name.into(), extents, insts: Vec::new(), stores: Vec::new(), hoisted: false }
     }

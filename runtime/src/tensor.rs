@@ -42,8 +42,9 @@ impl Tensor {
         }
     }
 
+    /// Number of elements (without building a `Shape`: no allocation).
     pub fn numel(&self) -> usize {
-        self.shape().numel()
+        self.dims().iter().product()
     }
 
     /// A tensor from row-major f32 data. Panics if `data` does not fit `shape`
