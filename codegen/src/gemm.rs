@@ -177,23 +177,30 @@ pub struct Kernel {
     pub name: &'static str,
 }
 
+/// Every micro-kernel this CPU runs, fastest first.
+pub fn kernels() -> Vec<Kernel> {
+    let mut all = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            all.push(Kernel { mr: 8, nr: 32, f: x86::kernel_8x32, name: "avx512" });
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            all.push(Kernel { mr: MR, nr: NR, f: x86::kernel_6x16, name: "avx2" });
+        }
+    }
+    all.push(Kernel { mr: MR, nr: NR, f: portable_kernel, name: "portable" });
+    all
+}
+
 /// The fastest micro-kernel this CPU runs (detected once). `D2L_GEMM=avx2`
-/// or `portable` picks a slower one (for comparisons and tests).
+/// or `portable` picks a slower one (for comparisons).
 pub fn kernel() -> Kernel {
     static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(|| {
+        let all = kernels();
         let wanted = std::env::var("D2L_GEMM").ok();
-        let allowed = |name: &str| wanted.as_deref().is_none_or(|w| w == name);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if allowed("avx512") && std::is_x86_feature_detected!("avx512f") {
-                return Kernel { mr: 8, nr: 32, f: x86::kernel_8x32, name: "avx512" };
-            }
-            if allowed("avx2") && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Kernel { mr: MR, nr: NR, f: x86::kernel_6x16, name: "avx2" };
-            }
-        }
-        Kernel { mr: MR, nr: NR, f: portable_kernel, name: "portable" }
+        all.iter().find(|k| wanted.as_deref().is_none_or(|w| w == k.name)).copied().unwrap_or(all[0])
     })
 }
 
@@ -203,6 +210,12 @@ pub fn kernel() -> Kernel {
 /// The matrices must be valid for those shapes; `C` must not overlap `A` or `B`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratch: &mut Scratch) {
+    unsafe { sgemm_with(kernel(), m, n, k, a, b, c, accumulate, scratch) }
+}
+
+/// [`sgemm`] with a given micro-kernel (whose `nr` is at most [`kernel`]'s).
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_with(kern: Kernel, m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratch: &mut Scratch) {
     if m == 0 || n == 0 {
         return;
     }
@@ -210,8 +223,7 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, 
         unsafe { small(m, n, k, a, b, c, accumulate) };
         return;
     }
-    let kern = kernel();
-    let nc_max = scratch.nc();
+    let nc_max = scratch.nc() / kern.nr * kern.nr;
     for jc in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - jc);
         for pc in (0..k).step_by(KC) {
@@ -254,14 +266,18 @@ unsafe fn multiply_block(m: usize, nc: usize, kc: usize, a: MatRef<'_>, b: &[f32
 /// user during the call.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool) {
+    unsafe { sgemm_parallel_with(kernel(), m, n, k, a, b, c, accumulate, scratches, pool) }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_parallel_with(kern: Kernel, m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool) {
     let work = m * n * k;
     let threads = pool.threads().min(scratches.len()).min(work / PER_THREAD).max(1);
     if threads == 1 {
-        unsafe { sgemm(m, n, k, a, b, c, accumulate, scratches.get(0)) };
+        unsafe { sgemm_with(kern, m, n, k, a, b, c, accumulate, scratches.get(0)) };
         return;
     }
     // Split the dimension with more micro-tiles.
-    let kern = kernel();
     let by_cols = n.div_ceil(kern.nr) >= m.div_ceil(kern.mr);
     let (extent, unit) = if by_cols { (n, kern.nr) } else { (m, kern.mr) };
     let chunk = extent.div_ceil(unit).div_ceil(threads) * unit;
@@ -273,9 +289,9 @@ pub unsafe fn sgemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: Mat
         let scratch = unsafe { scratches.get(worker) };
         unsafe {
             if by_cols {
-                sgemm(m, len, k, a, b.shifted(0, start), c.shifted(0, start), accumulate, scratch);
+                sgemm_with(kern, m, len, k, a, b.shifted(0, start), c.shifted(0, start), accumulate, scratch);
             } else {
-                sgemm(len, n, k, a.shifted(start, 0), b, c.shifted(start, 0), accumulate, scratch);
+                sgemm_with(kern, len, n, k, a.shifted(start, 0), b, c.shifted(start, 0), accumulate, scratch);
             }
         }
     });
@@ -290,12 +306,16 @@ pub struct PackedB {
     k: usize,
     n: usize,
     nr: usize,
+    kern: Kernel,
 }
 
 impl PackedB {
     pub fn new(k: usize, n: usize) -> PackedB {
-        let nr = kernel().nr;
-        PackedB { data: vec![0.0; k * n.next_multiple_of(nr)], k, n, nr }
+        PackedB::for_kernel(k, n, kernel())
+    }
+
+    fn for_kernel(k: usize, n: usize, kern: Kernel) -> PackedB {
+        PackedB { data: vec![0.0; k * n.next_multiple_of(kern.nr)], k, n, nr: kern.nr, kern }
     }
 
     /// Whether this holds a `k × n` B.
@@ -347,9 +367,7 @@ impl SendPtr {
 /// As [`sgemm_parallel`]; `b` was packed from a `k × n` matrix.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm_packed_parallel(m: usize, a: MatRef<'_>, b: &PackedB, c: MatMut, accumulate: bool, scratches: &Scratches, pool: &Pool) {
-    let (n, k, nr) = (b.n, b.k, b.nr);
-    let kern = kernel();
-    assert_eq!(nr, kern.nr, "packed for another micro-kernel");
+    let (n, k, nr, kern) = (b.n, b.k, b.nr, b.kern);
     if m == 0 || n == 0 {
         return;
     }
@@ -645,23 +663,24 @@ mod tests {
                 // B itself, or B stored transposed and read through strides.
                 let stored: Vec<f32> = if b_t { (0..n * k).map(|i| b[(i % k) * n + i / k]).collect() } else { b.clone() };
                 let bm = if b_t { MatRef::strided(stored.as_ptr(), 1, k as isize) } else { MatRef::strided(stored.as_ptr(), n as isize, 1) };
-                let mut packed = PackedB::new(k, n);
-                unsafe { packed.pack(bm, pool) };
-                let scratches = Scratches::new(pool.threads(), n);
-                for seed in 0..2 {
+                for (kern, seed) in kernels().into_iter().flat_map(|k| [(k, 0), (k, 1)]) {
+                    let mut packed = PackedB::for_kernel(k, n, kern);
+                    unsafe { packed.pack(bm, pool) };
+                    let scratches = Scratches::new(pool.threads(), n);
                     let a: Vec<f32> = (0..m * k).map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 50.0).collect();
                     let want = reference(m, n, k, &a, false, &b);
                     let mut c = vec![1.0f32; m * n];
                     unsafe { sgemm_packed_parallel(m, MatRef::strided(a.as_ptr(), k as isize, 1), &packed, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, &scratches, pool) };
                     for (got, want) in c.iter().zip(&want) {
-                        assert!((got - 1.0 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} b_t={b_t}: {got} vs {}", want + 1.0);
+                        assert!((got - 1.0 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{} {m}x{n}x{k} b_t={b_t}: {got} vs {}", kern.name, want + 1.0);
                     }
                 }
             }
         }
     }
 
-    /// Edges of micro-tiles, of K and MC blocks, transposed A, 1 and 2 threads
+    /// Every micro-kernel this CPU runs: edges of micro-tiles, of K and MC
+    /// blocks, transposed A, 1 and 2 threads
     /// (the last shape is split over the threads by rows).
     #[test]
     fn matches_a_reference_on_edges_and_transposes() {
@@ -673,18 +692,18 @@ mod tests {
                 let want = reference(m, n, k, &a, a_t, &b);
                 let am = if a_t { MatRef::strided(a.as_ptr(), 1, m as isize) } else { MatRef::strided(a.as_ptr(), k as isize, 1) };
                 let bm = MatRef::strided(b.as_ptr(), n as isize, 1);
-                for threads in [1, 2] {
+                for (kern, threads) in kernels().into_iter().flat_map(|k| [(k, 1), (k, 2)]) {
                     let scratches = Scratches::new(pool.threads(), n);
                     let mut c = vec![1.0f32; m * n];
                     unsafe {
                         if threads == 1 {
-                            sgemm(m, n, k, am, bm, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, scratches.get(0));
+                            sgemm_with(kern, m, n, k, am, bm, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, scratches.get(0));
                         } else {
-                            sgemm_parallel(m, n, k, am, bm, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, &scratches, pool);
+                            sgemm_parallel_with(kern, m, n, k, am, bm, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, true, &scratches, pool);
                         }
                     }
                     for (got, want) in c.iter().zip(&want) {
-                        assert!((got - 1.0 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} a_t={a_t}: {got} vs {}", want + 1.0);
+                        assert!((got - 1.0 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{} {m}x{n}x{k} a_t={a_t}: {got} vs {}", kern.name, want + 1.0);
                     }
                 }
             }
