@@ -1079,7 +1079,14 @@ impl<'p> Lowerer<'p> {
         } else {
             return Err(self.unknown_name(&name, callee.span));
         };
-        if at_model_level && let Value::Tensor(id) = result {
+        // A layer returning several values (an RNN's outputs and state) is
+        // shown by its first tensor.
+        let shown = match &result {
+            Value::Tensor(id) => Some(*id),
+            Value::Tuple(items) => items.iter().find_map(|v| if let Value::Tensor(id) = v { Some(*id) } else { None }),
+            _ => None,
+        };
+        if at_model_level && let Some(id) = shown {
             let params = self.param_elems() - params_before;
             self.layers.push(Layer { name, shape: self.graph.shape(id).clone(), dtype: self.graph.dtype(id), params });
         }
