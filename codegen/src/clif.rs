@@ -345,7 +345,7 @@ impl<'k, 'f> Emitter<'k, 'f> {
         let mut e = Emitter { b, k, calls, variant, vector: false, store_kinds, bases: HashMap::new(), accs: HashMap::new(), unroll: 1, straight: false };
         e.vector = inner >= W && e.vectorizable();
         e.straight = r >= 2 && inner <= SHORT_ROW;
-        let heavy = e.body_size() > HEAVY_BODY;
+        let heavy = k.body_cost() > HEAVY_BODY;
         e.unroll = if e.straight {
             (inner / W).max(1)
         } else if heavy {
@@ -358,19 +358,6 @@ impl<'k, 'f> Emitter<'k, 'f> {
             1
         };
         e
-    }
-
-    /// The body's size in instructions, transcendentals as their polynomials.
-    fn body_size(&self) -> usize {
-        self.k
-            .insts
-            .iter()
-            .map(|i| match i {
-                Inst::Unary { op: UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid, .. } => 30,
-                _ => 1,
-            })
-            .sum::<usize>()
-            + self.k.stores.len()
     }
 
     /// Whether the innermost loop can run on f32x4 lanes.

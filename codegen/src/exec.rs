@@ -92,10 +92,12 @@ pub struct Program {
     packed: Vec<UnsafeCell<gemm::PackedB>>,
     packed_of: Vec<Option<(usize, bool)>>,
     /// Per loop kernel: its machine code (shared by kernels equal up to
-    /// their slots), its slots in the order the code reads them, and the
-    /// table of their addresses it is called with (filled before each call).
+    /// where their data is), the (slot, element offset, element size) of
+    /// each place it reads or writes in the order the code numbers them, and
+    /// the table of their addresses it is called with (filled before each
+    /// call).
     kernel_code: Vec<usize>,
-    kernel_slots: Vec<Vec<usize>>,
+    kernel_slots: Vec<Vec<(usize, i64, usize)>>,
     kernel_tables: Vec<UnsafeCell<Vec<*mut u8>>>,
 }
 
@@ -194,7 +196,7 @@ impl Program {
             kernel_slots.push(slots);
         }
         let code = jit.finish()?;
-        let kernel_tables = kernel_slots.iter().map(|s: &Vec<usize>| UnsafeCell::new(vec![std::ptr::null_mut(); s.len()])).collect();
+        let kernel_tables = kernel_slots.iter().map(|s: &Vec<(usize, i64, usize)>| UnsafeCell::new(vec![std::ptr::null_mut(); s.len()])).collect();
         let t3 = Instant::now();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         let times = CompileTimes { fusion_ms: ms(t0, t1), plan_ms: ms(t1, t2), codegen_ms: ms(t2, t3) };
@@ -379,8 +381,8 @@ impl Program {
     fn kernel_entry(&self, k: usize) -> (KernelFn, usize) {
         // SAFETY: kernels run one at a time; their parallel parts only read the table.
         let table = unsafe { &mut *self.kernel_tables[k].get() };
-        for (entry, &slot) in table.iter_mut().zip(&self.kernel_slots[k]) {
-            *entry = self.table[slot];
+        for (entry, &(slot, offset, size)) in table.iter_mut().zip(&self.kernel_slots[k]) {
+            *entry = self.table[slot].wrapping_offset(offset as isize * size as isize);
         }
         (self.code.functions[self.kernel_code[k]], table.as_ptr() as usize)
     }
@@ -399,7 +401,10 @@ impl Program {
         let kernel = &self.plan.kernels[k];
         let (f, table) = self.kernel_entry(k);
         let extent = kernel.extents[0];
-        let parts = if kernel.splittable() && kernel.numel() >= PARALLEL_LOOP { self.pool.threads().min(extent) } else { 1 };
+        // Heavy bodies (an LSTM cell's five sigmoids and tanhs) split at
+        // fewer elements than light ones.
+        let work = kernel.numel().saturating_mul(kernel.body_cost().max(8) / 8);
+        let parts = if kernel.splittable() && work >= PARALLEL_LOOP { self.pool.threads().min(extent) } else { 1 };
         if parts <= 1 {
             // SAFETY: the kernel reads and writes its slots only.
             unsafe { f(table as *const *mut u8, 0, extent as i64) };

@@ -84,34 +84,40 @@ pub struct LoopKernel {
 }
 
 impl LoopKernel {
-    /// The kernel with its slots renamed by first use (loads in order,
-    /// then stores; slot 0, the status word, stays 0) and without its name,
-    /// and the slots it reads and writes in that order: two kernels doing
-    /// the same work on different buffers (the steps of an unrolled loop)
-    /// have equal canonical forms, so one machine-code function serves
-    /// both, each called with its own slots.
-    pub fn canonical(&self) -> (LoopKernel, Vec<usize>) {
-        let mut slots = vec![0];
-        let mut rename = |slot: usize| -> usize {
-            match slots.iter().position(|&s| s == slot) {
+    /// The kernel with each distinct (slot, offset) it reads or writes
+    /// renamed by first use (loads in order, then stores) as a slot of its
+    /// own at offset 0 (slot 0, the status word, stays 0), and without its
+    /// name; and those (slot, offset, element size) in that order. Two
+    /// kernels doing the same work on other buffers or other parts of a
+    /// buffer (the steps of an unrolled loop) have equal canonical forms, so
+    /// one machine-code function serves both, each called with a table of
+    /// its own addresses.
+    pub fn canonical(&self) -> (LoopKernel, Vec<(usize, i64, usize)>) {
+        let mut places = vec![(0, 0, 8)];
+        let mut rename = |access: &mut Access, size: usize| {
+            let place = (access.slot, access.offset, size);
+            let i = match places.iter().position(|p| (p.0, p.1) == (place.0, place.1)) {
                 Some(i) => i,
                 None => {
-                    slots.push(slot);
-                    slots.len() - 1
+                    places.push(place);
+                    places.len() - 1
                 }
-            }
+            };
+            access.slot = i;
+            access.offset = 0;
         };
         let mut k = self.clone();
         k.name = String::new();
         for inst in &mut k.insts {
-            if let Inst::Load { access, .. } = inst {
-                access.slot = rename(access.slot);
+            if let Inst::Load { access, dtype } = inst {
+                rename(access, dtype.size_bytes());
             }
         }
         for store in &mut k.stores {
-            store.access.slot = rename(store.access.slot);
+            let size = store.dtype.size_bytes();
+            rename(&mut store.access, size);
         }
-        (k, slots)
+        (k, places)
     }
 
     pub fn new(name: impl Into<String>, extents: Vec<usize>) -> LoopKernel {
@@ -131,6 +137,19 @@ impl LoopKernel {
 
     pub fn numel(&self) -> usize {
         self.extents.iter().product()
+    }
+
+    /// The body's cost per iteration in instructions, each transcendental
+    /// counted as the polynomial it becomes (~30).
+    pub fn body_cost(&self) -> usize {
+        self.insts
+            .iter()
+            .map(|i| match i {
+                Inst::Unary { op: UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid, .. } => 30,
+                _ => 1,
+            })
+            .sum::<usize>()
+            + self.stores.len()
     }
 
     /// Every stride vector of the kernel (loads, indices, stores).
