@@ -137,7 +137,9 @@ pub fn write(p: &Predictions, series: &[f32], csv: &Path, svg: &Path) -> std::io
     let at = |start: usize, v: &[f32]| -> Vec<(f64, f64)> { v.iter().enumerate().map(|(i, &y)| ((start + i + 1) as f64, y as f64)).collect() };
     let colors = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
     let labels: Vec<String> = p.k_step.iter().map(|(k, _)| format!("{k}-step")).collect();
-    let mut lines: Vec<Series> = vec![("data", "#1f77b4", at(0, series)), ("1-step", "#8c564b", at(p.tau, &p.one_step)), ("fed back", "#7f7f7f", at(p.fed_back_start, &p.fed_back))];
+    // The one-step predictions are the k = 1 line's values (that line ends
+    // where the 64-step one does, as the course's plot), so they are drawn once.
+    let mut lines: Vec<Series> = vec![("data", "#1f77b4", at(0, series)), ("fed back", "#7f7f7f", at(p.fed_back_start, &p.fed_back))];
     for (((k, v), label), color) in p.k_step.iter().zip(&labels).zip(colors) {
         lines.push((label, color, at(p.tau + k - 1, v)));
     }
