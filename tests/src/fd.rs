@@ -8,7 +8,10 @@
 
 use std::collections::HashMap;
 
-use d2l_runtime::Tensor;
+use d2l_dsl::{LossSpec, LowerOptions, Program};
+use d2l_ir::{DType, Op};
+use d2l_passes::{DiffOptions, differentiate_params, promote_f64};
+use d2l_runtime::{Interpreter, Tensor, init_params};
 
 use crate::Rng;
 
@@ -70,6 +73,49 @@ pub fn check_direction(what: &str, loss: &mut Loss, feeds: &mut HashMap<String, 
     let error = relative_error(projected, numeric);
     assert!(error <= TOL, "{what}: d loss / d {leaf} along a random direction: analytic {projected} vs numeric {numeric} (relative error {error:.2e})");
     error
+}
+
+/// Checks the gradient of every parameter of model `m`, written in `src`
+/// (dims bound by `dims`, in training mode or not), under the loss
+/// `sum(y * w)` for a fed `w`: in f64, at a few coordinates and along a
+/// random direction. Inputs get values uniform in [-1, 1), i64 inputs
+/// integers in `0..vocab`. Returns the number of parameter tensors checked;
+/// panics naming `what` on a mismatch or a gradient that is all zeros (a
+/// check that would say nothing).
+pub fn check_params(what: &str, src: &str, dims: &[(&str, usize)], training: bool, vocab: i64) -> usize {
+    const WEIGHTED_SUM: &str = "block weighted_sum(y, w) {\n    return sum(y * w)\n}\n";
+    let program = Program::load("gradcheck.d2l", &format!("{src}{WEIGHTED_SUM}"), None).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let opts = LowerOptions { dims: dims.iter().map(|&(k, v)| (k.to_string(), v)).collect(), training, ..LowerOptions::default() };
+    let probe = program.lower("m", &opts).unwrap_or_else(|e| panic!("{what}: {e}")).graph;
+    let out_dims = probe.shape(probe.outputs()[0].node).0.clone();
+    let spec = LossSpec::one_label("weighted_sum", "w", DType::F32, out_dims);
+    let forward = promote_f64(&program.lower_with_loss("m", &opts, &spec).unwrap_or_else(|e| panic!("{what}: {e}")).graph).unwrap();
+    let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
+    let mut feeds = init_params(&forward, 3);
+    let mut rng = Rng(11);
+    for id in forward.inputs() {
+        let node = forward.node(id);
+        let Op::Input { name, .. } = &node.op else { continue };
+        let dims = node.shape.dims();
+        let n: usize = dims.iter().product();
+        let t = match node.dtype {
+            DType::I64 => Tensor::from_i64(dims, (0..n).map(|_| (rng.next_f64() * vocab as f64) as i64).collect()),
+            _ => Tensor::from_f64(dims, (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()),
+        };
+        feeds.insert(name.clone(), t);
+    }
+    let values = Interpreter::new(5).eval_nodes(&grads.graph, &feeds).unwrap();
+    let mut loss = |f: &HashMap<String, Tensor>| Interpreter::new(5).run(&forward, f).unwrap().into_iter().find(|(n, _)| n == "loss").unwrap().1.to_f64_vec()[0];
+    let params = forward.params();
+    for (k, &p) in params.iter().enumerate() {
+        let name = forward.leaf_name(p).unwrap().to_string();
+        let analytic = values[grads.grads[k].index()].to_f64_vec();
+        assert!(analytic.iter().any(|&g| g != 0.0), "{what}: the gradient of {name} is zero: the check would say nothing");
+        let coords = (0..analytic.len()).step_by((analytic.len() / 3).max(1)).take(4);
+        check_coordinates(what, &mut loss, &mut feeds, &name, &analytic, coords);
+        check_direction(what, &mut loss, &mut feeds, &name, &analytic, k as u64 + 1);
+    }
+    params.len()
 }
 
 fn check_len(what: &str, feeds: &mut HashMap<String, Tensor>, leaf: &str, analytic: &[f64]) {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use d2l_dsl::{LossSpec, LowerOptions, Program};
-use d2l_ir::{DType, Graph, Op};
+use d2l_ir::{DType, Graph};
 use d2l_passes::{DiffOptions, differentiate_params, promote_f64};
 use d2l_runtime::{Interpreter, Tensor, apply_updates, init_params};
 use d2l_tests::{Rng, fd, load, lower};
@@ -138,45 +138,10 @@ fn layer_parameters_are_laid_out_as_pytorch() {
 
 /// Test models return one tensor; the loss weighs each element of it by a
 /// fixed random weight, so every element's gradient flows.
-const WEIGHTED_SUM: &str = "block weighted_sum(y, w) {\n    return sum(y * w)\n}\n";
-
-/// Checks the gradient of every parameter of model `m` (in `src`, dims
-/// bound by `dims`) in f64 against central differences, at a few
-/// coordinates and along a random direction. i64 inputs get tokens in
-/// `0..vocab`. Returns the number of parameter tensors checked.
+/// Checks every parameter's gradient of model `m` in `src` (see
+/// [`fd::check_params`]).
 fn gradcheck(what: &str, src: &str, dims: &[(&str, usize)], training: bool, vocab: i64) -> usize {
-    let program = program(&format!("{src}{WEIGHTED_SUM}"));
-    let opts = options(dims, training);
-    let probe = program.lower("m", &opts).unwrap_or_else(|e| panic!("{what}: {e}")).graph;
-    let out_dims = probe.shape(probe.outputs()[0].node).0.clone();
-    let spec = LossSpec::one_label("weighted_sum", "w", DType::F32, out_dims);
-    let forward = promote_f64(&program.lower_with_loss("m", &opts, &spec).unwrap_or_else(|e| panic!("{what}: {e}")).graph).unwrap();
-    let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
-    let mut feeds = init_params(&forward, 3);
-    let mut rng = Rng(11);
-    for id in forward.inputs() {
-        let node = forward.node(id);
-        let Op::Input { name, .. } = &node.op else { continue };
-        let dims = node.shape.dims();
-        let n: usize = dims.iter().product();
-        let t = match node.dtype {
-            DType::I64 => Tensor::from_i64(dims, (0..n).map(|_| (rng.next_f64() * vocab as f64) as i64).collect()),
-            _ => Tensor::from_f64(dims, (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()),
-        };
-        feeds.insert(name.clone(), t);
-    }
-    let values = Interpreter::new(5).eval_nodes(&grads.graph, &feeds).unwrap();
-    let mut loss = |f: &HashMap<String, Tensor>| Interpreter::new(5).run(&forward, f).unwrap().into_iter().find(|(n, _)| n == "loss").unwrap().1.to_f64_vec()[0];
-    let params = forward.params();
-    for (k, &p) in params.iter().enumerate() {
-        let name = forward.leaf_name(p).unwrap().to_string();
-        let analytic = values[grads.grads[k].index()].to_f64_vec();
-        assert!(analytic.iter().any(|&g| g != 0.0), "{what}: the gradient of {name} is zero: the check would say nothing");
-        let coords = (0..analytic.len()).step_by((analytic.len() / 3).max(1)).take(4);
-        fd::check_coordinates(what, &mut loss, &mut feeds, &name, &analytic, coords);
-        fd::check_direction(what, &mut loss, &mut feeds, &name, &analytic, k as u64 + 1);
-    }
-    params.len()
+    fd::check_params(what, src, dims, training, vocab)
 }
 
 /// A test model running `layer` over xs [T, B, 3] with 4 hidden units and
