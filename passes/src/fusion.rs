@@ -472,6 +472,8 @@ struct Fuser<'g> {
     /// the roots of pad sums.
     absorbed: Vec<bool>,
     pad_sum_root: Vec<bool>,
+    /// Whether merges also follow the reads of whole kernels (see `try_merge`).
+    exact: bool,
 }
 
 /// Partitions `graph` into kernels.
@@ -519,13 +521,24 @@ pub fn fuse(graph: &Graph) -> Fusion {
             absorbed[id.index()] = true;
         }
     }
-    let mut fuser = Fuser { graph, group_of: vec![None; n], groups: Vec::new(), views: vec![None; n], ancestors, need, live, absorbed, pad_sum_root };
-    for &id in &ids {
-        if fuser.live[id.index()] && !fuser.absorbed[id.index()] {
-            fuser.place(id);
+    // Quick merge checks first; in the rare graph where they let two
+    // kernels wait on each other, again with the exact ones.
+    let mut fuser = Fuser { graph, group_of: vec![None; n], groups: Vec::new(), views: vec![None; n], ancestors, need, live, absorbed, pad_sum_root, exact: false };
+    loop {
+        for &id in &ids {
+            if fuser.live[id.index()] && !fuser.absorbed[id.index()] {
+                fuser.place(id);
+            }
         }
+        if let Some(fusion) = fuser.finish() {
+            return fusion;
+        }
+        assert!(!fuser.exact, "exact merge checks keep the kernel graph acyclic");
+        fuser.exact = true;
+        fuser.group_of.fill(None);
+        fuser.groups.clear();
+        fuser.views.fill(None);
     }
-    fuser.finish()
 }
 
 /// For a zero pad of only the last two axes of a rank-4 value whose single
@@ -720,6 +733,36 @@ impl Fuser<'_> {
                 }
             }
         }
+        // The check above follows the graph's edges; a kernel is more than
+        // its nodes, though: a group read from outside may hold another
+        // node that depends on the members (`select(mask, 1, 0)` beside
+        // `select(mask, sum(exp(w)), 0)`, where the loop of `exp(w)` wants
+        // the first). Following the kernels' reads too costs a search per
+        // merge, so it runs only when the quick pass made a cycle.
+        if !self.exact {
+            return self.merge(id, groups);
+        }
+        let mut visited = vec![false; self.groups.len()];
+        for &g in groups {
+            visited[g] = true;
+        }
+        for &m in &all {
+            for a in self.inputs_of(m) {
+                if members.get(a.index()) {
+                    continue;
+                }
+                if let Some(h) = self.producer(a)
+                    && self.group_reaches(h, &members, &mut visited)
+                {
+                    return false;
+                }
+            }
+        }
+        self.merge(id, groups)
+    }
+
+    /// Merges `groups` into the first and adds `id` to it.
+    fn merge(&mut self, id: NodeId, groups: &[usize]) -> bool {
         let keep = groups[0];
         let mut body: Vec<NodeId> = Vec::new();
         let mut root = None;
@@ -740,6 +783,43 @@ impl Fuser<'_> {
         group.body = body;
         group.root = root;
         true
+    }
+
+    /// The group whose kernel writes the buffer `a` is read from (through
+    /// a view, its base's), if a kernel does.
+    fn producer(&self, a: NodeId) -> Option<usize> {
+        let base = match &self.views[a.index()] {
+            Some(Source::Buffer { base, .. }) => *base,
+            Some(_) => return None,
+            None => a,
+        };
+        self.group_of[base.index()]
+    }
+
+    /// Whether group `start`, or a group it reads from (transitively),
+    /// reads a node of `members`. Groups marked in `visited` are skipped
+    /// (known not to, or the members' own) and what is searched is marked.
+    fn group_reaches(&self, start: usize, members: &Bits, visited: &mut [bool]) -> bool {
+        let mut stack = vec![start];
+        while let Some(g) = stack.pop() {
+            if std::mem::replace(&mut visited[g], true) {
+                continue;
+            }
+            let group = &self.groups[g];
+            for &m in group.root.iter().map(|(r, _)| r).chain(&group.body) {
+                for a in self.inputs_of(m) {
+                    if members.get(a.index()) || self.ancestors[a.index()].intersects(members) {
+                        return true;
+                    }
+                    if let Some(h) = self.producer(a)
+                        && !visited[h]
+                    {
+                        stack.push(h);
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// What computing `id` reads: its operands, or for a pad-sum root the
@@ -769,7 +849,8 @@ impl Fuser<'_> {
     }
 
     /// Orders the groups into kernels and records every node's value.
-    fn finish(self) -> Fusion {
+    /// `None` when the kernels depend on each other in a cycle.
+    fn finish(&self) -> Option<Fusion> {
         let graph = self.graph;
         let n = graph.len();
         let alive: Vec<usize> = (0..self.groups.len()).filter(|&g| !self.groups[g].dead).collect();
@@ -824,7 +905,9 @@ impl Fuser<'_> {
                 }
             }
         }
-        debug_assert_eq!(order.len(), alive.len(), "fusion produced a cyclic kernel graph");
+        if order.len() != alive.len() {
+            return None;
+        }
         let mut kernel_of_group = vec![usize::MAX; self.groups.len()];
         for (k, &g) in order.iter().enumerate() {
             kernel_of_group[g] = k;
@@ -903,7 +986,7 @@ impl Fuser<'_> {
                 Kernel { root: group.root, shape: group.shape.clone(), body: group.body.clone() }
             })
             .collect();
-        Fusion { values, kernels }
+        Some(Fusion { values, kernels })
     }
 }
 
