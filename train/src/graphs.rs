@@ -25,8 +25,9 @@ pub struct Binding {
     pub state: Vec<String>,
 }
 
-/// Matches `model`'s inputs with `schema`'s: by name, or the only one to
-/// the only one. Errors name both sides.
+/// Matches `model`'s inputs with `schema`'s: by name (inputs the model
+/// does not take are left out of its feeds), or the only one to the only
+/// one. Errors name both sides.
 pub fn bind(program: &Program, model: &str, schema: &Schema) -> Result<Binding, Error> {
     let probe = program.lower(model, &LowerOptions { default_dim: Some(1), ..LowerOptions::default() })?.graph;
     let names: Vec<String> = probe.data_inputs().iter().filter_map(|&i| probe.leaf_name(i).map(str::to_string)).collect();
@@ -38,8 +39,11 @@ pub fn bind(program: &Program, model: &str, schema: &Schema) -> Result<Binding, 
             if let Some(missing) = fed.iter().find(|n| !source_inputs.contains(&n.as_str())) {
                 return Err(Error::Usage(format!("model `{model}` takes the input `{missing}`, which its data source does not provide (it provides {})", source_inputs.join(", "))));
             }
-            if let Some(extra) = source_inputs.iter().find(|n| !fed.contains(&n.to_string())) {
-                return Err(Error::Usage(format!("the data source provides `{extra}`, which model `{model}` does not take (its inputs: {})", fed.join(", "))));
+            // A source may provide more than a model takes (the source
+            // lengths a plain seq2seq encoder ignores): those are not fed.
+            // But recurrent state is the model's own, never the data's.
+            if let Some(clash) = source_inputs.iter().find(|n| state.contains(&n.to_string())) {
+                return Err(Error::Usage(format!("model `{model}` carries the recurrent state `{clash}`, which is also the name of an input of its data source; rename the state")));
             }
             source_inputs.iter().map(|n| n.to_string()).collect()
         }

@@ -8,7 +8,7 @@
 //!
 //! A model's inputs are matched to a source's inputs by name, except that a
 //! source with one input feeds a model with one (non-state) input whatever
-//! either calls it.
+//! either calls it. A model need not take every input a source provides.
 
 use std::path::{Path, PathBuf};
 
@@ -115,6 +115,7 @@ pub const SOURCES: &[SourceKind] = &[
     SourceKind { name: "time_machine", usage: "time_machine(batch, steps, random=false, max_tokens=10000, tokens=\"char\"|\"word\")", open: open_time_machine, schema: Some(text_schema) },
     SourceKind { name: "text_file", usage: "text_file(path=\"..\", batch, steps, random=false, max_tokens=.., tokens=\"char\"|\"word\")", open: open_text_file, schema: Some(text_schema) },
     SourceKind { name: "npy", usage: "npy(features=\"x.npy\" | ((\"name\", \"file.npy\"), ..), labels=\"y.npy\", test_features=.., test_labels=.., batch)", open: open_npy, schema: None },
+    SourceKind { name: "fra_eng", usage: "fra_eng(batch, steps=10, examples=600, path=\"..\")", open: open_fra_eng, schema: Some(nmt_schema) },
     SourceKind { name: "csv", usage: "csv(path=\"..\", label=\"column\", classification=false, test=\"..\", batch)", open: open_csv, schema: None },
 ];
 
@@ -666,4 +667,44 @@ fn open_text_file(args: &Args) -> Result<Box<dyn Source>, Error> {
     args.keys(&["path", "batch", "steps", "random", "max_tokens", "tokens"])?;
     let path = args.required_path("path")?;
     open_text(args, &path, format!("text_file ({})", path.display()))
+}
+
+// ---- sentence pairs: machine translation ----------------------------------------------
+
+fn nmt_settings(args: &Args) -> Result<(usize, usize), Error> {
+    args.keys(&["batch", "steps", "examples", "path"])?;
+    Ok((args.positive_int("steps")?.unwrap_or(10), args.positive_int("examples")?.unwrap_or(600)))
+}
+
+/// Per example: the source sentence and its valid length, the decoder's
+/// input (`<bos>` and the target shifted right: teacher forcing, built
+/// here so that models need no shift), then the labels: the target and
+/// its valid length, what `masked_softmax_ce(pred, tgt, tgt_len)` takes.
+fn nmt_schema(args: &Args) -> Result<Schema, Error> {
+    let (steps, _) = nmt_settings(args)?;
+    let tokens = |name: &str| Field { name: name.into(), dtype: DType::I64, dims: vec![steps] };
+    let length = |name: &str| Field { name: name.into(), dtype: DType::I64, dims: vec![] };
+    Ok(Schema { inputs: vec![tokens("src"), length("src_len"), tokens("dec_in")], labels: vec![tokens("tgt"), length("tgt_len")], batch: args.batch()? })
+}
+
+/// The course's `load_data_nmt` (§60) on `fra.txt` of the `fra-eng`
+/// dataset, or on `path=` (any file of tab-separated sentence pairs).
+fn open_fra_eng(args: &Args) -> Result<Box<dyn Source>, Error> {
+    let (steps, examples) = nmt_settings(args)?;
+    let path = match args.path("path")? {
+        Some(p) => p,
+        None => args.dataset_dir("fra-eng")?.join(data::nmt::FRA_ENG_FILE),
+    };
+    let nmt = data::load_data_nmt(&path, steps, Some(examples))?;
+    let description = format!(
+        "fra_eng ({}): {} sentence pairs, source vocabulary of {}, target vocabulary of {}",
+        path.display(),
+        nmt.len(),
+        nmt.src_vocab.len(),
+        nmt.tgt_vocab.len()
+    );
+    let inputs = vec![("src".to_string(), nmt.src.clone()), ("src_len".into(), nmt.src_len.clone()), ("dec_in".into(), nmt.decoder_input())];
+    let labels = vec![("tgt".to_string(), nmt.tgt.clone()), ("tgt_len".into(), nmt.tgt_len.clone())];
+    let train = TensorDataset::with_fields(inputs, labels)?;
+    Ok(Box::new(TensorSource::new(description, train, None, args.batch()?, args)?))
 }

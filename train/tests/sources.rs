@@ -235,3 +235,23 @@ fn k_step_predictions_follow_the_course_table() {
     let table = std::fs::read_to_string(csv).unwrap();
     assert!(table.starts_with("t,x,one_step,fed_back,step_1,step_4,step_16,step_64\n1,"), "{}", &table[..80]);
 }
+
+#[test]
+fn sentence_pairs_feed_three_inputs_and_two_labels() {
+    // A bag-of-words "translator": the decoder's input tokens plus the mean
+    // of the source's embeddings, scored over the target vocabulary under
+    // the course's masked loss. Not a good model; a real one of each input.
+    let text = "model bag(src: i64[B, T], dec_in: i64[B, T]) -> f32[B, T, 201] {\n    context = reshape(mean(embedding(src, 184, 16), 1), [B, 1, 16])\n    return linear(embedding(dec_in, 201, 16) + context, 201)\n}\n\ntrain bag {\n    data = fra_eng(batch=64)\n    loss = masked_softmax_ce\n    optimizer = adam(lr=0.01)\n    epochs = 4\n}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = prepare(&program(dir.path(), text), "bag", &TrainOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let schema = run.source.schema();
+    let names = |f: &[d2l_train::sources::Field]| f.iter().map(|f| (f.name.clone(), f.dims.clone())).collect::<Vec<_>>();
+    assert_eq!(names(&schema.inputs), [("src".into(), vec![10]), ("src_len".into(), vec![]), ("dec_in".into(), vec![10])]);
+    assert_eq!(names(&schema.labels), [("tgt".into(), vec![10]), ("tgt_len".into(), vec![])]);
+    assert_eq!(run.source.train_len(), 601);
+    let losses = epochs(&mut run, 4);
+    assert!(losses[3] < 0.8 * losses[0], "{losses:?}");
+    // Unknown settings are the user's error, not a panic.
+    let e = error(dir.path(), &text.replace("fra_eng(batch=64)", "fra_eng(batch=64, stpes=8)"), "bag");
+    assert!(e.contains("`fra_eng` takes no argument `stpes`"), "{e}");
+}

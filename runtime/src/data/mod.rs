@@ -11,6 +11,7 @@ pub mod batches;
 pub mod csv;
 pub mod idx;
 pub mod locate;
+pub mod nmt;
 pub mod synthetic;
 pub mod text;
 
@@ -23,6 +24,7 @@ pub use batches::{
 pub use csv::{HousePrices, k_fold, load_house_prices};
 pub use idx::{FASHION_MNIST_CLASSES, ImageDataset, Split, load_mnist_like};
 pub use locate::{fetch, find_dataset, verify_checksum};
+pub use nmt::{NmtData, load_data_nmt};
 pub use synthetic::{sine_series, synthetic_data};
 pub use text::{
     Sampling, SeqBatches, SeqDataLoader, SeqOptions, TokenKind, Vocab, load_corpus,
