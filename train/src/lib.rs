@@ -3,7 +3,8 @@
 //! evaluation graphs built for them ([`graphs`]), the epoch loop with
 //! evaluation, k-fold validation and checkpoints ([`run`]), the logs and
 //! curves a run writes ([`logs`]), text generation with a trained language
-//! model ([`generate`]) and step-time benchmarks ([`bench`]).
+//! model ([`generate`]), BLEU ([`bleu`]) and step-time benchmarks
+//! ([`bench`]).
 //!
 //! The `d2l` command and the facade crate call this; a Rust program can too:
 //!
@@ -17,6 +18,7 @@
 //! ```
 
 pub mod bench;
+pub mod bleu;
 pub mod generate;
 pub mod graphs;
 pub mod logs;
