@@ -563,11 +563,14 @@ fn metric_text(m: &d2l_runtime::train::Metrics) -> String {
 }
 
 /// The course's summary line: `loss 0.469, train acc 0.823, test acc 0.779,
-/// 5500.2 examples/sec`, or for a language model `perplexity 1.0, 81234.5
-/// tokens/sec`.
+/// 5500.2 examples/sec`, for a language model `perplexity 1.0, 81234.5
+/// tokens/sec`, and for a translation model `loss 0.019, 12745.1 tokens/sec`.
 fn epoch_line(e: &d2l::train::EpochLog) -> String {
     if let Some(p) = e.train.perplexity {
         return format!("perplexity {p:.3}, loss {:.4}, {:.1} tokens/sec", e.train.loss, e.train.tokens_per_sec());
+    }
+    if e.train.loss_per_token {
+        return format!("loss {:.3}, {:.1} tokens/sec", e.train.loss, e.train.tokens_per_sec());
     }
     let loss = e.train.loss;
     let mut line = if loss.abs() < 0.01 { format!("loss {loss:.3e}") } else { format!("loss {loss:.3}") };

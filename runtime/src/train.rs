@@ -68,6 +68,11 @@ pub struct MetricSet {
     pub log_rmse: bool,
     /// `exp` of the mean loss (language models).
     pub perplexity: bool,
+    /// The loss is a sum over the batch's sequences (the course's
+    /// `l.sum()` of §62), reported per valid token: the sum of the losses
+    /// over the sum of the last label, each sequence's valid length (the
+    /// course's `metric.add(l.sum(), num_tokens)`).
+    pub loss_per_token: bool,
 }
 
 /// The graphs of one training setup.
@@ -115,8 +120,11 @@ pub struct Metrics {
     /// `exp(loss)`: the language models' measure, when asked for.
     pub perplexity: Option<f64>,
     pub examples: usize,
-    /// Label elements seen (tokens, for a language model).
+    /// Label elements seen (tokens, for a language model), or the valid
+    /// tokens when the loss is per token.
     pub tokens: usize,
+    /// Whether `loss` is per valid token ([`MetricSet::loss_per_token`]).
+    pub loss_per_token: bool,
     pub seconds: f64,
 }
 
@@ -310,7 +318,12 @@ impl Trainer {
                 if training && !loss.is_finite() {
                     return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.steps });
                 }
-                let tokens = batch.get(first_label).map_or(b, Tensor::numel);
+                let tokens = if self.graphs.metrics.loss_per_token {
+                    // The valid lengths: whole numbers, exact through f64.
+                    batch.last().map_or(0, |lens| lens.to_f64_vec().iter().sum::<f64>() as usize)
+                } else {
+                    batch.get(first_label).map_or(b, Tensor::numel)
+                };
                 acc.add_loss(loss, b, tokens);
                 done += 1;
                 progress.batch(done, total, acc.mean_loss());
@@ -399,14 +412,16 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn add_loss(&mut self, batch_mean: f64, batch: usize, tokens: usize) {
-        self.loss_sum += batch_mean * batch as f64;
+    /// `loss` is the batch's mean, or its sum with `loss_per_token`.
+    fn add_loss(&mut self, loss: f64, batch: usize, tokens: usize) {
+        self.loss_sum += if self.metrics.loss_per_token { loss } else { loss * batch as f64 };
         self.examples += batch;
         self.tokens += tokens;
     }
 
     fn mean_loss(&self) -> f64 {
-        if self.examples == 0 { f64::NAN } else { self.loss_sum / self.examples as f64 }
+        let count = if self.metrics.loss_per_token { self.tokens } else { self.examples };
+        if count == 0 { f64::NAN } else { self.loss_sum / count as f64 }
     }
 
     /// Counts argmax hits when `output` is [b, K] scores and `labels` [b] i64,
@@ -457,6 +472,7 @@ impl Accumulator {
             perplexity: self.metrics.perplexity.then(|| loss.exp()),
             examples: self.examples,
             tokens: self.tokens,
+            loss_per_token: self.metrics.loss_per_token,
             seconds: start.elapsed().as_secs_f64(),
         }
     }

@@ -149,7 +149,11 @@ pub fn initial_params(graph: &Graph, init: Option<&Init>, seed: u64) -> HashMap<
     for (i, p) in graph.params().into_iter().enumerate() {
         let node = graph.node(p);
         let Op::Param { name, .. } = &node.op else { continue };
-        if node.shape.rank() < 2 {
+        // Vectors keep theirs, and so do lookup tables (an embedding's,
+        // read only by gathers): Xavier's fan-in and fan-out describe a
+        // map, and the course applies it to linear and recurrent weights only.
+        let table = !graph.users(p).is_empty() && graph.users(p).iter().all(|&u| matches!(graph.node(u).op, Op::Gather { .. }));
+        if node.shape.rank() < 2 || table {
             continue;
         }
         // A one-parameter graph draws the replacement; the seed is mixed with

@@ -105,7 +105,7 @@ pub fn read_log(csv_path: &Path) -> Option<Vec<EpochLog>> {
         let seconds = num(6)?;
         let examples = (num(5)? * seconds).round() as usize;
         let tokens = (num(10).unwrap_or(0.0) * seconds).round() as usize;
-        let train = Metrics { loss: num(1)?, accuracy: num(2), log_rmse: num(7), perplexity: num(9), examples, tokens, seconds };
+        let train = Metrics { loss: num(1)?, accuracy: num(2), log_rmse: num(7), perplexity: num(9), examples, tokens, loss_per_token: false, seconds };
         let test = num(3).map(|loss| Metrics { loss, accuracy: num(4), log_rmse: num(8), ..Metrics::default() });
         out.push(EpochLog { epoch: f.first()?.parse().ok()?, train, test });
     }

@@ -15,7 +15,7 @@ use crate::sources::{self, Source};
 use crate::{Error, Stream, TrainOptions, derive_seed};
 
 /// Metric names a train block may ask for beside the loss.
-const METRICS: &[&str] = &["accuracy", "log_rmse", "perplexity"];
+const METRICS: &[&str] = &["accuracy", "log_rmse", "perplexity", "loss_per_token"];
 
 /// Everything a training run needs, ready to run.
 pub struct Training {
@@ -66,17 +66,19 @@ fn build_trainer(program: &Program, model: &str, config: &TrainConfig, source: &
     let first = step.values().next().ok_or_else(|| Error::Usage(format!("{} yields no minibatches", source.describe())))?;
     // A language model scores every token of its data's vocabulary: a
     // narrower output would read the last tokens' labels as nothing.
-    if let (Some((vocab, _)), Some(out)) = (source.vocab(), first.output("output")) {
+    // So does a translation model, its target vocabulary.
+    let tokens = source.vocab().map(|(v, _)| v.len()).or(source.label_vocab());
+    if let (Some(tokens), Some(out)) = (tokens, first.output("output")) {
         let width = first.shape(out).dims().last().copied().unwrap_or(0);
-        if width > 1 && width != vocab.len() {
-            return Err(Error::Usage(format!("model `{model}` scores {width} tokens, but the vocabulary of its data has {} ({})", vocab.len(), source.describe())));
+        if width > 1 && width != tokens {
+            return Err(Error::Usage(format!("model `{model}` scores {width} tokens, but the vocabulary of its data has {tokens} ({})", source.describe())));
         }
     }
     let params = initial_params(first, config.init.as_ref(), derive_seed(opts.seed, Stream::Init));
     // Buffers (batch-norm statistics) are initialised too, but not counted.
     let param_count = first.params().iter().map(|&p| first.shape(p).numel()).sum();
     let asked = |m: &str| config.metrics.iter().any(|(n, _)| n == m);
-    let metrics = MetricSet { log_rmse: asked("log_rmse"), perplexity: asked("perplexity") };
+    let metrics = MetricSet { log_rmse: asked("log_rmse"), perplexity: asked("perplexity"), loss_per_token: asked("loss_per_token") };
     let graphs = TrainGraphs { step, eval, fields: binding.fields, labels: schema.labels.len(), state_reset: source.state_reset(), metrics };
     let trainer = Trainer::new(graphs, params, opts.backend, derive_seed(opts.seed, Stream::Dropout))?;
     Ok((trainer, param_count))

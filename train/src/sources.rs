@@ -85,6 +85,11 @@ pub trait Source {
     fn vocab(&self) -> Option<(&Vocab, TokenKind)> {
         None
     }
+    /// The size of the vocabulary the labels index, where they are
+    /// tokens (a translation's target side).
+    fn label_vocab(&self) -> Option<usize> {
+        None
+    }
     /// A time series source's whole series and its window `tau` (for
     /// multi-step predictions, [`crate::series`]).
     fn series(&self) -> Option<(&[f32], usize)> {
@@ -281,11 +286,13 @@ pub struct TensorSource {
     folds: Option<usize>,
     /// The series and window of a time-series source.
     series: Option<(Vec<f32>, usize)>,
+    /// The target vocabulary's size, for sentence pairs.
+    label_vocab: Option<usize>,
 }
 
 impl TensorSource {
     fn new(description: String, train: TensorDataset, test: Option<TensorDataset>, batch: usize, args: &Args) -> Result<TensorSource, Error> {
-        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None };
+        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None, label_vocab: None };
         if let Some(limit) = args.opts.limit {
             let head = |d: &TensorDataset| d.select(&(0..limit.min(d.len())).collect::<Vec<_>>());
             source.train = head(&source.train)?;
@@ -388,11 +395,16 @@ impl Source for TensorSource {
             shuffle_seed: self.shuffle_seed.wrapping_add(i as u64),
             folds: None,
             series: None,
+            label_vocab: self.label_vocab,
         }))
     }
 
     fn series(&self) -> Option<(&[f32], usize)> {
         self.series.as_ref().map(|(x, tau)| (x.as_slice(), *tau))
+    }
+
+    fn label_vocab(&self) -> Option<usize> {
+        self.label_vocab
     }
 }
 
@@ -706,5 +718,7 @@ fn open_fra_eng(args: &Args) -> Result<Box<dyn Source>, Error> {
     let inputs = vec![("src".to_string(), nmt.src.clone()), ("src_len".into(), nmt.src_len.clone()), ("dec_in".into(), nmt.decoder_input())];
     let labels = vec![("tgt".to_string(), nmt.tgt.clone()), ("tgt_len".into(), nmt.tgt_len.clone())];
     let train = TensorDataset::with_fields(inputs, labels)?;
-    Ok(Box::new(TensorSource::new(description, train, None, args.batch()?, args)?))
+    let mut source = TensorSource::new(description, train, None, args.batch()?, args)?;
+    source.label_vocab = Some(nmt.tgt_vocab.len());
+    Ok(Box::new(source))
 }

@@ -254,4 +254,9 @@ fn sentence_pairs_feed_three_inputs_and_two_labels() {
     // Unknown settings are the user's error, not a panic.
     let e = error(dir.path(), &text.replace("fra_eng(batch=64)", "fra_eng(batch=64, stpes=8)"), "bag");
     assert!(e.contains("`fra_eng` takes no argument `stpes`"), "{e}");
+    // Scores over fewer tokens than the target vocabulary would leave the
+    // last tokens' labels unscored.
+    let narrow = text.replace("f32[B, T, 201]", "f32[B, T, 200]").replace("context, 201)", "context, 200)");
+    let e = error(dir.path(), &narrow, "bag");
+    assert!(e.contains("model `bag` scores 200 tokens, but the vocabulary of its data has 201"), "{e}");
 }
