@@ -128,6 +128,31 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
     },
+    /// Translate sentences with a trained encoder-decoder (greedy, or beam
+    /// search with --beam), as the course's `predict_seq2seq`; with
+    /// references, also print each translation's BLEU (the course's, k = 2).
+    ///
+    /// Example: d2l translate models/seq2seq.d2l --params seq2seq.safetensors "go ." "i lost ." --reference "va !" --reference "j'ai perdu ."
+    Translate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The trained parameters (the MODEL.safetensors `d2l train` wrote).
+        #[arg(long, value_name = "FILE")]
+        params: PathBuf,
+        /// Sentences in the source language, tokens separated by spaces as
+        /// the data has them ("i lost ."); unknown words read as <unk>.
+        #[arg(required = true, value_name = "SENTENCE")]
+        sentences: Vec<String>,
+        /// The reference translation of each sentence, in order (repeatable).
+        #[arg(long = "reference", value_name = "TEXT")]
+        references: Vec<String>,
+        /// Beam size: keep the k best candidates at every step (1: greedy).
+        #[arg(long, default_value_t = 1)]
+        beam: usize,
+        /// What executes the model.
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+        backend: BackendArg,
+    },
     /// Download a dataset from its public URL into ~/.cache/d2l, checking its SHA-256.
     Fetch {
         /// fashion-mnist, mnist, time-machine, ... (see `d2l fetch --list`)
@@ -260,6 +285,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Translate { model, params, sentences, references, beam, backend } => translate(&model, &params, &sentences, &references, beam, backend.into()),
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
         Command::Generate { model, params, prefix, len, backend } => generate(&model, &params, &prefix, len, backend.into()),
         Command::Run { model, image: Some(spec), params, seed, top, .. } => {
@@ -458,6 +484,22 @@ impl d2l_runtime::train::Progress for Bar {
 /// The course's prefixes for its language models' sample text.
 const PREFIXES: [&str; 2] = ["time traveller", "traveller"];
 
+/// The course's test sentences for its translation models, with their
+/// references (§62, §66, §68).
+const TRANSLATIONS: [(&str, &str); 4] = [("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "il est calme ."), ("i'm home .", "je suis chez moi .")];
+
+/// Prints `sentence => translation`, with its BLEU when there is a reference.
+fn print_translations(translator: &mut d2l::train::translate::Translator, pairs: &[(&str, Option<&str>)], beam: usize) -> Result<(), Error> {
+    for &(sentence, reference) in pairs {
+        let translation = translator.beam(sentence, beam)?;
+        match reference {
+            Some(r) => println!("{sentence} => {translation}, bleu {:.3}", d2l::train::bleu::bleu(&translation, r, 2)),
+            None => println!("{sentence} => {translation}"),
+        }
+    }
+    Ok(())
+}
+
 fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -> Result<(), Error> {
     let compiled = load(args, opts.seed)?;
     let model = pick_model(&compiled, args)?;
@@ -517,6 +559,16 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
         let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &params, vocab.clone(), kind, opts.backend)?;
         for prefix in PREFIXES {
             println!("{prefix:?} -> {:?}", generator.generate(prefix, 50)?);
+        }
+    }
+    // A translation model translates the course's test sentences.
+    if let Some(pairs) = run.source.pairs() {
+        let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+        let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &params, pairs.clone(), opts.backend)?;
+        let tests: Vec<(&str, Option<&str>)> = TRANSLATIONS.iter().map(|&(s, r)| (s, Some(r))).collect();
+        for beam in [1, 3] {
+            println!("{}:", if beam == 1 { "greedy".to_string() } else { format!("beam search, k = {beam}") });
+            print_translations(&mut translator, &tests, beam)?;
         }
     }
     // A time series: the course's one-step and k-step predictions.
@@ -599,6 +651,24 @@ fn generate(args: &ModelArgs, params: &Path, prefix: &str, len: usize, backend: 
     let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &tensors, vocab.clone(), kind, backend)?;
     println!("{}", generator.generate(prefix, len)?);
     Ok(())
+}
+
+/// `d2l translate`: sentences through a trained encoder-decoder.
+fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: &[String], beam: usize, backend: d2l_runtime::Backend) -> Result<(), Error> {
+    if !references.is_empty() && references.len() != sentences.len() {
+        return Err(Error::Usage(format!("{} sentences but {} references: give one --reference per sentence, or none", sentences.len(), references.len())));
+    }
+    let compiled = load(args, 0)?;
+    let model = pick_model(&compiled, args)?;
+    let config = compiled.program.train_config(&model)?;
+    let source = d2l::train::sources::open(&compiled.program, &config.data, &d2l::TrainOptions::default())?;
+    let Some(pairs) = source.pairs() else {
+        return Err(Error::Usage(format!("model `{model}` trains on {}, which has no sentence pairs to translate with", source.describe())));
+    };
+    let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
+    let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &tensors, pairs.clone(), backend)?;
+    let pairs: Vec<(&str, Option<&str>)> = sentences.iter().enumerate().map(|(i, s)| (s.as_str(), references.get(i).map(String::as_str))).collect();
+    print_translations(&mut translator, &pairs, beam)
 }
 
 fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64, backend: d2l_runtime::Backend) -> Result<(), Error> {

@@ -177,3 +177,28 @@ fn check_and_summary_report_parameter_and_step_memory() {
     let o = d2l(&["summary", "models/lenet.d2l", "--dim", "B=64"]);
     assert!(stdout(&o).contains("memory: parameters 246,824 bytes (246.8 KB); training step at batch 64: "), "{}", stdout(&o));
 }
+
+#[test]
+fn translate_reads_a_checkpoint_and_scores_with_bleu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    // The initial parameters are enough to exercise the path; `d2l train`
+    // of a translation model ends with the course's four test sentences.
+    let o = d2l(&["train", "models/seq2seq.d2l", "--out", out, "--epochs", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("greedy:\ngo . => ") && text.contains("beam search, k = 3:\n") && text.contains("i'm home . => "), "{text}");
+    let params = dir.path().join("seq2seq.safetensors");
+    let params = params.to_str().unwrap();
+    let o = d2l(&["translate", "models/seq2seq.d2l", "--params", params, "go .", "i lost .", "--reference", "va !", "--reference", "j'ai perdu .", "--beam", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("go . => ") && lines[0].contains(", bleu "), "{lines:?}");
+    // One reference for two sentences is a usage error, as is a model
+    // that does not translate.
+    let o = d2l(&["translate", "models/seq2seq.d2l", "--params", params, "go .", "i lost .", "--reference", "va !"]);
+    assert!(!o.status.success() && stderr(&o).contains("2 sentences but 1 references"), "{}", stderr(&o));
+    let o = d2l(&["translate", "models/mlp.d2l", "--params", params, "go ."]);
+    assert!(!o.status.success() && stderr(&o).contains("no sentence pairs to translate with"), "{}", stderr(&o));
+}

@@ -3,8 +3,8 @@
 //! evaluation graphs built for them ([`graphs`]), the epoch loop with
 //! evaluation, k-fold validation and checkpoints ([`run`]), the logs and
 //! curves a run writes ([`logs`]), text generation with a trained language
-//! model ([`generate`]), BLEU ([`bleu`]) and step-time benchmarks
-//! ([`bench`]).
+//! model ([`generate`]), translation with a trained encoder–decoder
+//! ([`translate`]), BLEU ([`bleu`]) and step-time benchmarks ([`bench`]).
 //!
 //! The `d2l` command and the facade crate call this; a Rust program can too:
 //!
@@ -25,6 +25,7 @@ pub mod logs;
 pub mod run;
 pub mod series;
 pub mod sources;
+pub mod translate;
 
 use std::path::PathBuf;
 

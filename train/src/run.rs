@@ -67,7 +67,7 @@ fn build_trainer(program: &Program, model: &str, config: &TrainConfig, source: &
     // A language model scores every token of its data's vocabulary: a
     // narrower output would read the last tokens' labels as nothing.
     // So does a translation model, its target vocabulary.
-    let tokens = source.vocab().map(|(v, _)| v.len()).or(source.label_vocab());
+    let tokens = source.vocab().map(|(v, _)| v.len()).or(source.pairs().map(|p| p.tgt_vocab.len()));
     if let (Some(tokens), Some(out)) = (tokens, first.output("output")) {
         let width = first.shape(out).dims().last().copied().unwrap_or(0);
         if width > 1 && width != tokens {

@@ -85,9 +85,9 @@ pub trait Source {
     fn vocab(&self) -> Option<(&Vocab, TokenKind)> {
         None
     }
-    /// The size of the vocabulary the labels index, where they are
-    /// tokens (a translation's target side).
-    fn label_vocab(&self) -> Option<usize> {
+    /// A translation source's vocabularies and sentence length (for
+    /// decoding, [`crate::translate`]).
+    fn pairs(&self) -> Option<&SentencePairs> {
         None
     }
     /// A time series source's whole series and its window `tau` (for
@@ -286,13 +286,22 @@ pub struct TensorSource {
     folds: Option<usize>,
     /// The series and window of a time-series source.
     series: Option<(Vec<f32>, usize)>,
-    /// The target vocabulary's size, for sentence pairs.
-    label_vocab: Option<usize>,
+    /// The vocabularies of sentence pairs.
+    pairs: Option<SentencePairs>,
+}
+
+/// What translating needs of a translation source: both vocabularies and
+/// the sentences' length in tokens.
+#[derive(Clone, Debug)]
+pub struct SentencePairs {
+    pub src_vocab: Vocab,
+    pub tgt_vocab: Vocab,
+    pub steps: usize,
 }
 
 impl TensorSource {
     fn new(description: String, train: TensorDataset, test: Option<TensorDataset>, batch: usize, args: &Args) -> Result<TensorSource, Error> {
-        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None, label_vocab: None };
+        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None, pairs: None };
         if let Some(limit) = args.opts.limit {
             let head = |d: &TensorDataset| d.select(&(0..limit.min(d.len())).collect::<Vec<_>>());
             source.train = head(&source.train)?;
@@ -395,7 +404,7 @@ impl Source for TensorSource {
             shuffle_seed: self.shuffle_seed.wrapping_add(i as u64),
             folds: None,
             series: None,
-            label_vocab: self.label_vocab,
+            pairs: self.pairs.clone(),
         }))
     }
 
@@ -403,8 +412,8 @@ impl Source for TensorSource {
         self.series.as_ref().map(|(x, tau)| (x.as_slice(), *tau))
     }
 
-    fn label_vocab(&self) -> Option<usize> {
-        self.label_vocab
+    fn pairs(&self) -> Option<&SentencePairs> {
+        self.pairs.as_ref()
     }
 }
 
@@ -719,6 +728,6 @@ fn open_fra_eng(args: &Args) -> Result<Box<dyn Source>, Error> {
     let labels = vec![("tgt".to_string(), nmt.tgt.clone()), ("tgt_len".into(), nmt.tgt_len.clone())];
     let train = TensorDataset::with_fields(inputs, labels)?;
     let mut source = TensorSource::new(description, train, None, args.batch()?, args)?;
-    source.label_vocab = Some(nmt.tgt_vocab.len());
+    source.pairs = Some(SentencePairs { src_vocab: nmt.src_vocab, tgt_vocab: nmt.tgt_vocab, steps });
     Ok(Box::new(source))
 }

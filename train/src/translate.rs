@@ -1,0 +1,180 @@
+//! Translating with a trained encoder–decoder: the course's
+//! `predict_seq2seq` (§62, greedy) and beam search (§63), in evaluation
+//! mode, one sentence at a time.
+//!
+//! The model is compiled once per beam width, for the data's sentence
+//! length `steps`, and is run whole at every output step: step `t` feeds
+//! the decoder `<bos>` and the `t` tokens chosen so far, padded to `steps`,
+//! and reads the scores at position `t`. A decoder whose scores at `t`
+//! depend only on its inputs up to `t` (a recurrent one; a Transformer's
+//! under its causal mask) gives what a one-step decoder fed its own state
+//! gives, for `steps` times the work of one step: little at ten tokens,
+//! and no second, one-step model to write or keep in step with this one.
+
+use std::collections::{BTreeMap, HashMap};
+
+use d2l_dsl::{LowerOptions, Program};
+use d2l_ir::{DType, Graph, OutputRole};
+use d2l_runtime::data::nmt::{BOS, EOS, PAD, truncate_pad};
+use d2l_runtime::{Backend, Executable, Tensor};
+
+use crate::Error;
+use crate::sources::SentencePairs;
+
+/// Beam search ranks finished candidates by `log P / L^ALPHA` (L their
+/// length in tokens): the course's length normalisation.
+pub const ALPHA: f64 = 0.75;
+
+/// A translation model compiled for `width` sentences at once.
+struct Compiled {
+    exe: Box<dyn Executable>,
+    width: usize,
+}
+
+/// A trained translation model and its data's vocabularies.
+pub struct Translator<'p> {
+    program: &'p Program,
+    model: String,
+    backend: Backend,
+    feeds: HashMap<String, Tensor>,
+    outputs: Vec<(String, Tensor)>,
+    compiled: Vec<Compiled>,
+    /// The scores output and whether the model takes the source lengths.
+    scores: String,
+    takes_src_len: bool,
+    pairs: SentencePairs,
+}
+
+impl<'p> Translator<'p> {
+    /// `model` takes `src` and `dec_in` (token indices `[B, steps]`) and
+    /// maybe `src_len` (`[B]`), and returns scores `[B, steps, V]` over the
+    /// target vocabulary; `params` are a checkpoint's tensors.
+    pub fn new(program: &'p Program, model: &str, params: &BTreeMap<String, Tensor>, pairs: SentencePairs, backend: Backend) -> Result<Translator<'p>, Error> {
+        let probe = lower(program, model, pairs.steps, 1)?;
+        for name in ["src", "dec_in"] {
+            match probe.input_named(name) {
+                Some(id) if probe.dtype(id) == DType::I64 && probe.shape(id).dims() == [1, pairs.steps] => {}
+                Some(id) => return Err(Error::Usage(format!("model `{model}`'s input `{name}` is {}{}; a translation model takes token indices [B, {}]", probe.dtype(id), probe.shape(id), pairs.steps))),
+                None => return Err(Error::Usage(format!("model `{model}` has no input `{name}`: a translation model takes `src` and `dec_in` (and may take `src_len`)"))),
+            }
+        }
+        let scores = probe.outputs().iter().find(|o| o.role == OutputRole::Value).map(|o| o.name.clone()).ok_or_else(|| Error::Usage(format!("model `{model}` returns nothing to translate with")))?;
+        let dims = probe.shape(probe.output(&scores).expect("listed")).dims().to_vec();
+        if dims != [1, pairs.steps, pairs.tgt_vocab.len()] {
+            return Err(Error::Usage(format!("model `{model}` returns {:?}; translating needs scores [B, {}, {}] over the target vocabulary", dims, pairs.steps, pairs.tgt_vocab.len())));
+        }
+        let mut feeds = HashMap::new();
+        for p in probe.params().into_iter().chain(probe.states()) {
+            let name = probe.leaf_name(p).expect("a parameter has a name");
+            let t = params.get(name).ok_or_else(|| Error::Usage(format!("the parameters have no `{name}`; were they written for another model?")))?;
+            if t.dtype() != probe.dtype(p) || t.dims() != probe.shape(p).dims() {
+                return Err(Error::Usage(format!("parameter `{name}` is {}{} but the model needs {}{}", t.dtype(), t.shape(), probe.dtype(p), probe.shape(p))));
+            }
+            feeds.insert(name.to_string(), t.clone());
+        }
+        let takes_src_len = probe.input_named("src_len").is_some();
+        Ok(Translator { program, model: model.to_string(), backend, feeds, outputs: Vec::new(), compiled: Vec::new(), scores, takes_src_len, pairs })
+    }
+
+    /// The source sentence as the course's `predict_seq2seq` reads it:
+    /// lowercased, split on spaces (unknown words are `<unk>`), `<eos>`
+    /// appended, truncated or padded; and its valid length.
+    fn source(&self, sentence: &str) -> (Vec<usize>, usize) {
+        let mut ids: Vec<usize> = sentence.to_lowercase().split(' ').map(|w| self.pairs.src_vocab.index(w)).collect();
+        ids.push(EOS);
+        let len = ids.len().min(self.pairs.steps);
+        (truncate_pad(&ids, self.pairs.steps, PAD), len)
+    }
+
+    /// The log-probabilities of the next token after each of `prefixes`
+    /// (tokens chosen so far, all of one length below `steps`), for one
+    /// source sentence.
+    fn next_log_probs(&mut self, src: &[usize], src_len: usize, prefixes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, Error> {
+        let width = prefixes.len();
+        let steps = self.pairs.steps;
+        let t = prefixes[0].len();
+        if !self.compiled.iter().any(|c| c.width == width) {
+            let graph = lower(self.program, &self.model, steps, width)?;
+            self.compiled.push(Compiled { exe: self.backend.compile(&graph, 0)?, width });
+        }
+        let row = |ids: &[usize]| ids.iter().map(|&i| i as i64).collect::<Vec<i64>>();
+        let srcs: Vec<i64> = (0..width).flat_map(|_| row(src)).collect();
+        let dec: Vec<i64> = prefixes.iter().flat_map(|p| row(&truncate_pad(&[&[BOS][..], p].concat(), steps, PAD))).collect();
+        self.feeds.insert("src".into(), Tensor::from_i64(&[width, steps], srcs));
+        self.feeds.insert("dec_in".into(), Tensor::from_i64(&[width, steps], dec));
+        if self.takes_src_len {
+            self.feeds.insert("src_len".into(), Tensor::from_i64(&[width], vec![src_len as i64; width]));
+        }
+        let exe = &mut self.compiled.iter_mut().find(|c| c.width == width).expect("compiled above").exe;
+        exe.run_into(&self.feeds, &mut self.outputs)?;
+        let (_, scores) = self.outputs.iter().find(|(n, _)| *n == self.scores).expect("the graph's output");
+        let scores = scores.to_f64_vec();
+        let v = self.pairs.tgt_vocab.len();
+        Ok((0..width)
+            .map(|b| {
+                let logits = &scores[(b * steps + t) * v..(b * steps + t + 1) * v];
+                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let log_sum = logits.iter().map(|x| (x - max).exp()).sum::<f64>().ln() + max;
+                logits.iter().map(|x| x - log_sum).collect()
+            })
+            .collect())
+    }
+
+    /// The course's greedy `predict_seq2seq`: the most likely token at
+    /// every step, until `<eos>` or `steps` tokens.
+    pub fn greedy(&mut self, sentence: &str) -> Result<String, Error> {
+        self.beam(sentence, 1)
+    }
+
+    /// Beam search: at every step the `k` most likely of the `k · V`
+    /// continuations of the candidates still open; a candidate ends at
+    /// `<eos>` or after `steps` tokens, and the best of all ended ones by
+    /// `log P / L^0.75` wins. `k = 1` is greedy search.
+    pub fn beam(&mut self, sentence: &str, k: usize) -> Result<String, Error> {
+        if k == 0 {
+            return Err(Error::Usage("the beam size must be at least 1".into()));
+        }
+        let (src, src_len) = self.source(sentence);
+        let mut open: Vec<(Vec<usize>, f64)> = vec![(Vec::new(), 0.0)];
+        let mut ended: Vec<(Vec<usize>, f64)> = Vec::new();
+        for _ in 0..self.pairs.steps {
+            if open.is_empty() {
+                break;
+            }
+            let prefixes: Vec<Vec<usize>> = open.iter().map(|(p, _)| p.clone()).collect();
+            let log_probs = self.next_log_probs(&src, src_len, &prefixes)?;
+            let mut next: Vec<(Vec<usize>, f64)> = Vec::new();
+            for ((prefix, score), lp) in open.iter().zip(&log_probs) {
+                for (token, l) in lp.iter().enumerate() {
+                    next.push(([&prefix[..], &[token][..]].concat(), score + l));
+                }
+            }
+            // Stable: ties keep the lower token and the earlier candidate.
+            next.sort_by(|a, b| b.1.total_cmp(&a.1));
+            next.truncate(k);
+            open.clear();
+            for (tokens, score) in next {
+                if tokens.last() == Some(&EOS) {
+                    ended.push((tokens, score));
+                } else {
+                    open.push((tokens, score));
+                }
+            }
+        }
+        ended.append(&mut open);
+        let normalised = |(tokens, score): &(Vec<usize>, f64)| {
+            let len = tokens.iter().filter(|&&t| t != EOS).count().max(1);
+            score / (len as f64).powf(ALPHA)
+        };
+        let best = ended.iter().max_by(|a, b| normalised(a).total_cmp(&normalised(b))).expect("at least one candidate");
+        let words: Vec<&str> = best.0.iter().filter(|&&t| t != EOS).map(|&t| self.pairs.tgt_vocab.token(t).unwrap_or("<unk>")).collect();
+        Ok(words.join(" "))
+    }
+}
+
+/// `model` in evaluation mode for `width` sentences of `steps` tokens.
+fn lower(program: &Program, model: &str, steps: usize, width: usize) -> Result<Graph, Error> {
+    let shapes = [("src".to_string(), vec![width, steps]), ("dec_in".to_string(), vec![width, steps]), ("src_len".to_string(), vec![width])];
+    let lopts = LowerOptions { input_shapes: shapes.into_iter().collect(), training: false, default_dim: Some(1), ..LowerOptions::default() };
+    Ok(program.lower(model, &lopts)?.graph)
+}
