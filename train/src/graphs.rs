@@ -149,10 +149,15 @@ pub fn initial_params(graph: &Graph, init: Option<&Init>, seed: u64) -> HashMap<
     for (i, p) in graph.params().into_iter().enumerate() {
         let node = graph.node(p);
         let Op::Param { name, .. } = &node.op else { continue };
-        // Vectors keep theirs, and so do lookup tables (an embedding's,
-        // read only by gathers): Xavier's fan-in and fan-out describe a
-        // map, and the course applies it to linear and recurrent weights only.
-        let table = !graph.users(p).is_empty() && graph.users(p).iter().all(|&u| matches!(graph.node(u).op, Op::Gather { .. }));
+        // Vectors keep theirs, and so do lookup tables (an embedding's: a
+        // gather reads rows of it, no product multiplies by it; the update
+        // arithmetic of a step graph reads it too): Xavier's fan-in and
+        // fan-out describe a map, and the course applies it to linear and
+        // recurrent weights only.
+        let users = graph.users(p);
+        let gathered = users.iter().any(|&u| matches!(graph.node(u).op, Op::Gather { .. }) && graph.node(u).args[0] == p);
+        let multiplied = users.iter().any(|&u| matches!(graph.node(u).op, Op::MatMul | Op::Conv2d { .. }));
+        let table = gathered && !multiplied;
         if node.shape.rank() < 2 || table {
             continue;
         }

@@ -72,3 +72,25 @@ fn a_model_that_does_not_translate_is_refused() {
     let e = Translator::new(&wide, "m", &table(), pairs(4), Backend::Jit).err().expect("too wide").to_string();
     assert!(e.contains("translating needs scores [B, 4, 7]"), "{e}");
 }
+
+#[test]
+fn xavier_init_leaves_embedding_tables_alone() {
+    // The course's train_seq2seq: Xavier-uniform linear and recurrent
+    // weights, embeddings at PyTorch's N(0, 1).
+    let program = Program::load_file("../models/seq2seq.d2l".as_ref()).unwrap_or_else(|e| panic!("{e}"));
+    let run = d2l_train::prepare(&program, "seq2seq", &d2l_train::TrainOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let params = run.trainer.params();
+    let std = |name: &str| {
+        let v = params[name].to_f64_vec();
+        (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    let names: Vec<&String> = params.keys().filter(|n| n.ends_with(".W")).collect();
+    let embeddings: Vec<&&String> = names.iter().filter(|n| n.contains("embedding")).collect();
+    assert_eq!(embeddings.len(), 2, "{names:?}");
+    for e in embeddings {
+        assert!((std(e) - 1.0).abs() < 0.1, "{e}: {}", std(e));
+    }
+    // The dense layer 32 -> 201: bound sqrt(6 / 233), std bound / sqrt(3) = 0.093.
+    let dense = names.iter().find(|n| n.contains("linear")).expect("a dense layer");
+    assert!((std(dense) - 0.093).abs() < 0.01, "{dense}: {}", std(dense));
+}
