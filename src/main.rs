@@ -247,6 +247,13 @@ fn parse_dim(s: &str) -> Result<(String, usize), String> {
 }
 
 fn main() -> ExitCode {
+    // `d2l ir ... | head` closes the pipe early: end quietly, as Unix
+    // tools do, instead of panicking in the next print.
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
