@@ -1,15 +1,20 @@
-//! Encoder–decoder models (course §62): the course's shape checks of the
-//! seq2seq encoder and decoder (inventory §4.3), at its demo sizes
-//! (vocabulary 10, embedding 8, hidden 16, 2 layers, a batch of 4 sentences
-//! of 7 tokens), with the blocks of `models/seq2seq.d2l`.
+//! Encoder–decoder models (course §62, §66): the course's shape checks of
+//! the seq2seq encoder and decoder and of the attention decoder (inventory
+//! §4.3), at its demo sizes (vocabulary 10, embedding 8, hidden 16, 2
+//! layers, a batch of 4 sentences of 7 tokens), with the blocks of
+//! `models/seq2seq.d2l` and `models/bahdanau.d2l`.
 
 use d2l_dsl::{LowerOptions, Program};
 use d2l_tests::model_path;
 
-/// `models/seq2seq.d2l` with `extra` models appended.
+/// `models/FILE` with `extra` models appended.
+fn with(file: &str, extra: &str) -> Program {
+    let text = std::fs::read_to_string(model_path(file)).unwrap();
+    Program::load(file, &format!("{text}\n{extra}"), None).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn seq2seq_with(extra: &str) -> Program {
-    let text = std::fs::read_to_string(model_path("seq2seq.d2l")).unwrap();
-    Program::load("seq2seq.d2l", &format!("{text}\n{extra}"), None).unwrap_or_else(|e| panic!("{e}"))
+    with("seq2seq.d2l", extra)
 }
 
 /// The shapes of `model`'s results, in order.
@@ -40,4 +45,29 @@ fn the_course_models_parameters() {
     let count: usize = graph.params().iter().map(|&p| graph.shape(p).numel()).sum();
     assert_eq!(count, 184 * 32 + 2 * 6_336 + 201 * 32 + 9_408 + 6_336 + 32 * 201 + 201);
     assert_eq!(count, 47_369);
+}
+
+#[test]
+fn attention_decoder_shapes_of_the_course_demo() {
+    // §66: the decoder's scores (4, 7, 10) and its final state (2, 4, 16),
+    // reading encoder outputs (4, 7, 16) under source lengths.
+    let program = with(
+        "bahdanau.d2l",
+        "model demo(x: i64[4, 7], lens: i64[4]) {\n    outputs, state = seq2seq_encoder(x, 10, 8, 16, 2, 0.0)\n    keys = transpose(outputs, 0, 1)\n    scores, state = attention_decoder(x, keys, state, lens, 10, 8, 0.0)\n    return (keys, scores, state)\n}\n",
+    );
+    assert_eq!(result_shapes(&program, "demo"), [vec![4, 7, 16], vec![4, 7, 10], vec![2, 4, 16]]);
+}
+
+#[test]
+fn every_decoder_step_shares_one_attention_and_one_gru() {
+    // Ten steps or one: the same parameters (§62's decoder plus the
+    // attention's W_q, W_k and w_v, 32·32 + 32·32 + 32).
+    let program = with("bahdanau.d2l", "");
+    let count = |steps: usize| {
+        let opts = LowerOptions { dims: [("B".to_string(), 2), ("S".to_string(), 10), ("T".to_string(), steps)].into(), ..LowerOptions::default() };
+        let graph = program.lower("bahdanau", &opts).unwrap().graph;
+        graph.params().iter().map(|&p| graph.shape(p).numel()).sum::<usize>()
+    };
+    assert_eq!(count(1), 47_369 + 2 * 32 * 32 + 32);
+    assert_eq!(count(10), count(1));
 }
