@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use d2l_dsl::{LowerOptions, Program};
+use d2l_dsl::Program;
 use d2l_ir::{DType, Graph, Op};
 use d2l_runtime::{Backend, Executable, Tensor, init_params};
 
 use crate::Error;
-use crate::graphs::{TrainStage, stage_graph};
+use crate::graphs::{TrainStage, inference_graph, stage_graph};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -89,7 +89,8 @@ pub fn contraction_flops(graph: &Graph) -> f64 {
 }
 
 /// Synthetic feeds: parameters as initialised, zero state, random inputs,
-/// labels valid for the loss (class indices below the output width).
+/// labels valid for the loss (class indices below the output width) and
+/// token indices valid for the tables they index.
 fn synthetic_feeds(graph: &Graph, classes: usize) -> HashMap<String, Tensor> {
     let mut feeds = init_params(graph, 1);
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -107,7 +108,20 @@ fn synthetic_feeds(graph: &Graph, classes: usize) -> HashMap<String, Tensor> {
         let t = match node.dtype {
             DType::F32 => Tensor::from_f32(dims, (0..n).map(|_| next() as f32).collect()),
             DType::F64 => Tensor::from_f64(dims, (0..n).map(|_| next()).collect()),
-            DType::I64 => Tensor::from_i64(dims, (0..n).map(|_| (next() * classes as f64) as i64).collect()),
+            DType::I64 => {
+                // Indices into a table (an embedding) stay inside it; the
+                // others (class labels) below the output width.
+                let bound = graph
+                    .users(id)
+                    .iter()
+                    .filter_map(|&u| match graph.node(u).op {
+                        Op::Gather { axis } if graph.node(u).args.get(1) == Some(&id) => Some(graph.shape(graph.node(u).args[0]).dims()[axis]),
+                        _ => None,
+                    })
+                    .min()
+                    .unwrap_or(classes);
+                Tensor::from_i64(dims, (0..n).map(|_| (next() * bound as f64) as i64).collect())
+            }
             DType::Bool => Tensor::from_bool(dims, (0..n).map(|_| next() < 0.5).collect()),
         };
         feeds.insert(name.clone(), t);
@@ -171,8 +185,7 @@ pub fn bench(program: &Program, model: &str, opts: &BenchOptions) -> Result<Benc
         (None, None) => 1,
     };
     let started = Instant::now();
-    let forward = program.lower(model, &LowerOptions { default_dim: Some(batch), training: false, ..LowerOptions::default() })?.graph;
-    let forward = d2l_passes::simplify(&forward);
+    let forward = d2l_passes::simplify(&inference_graph(program, model, batch)?);
     let infer_lower_ms = started.elapsed().as_secs_f64() * 1e3;
     // Class labels index the last axis of the model's (first) output.
     let classes = forward.outputs().first().map_or(1, |o| forward.shape(o.node).dims().last().copied().unwrap_or(1)).max(1);

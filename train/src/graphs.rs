@@ -202,6 +202,20 @@ pub fn stage_graph(program: &Program, model: &str, stage: TrainStage, batch: usi
     }
 }
 
+/// `model`'s forward graph in evaluation mode for a batch of `batch`, its
+/// inputs shaped as its data source feeds them when it has a `train`
+/// block (a language model's 35 steps, not 35 bound to the batch), other
+/// dims bound to `batch`.
+pub fn inference_graph(program: &Program, model: &str, batch: usize) -> Result<Graph, Error> {
+    let mut lopts = LowerOptions { default_dim: Some(batch), training: false, ..LowerOptions::default() };
+    if let Ok(config) = program.train_config(model) {
+        let schema = sources::schema(program, &config.data, &TrainOptions::default())?;
+        let binding = bind(program, model, &schema)?;
+        lopts.input_shapes = schema.inputs.iter().zip(&binding.fields).map(|(f, name)| (name.clone(), f.batched(batch))).collect();
+    }
+    Ok(program.lower(model, &lopts)?.graph)
+}
+
 /// What a model's compiled training step (or, without a `train` block, its
 /// forward graph) keeps in memory, as `d2l check` and `d2l summary` report.
 #[derive(Clone, Debug, PartialEq)]

@@ -260,3 +260,15 @@ fn sentence_pairs_feed_three_inputs_and_two_labels() {
     let e = error(dir.path(), &narrow, "bag");
     assert!(e.contains("model `bag` scores 200 tokens, but the vocabulary of its data has 201"), "{e}");
 }
+
+#[test]
+fn inference_graphs_take_the_data_sources_shapes() {
+    // `d2l bench` times inference on these: a language model reads its 35
+    // steps whatever the batch, and a translation model its 10.
+    for (file, model, input, dims) in [("rnn.d2l", "rnn_concise", "tokens", [4, 35]), ("seq2seq.d2l", "seq2seq", "dec_in", [4, 10])] {
+        let program = Program::load_file(Path::new("../models").join(file).as_path()).unwrap_or_else(|e| panic!("{e}"));
+        let graph = d2l_train::graphs::inference_graph(&program, model, 4).unwrap_or_else(|e| panic!("{e}"));
+        let id = graph.input_named(input).expect("the input");
+        assert_eq!(graph.shape(id).dims(), dims, "{model}");
+    }
+}
