@@ -12,6 +12,7 @@ use d2l_runtime::data::text::{TokenKind, Vocab};
 use d2l_runtime::{Backend, Executable, Tensor, apply_updates};
 
 use crate::Error;
+use crate::graphs::param_feeds;
 
 /// A language model compiled for one token at a time.
 pub struct Generator {
@@ -51,15 +52,7 @@ impl Generator {
         if width != vocab.len() {
             return Err(Error::Usage(format!("model `{model}` scores {width} tokens, but the vocabulary of its data has {}", vocab.len())));
         }
-        let mut feeds = HashMap::new();
-        for p in graph.params().into_iter().chain(graph.states()) {
-            let name = graph.leaf_name(p).expect("a parameter has a name");
-            let t = params.get(name).ok_or_else(|| Error::Usage(format!("the parameters have no `{name}`; were they written for another model?")))?;
-            if t.dtype() != graph.dtype(p) || t.dims() != graph.shape(p).dims() {
-                return Err(Error::Usage(format!("parameter `{name}` is {}{} but the model needs {}{}", t.dtype(), t.shape(), graph.dtype(p), graph.shape(p))));
-            }
-            feeds.insert(name.to_string(), t.clone());
-        }
+        let feeds = param_feeds(&graph, params)?;
         let state: Vec<(String, Tensor)> = graph
             .data_inputs()
             .into_iter()

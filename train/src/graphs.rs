@@ -202,6 +202,23 @@ pub fn stage_graph(program: &Program, model: &str, stage: TrainStage, batch: usi
     }
 }
 
+/// The feeds of `graph`'s parameters and buffers, taken from `params` (a
+/// checkpoint's or a trainer's tensors; optimizer state and anything else
+/// in it is ignored). A missing tensor or one of another dtype or shape is
+/// the user's error: the parameters were written for another model.
+pub fn param_feeds(graph: &Graph, params: &BTreeMap<String, Tensor>) -> Result<HashMap<String, Tensor>, Error> {
+    let mut feeds = HashMap::new();
+    for p in graph.params().into_iter().chain(graph.states()) {
+        let name = graph.leaf_name(p).expect("a parameter has a name");
+        let t = params.get(name).ok_or_else(|| Error::Usage(format!("the parameters have no `{name}`; were they written for another model?")))?;
+        if t.dtype() != graph.dtype(p) || t.dims() != graph.shape(p).dims() {
+            return Err(Error::Usage(format!("parameter `{name}` is {}{} but the model needs {}{}", t.dtype(), t.shape(), graph.dtype(p), graph.shape(p))));
+        }
+        feeds.insert(name.to_string(), t.clone());
+    }
+    Ok(feeds)
+}
+
 /// `model`'s forward graph in evaluation mode for a batch of `batch`, its
 /// inputs shaped as its data source feeds them when it has a `train`
 /// block (a language model's 35 steps, not 35 bound to the batch), other

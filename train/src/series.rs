@@ -12,6 +12,7 @@ use d2l_runtime::files::write_atomic;
 use d2l_runtime::{Backend, Executable, Tensor};
 
 use crate::Error;
+use crate::graphs::param_feeds;
 use crate::logs::{Series, svg_lines};
 
 /// The horizons the course plots.
@@ -51,12 +52,7 @@ impl Forward {
         let input = probe.leaf_name(input).expect("an input has a name").to_string();
         let graph = program.lower(model, &LowerOptions { input_shapes: [(input.clone(), vec![rows, tau])].into(), ..LowerOptions::default() })?.graph;
         let output = graph.outputs().first().map(|o| o.name.clone()).ok_or_else(|| Error::Usage(format!("model `{model}` has no result")))?;
-        let mut feeds = HashMap::new();
-        for p in graph.params().into_iter().chain(graph.states()) {
-            let name = graph.leaf_name(p).expect("named");
-            let t = params.get(name).ok_or_else(|| Error::Usage(format!("the parameters have no `{name}`")))?;
-            feeds.insert(name.to_string(), t.clone());
-        }
+        let feeds = param_feeds(&graph, params)?;
         Ok(Forward { exe: backend.compile(&graph, 0)?, feeds, input, output, tau })
     }
 

@@ -19,6 +19,7 @@ use d2l_runtime::data::nmt::{BOS, EOS, PAD, truncate_pad};
 use d2l_runtime::{Backend, Executable, Tensor};
 
 use crate::Error;
+use crate::graphs::param_feeds;
 use crate::sources::SentencePairs;
 
 /// Beam search ranks finished candidates by `log P / L^ALPHA` (L their
@@ -63,15 +64,7 @@ impl<'p> Translator<'p> {
         if dims != [1, pairs.steps, pairs.tgt_vocab.len()] {
             return Err(Error::Usage(format!("model `{model}` returns {:?}; translating needs scores [B, {}, {}] over the target vocabulary", dims, pairs.steps, pairs.tgt_vocab.len())));
         }
-        let mut feeds = HashMap::new();
-        for p in probe.params().into_iter().chain(probe.states()) {
-            let name = probe.leaf_name(p).expect("a parameter has a name");
-            let t = params.get(name).ok_or_else(|| Error::Usage(format!("the parameters have no `{name}`; were they written for another model?")))?;
-            if t.dtype() != probe.dtype(p) || t.dims() != probe.shape(p).dims() {
-                return Err(Error::Usage(format!("parameter `{name}` is {}{} but the model needs {}{}", t.dtype(), t.shape(), probe.dtype(p), probe.shape(p))));
-            }
-            feeds.insert(name.to_string(), t.clone());
-        }
+        let feeds = param_feeds(&probe, params)?;
         let takes_src_len = probe.input_named("src_len").is_some();
         Ok(Translator { program, model: model.to_string(), backend, feeds, outputs: Vec::new(), compiled: Vec::new(), scores, takes_src_len, pairs })
     }
