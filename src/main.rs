@@ -589,7 +589,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
         println!("prediction MSE: {}", errors.join(", "));
         println!("wrote {}, {}", csv.display(), svg.display());
     }
-    println!("wrote {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.plot.display());
+    println!("wrote {}, {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.json.display(), files.plot.display());
     Ok(())
 }
 

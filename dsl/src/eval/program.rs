@@ -14,6 +14,7 @@ const STD_FILES: &[(&str, &str)] = &[
     ("<std>/losses.d2l", include_str!("../../std/losses.d2l")),
     ("<std>/recurrent.d2l", include_str!("../../std/recurrent.d2l")),
     ("<std>/attention.d2l", include_str!("../../std/attention.d2l")),
+    ("<std>/transformer.d2l", include_str!("../../std/transformer.d2l")),
 ];
 
 /// A front-end error, already rendered against its source text.
