@@ -79,6 +79,7 @@ const CASES: &[Case] = &[
     // batch of 64), under the masked loss per sequence.
     ("seq2seq.d2l", "seq2seq", 601, 3, None, 0.575), // 0.566
     ("bahdanau.d2l", "bahdanau", 601, 3, None, 0.575), // 0.565
+    ("transformer.d2l", "transformer", 601, 3, None, 0.48), // 0.468
 ];
 
 #[test]
