@@ -91,8 +91,14 @@ impl Math {
     }
 
     pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        // Beyond these, exp is +inf or 0 in f32; clamping keeps n small.
-        let x = self.clamp(b, x, -104.0, 88.8);
+        // Below ln(f32::MIN_POSITIVE) the result would be denormal: it is 0
+        // instead (off by < 1.2e-38). Denormals cost ~100 cycles in every
+        // later operation on this CPU family; a masked softmax's -1e6
+        // scores made its whole backward pass slow on them.
+        let lowest = self.f(b, -87.336_54);
+        let underflows = b.ins().fcmp(FloatCC::LessThan, x, lowest);
+        // Above this, exp is +inf in f32; clamping keeps n small.
+        let x = self.clamp(b, x, -87.336_54, 88.8);
         // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer and
         // leaves it in the low mantissa bits (no float-to-int conversion).
         const MAGIC: f32 = 12_582_912.0;
@@ -113,7 +119,9 @@ impl Math {
         let one = self.f(b, 1.0);
         let y = b.ins().fma(p, r2, r);
         let y = b.ins().fadd(y, one);
-        self.scale(b, y, ni)
+        let y = self.scale(b, y, ni);
+        let zero = self.f(b, 0.0);
+        self.select(b, underflows, zero, y)
     }
 
     pub fn log(&self, b: &mut FunctionBuilder, x: Value) -> Value {
