@@ -477,8 +477,8 @@ impl Program {
                 let size = dtype.size_bytes() as isize;
                 let (ars, acs, brs, bcs) = (a.map.strides[r] as isize, a.map.strides[r + 1] as isize, b.map.strides[r] as isize, b.map.strides[r + 1] as isize);
                 let count: usize = batch.iter().product();
-                for bi in 0..count {
-                    // Batch offsets of both operands (row-major digits of bi).
+                // Batch offsets of both operands (row-major digits of bi).
+                let offsets = |bi: usize| {
                     let (mut oa, mut ob, mut rest) = (a.map.offset, b.map.offset, bi);
                     for d in (0..r).rev() {
                         let digit = (rest % batch[d]) as i64;
@@ -486,26 +486,54 @@ impl Program {
                         oa += digit * a.map.strides[d];
                         ob += digit * b.map.strides[d];
                     }
-                    // SAFETY: offsets stay inside the operands (fusion's maps).
-                    unsafe {
-                        let c = out_ptr.offset((bi * m * n) as isize * size);
-                        match dtype {
-                            DType::F64 => routines::dgemm_naive(m, n, k, (pa as *const f64).offset(oa as isize), (ars, acs), (pb as *const f64).offset(ob as isize), (brs, bcs), c as *mut f64, false),
-                            _ => {
-                                let am = MatRef::strided((pa as *const f32).offset(oa as isize), ars, acs);
-                                let bm = MatRef::strided((pb as *const f32).offset(ob as isize), brs, bcs);
-                                let cm = MatMut { ptr: c as *mut f32, rs: n as isize };
-                                match self.packed_of[s] {
-                                    Some((i, first)) => {
-                                        // SAFETY: steps run one at a time; the first reader of
-                                        // a shared B packs it before any reader multiplies.
-                                        let packed = &mut *self.packed[i].get();
-                                        if first {
-                                            packed.pack(bm, self.pool);
+                    (oa as isize, ob as isize)
+                };
+                if count > 1 && *dtype == DType::F32 && m * n * k < gemm::PER_THREAD {
+                    // Many small products (attention's, one per example and
+                    // head): the batch is split over the threads, each
+                    // product on one thread; splitting each would cost more
+                    // in hand-offs than it computes.
+                    let (pa, pb, out_ptr) = (pa as usize, pb as usize, out_ptr as usize);
+                    let (scratches, parts) = (&self.gemm, self.pool.threads().min(count));
+                    let chunk = count.div_ceil(parts);
+                    self.pool.run(count.div_ceil(chunk), &|part, worker| {
+                        for bi in part * chunk..(count.min((part + 1) * chunk)) {
+                            let (oa, ob) = offsets(bi);
+                            // SAFETY: offsets stay inside the operands (fusion's
+                            // maps); each product writes its own slice of C; a
+                            // worker runs one part at a time, with its own scratch.
+                            unsafe {
+                                let am = MatRef::strided((pa as *const f32).offset(oa), ars, acs);
+                                let bm = MatRef::strided((pb as *const f32).offset(ob), brs, bcs);
+                                let cm = MatMut { ptr: (out_ptr as *mut f32).add(bi * m * n), rs: n as isize };
+                                gemm::sgemm(m, n, k, am, bm, cm, false, scratches.get(worker));
+                            }
+                        }
+                    });
+                } else {
+                    for bi in 0..count {
+                        let (oa, ob) = offsets(bi);
+                        // SAFETY: offsets stay inside the operands (fusion's maps).
+                        unsafe {
+                            let c = out_ptr.offset((bi * m * n) as isize * size);
+                            match dtype {
+                                DType::F64 => routines::dgemm_naive(m, n, k, (pa as *const f64).offset(oa), (ars, acs), (pb as *const f64).offset(ob), (brs, bcs), c as *mut f64, false),
+                                _ => {
+                                    let am = MatRef::strided((pa as *const f32).offset(oa), ars, acs);
+                                    let bm = MatRef::strided((pb as *const f32).offset(ob), brs, bcs);
+                                    let cm = MatMut { ptr: c as *mut f32, rs: n as isize };
+                                    match self.packed_of[s] {
+                                        Some((i, first)) => {
+                                            // SAFETY: steps run one at a time; the first reader of
+                                            // a shared B packs it before any reader multiplies.
+                                            let packed = &mut *self.packed[i].get();
+                                            if first {
+                                                packed.pack(bm, self.pool);
+                                            }
+                                            gemm::sgemm_packed_parallel(m, am, packed, cm, false, &self.gemm, self.pool);
                                         }
-                                        gemm::sgemm_packed_parallel(m, am, packed, cm, false, &self.gemm, self.pool);
+                                        None => gemm::sgemm_parallel(m, n, k, am, bm, cm, false, &self.gemm, self.pool),
                                     }
-                                    None => gemm::sgemm_parallel(m, n, k, am, bm, cm, false, &self.gemm, self.pool),
                                 }
                             }
                         }

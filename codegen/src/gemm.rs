@@ -29,7 +29,7 @@ const NC: usize = 2048;
 /// Below this many multiply-adds, a direct loop beats packing.
 pub const SMALL: usize = 4096;
 /// Below this many multiply-adds per thread, one thread does it all.
-const PER_THREAD: usize = 1 << 17;
+pub const PER_THREAD: usize = 1 << 17;
 
 /// A read-only matrix: element `(i, j)` is at `ptr + row(i) + col(j)`, where
 /// `row(i)` is `rows[i]` when a row table is given, else `i·rs` (likewise
@@ -403,18 +403,113 @@ pub unsafe fn sgemm_packed_parallel(m: usize, a: MatRef<'_>, b: &PackedB, c: Mat
 
 /// Direct loops for tiny products, where packing costs more than it saves.
 unsafe fn small(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool) {
-    for i in 0..m {
-        let row = c.shifted(i, 0).ptr;
-        for j in 0..n {
-            let mut acc = 0.0f32;
-            for p in 0..k {
-                acc = unsafe { a.at(i, p) }.mul_add(unsafe { b.at(p, j) }, acc);
-            }
-            unsafe {
-                let dst = row.add(j);
-                *dst = if accumulate { *dst + acc } else { acc };
+    unsafe { small_tiles(m, n, k, a, b, c, accumulate) }
+}
+
+/// Lanes of a tile row, and rows of a tile, of [`small_tiles`].
+const SMALL_W: usize = 8;
+const SMALL_R: usize = 4;
+
+/// `x` (`rows x cols`) copied row-major into `dst`, as a plain strided matrix.
+#[inline(always)]
+unsafe fn pack_small<'d>(x: MatRef<'_>, rows: usize, cols: usize, dst: &'d mut [std::mem::MaybeUninit<f32>]) -> MatRef<'d> {
+    for i in 0..rows {
+        for j in 0..cols {
+            dst[i * cols + j].write(unsafe { x.at(i, j) });
+        }
+    }
+    MatRef::strided(dst.as_ptr() as *const f32, cols as isize, 1)
+}
+
+/// C in tiles of `SMALL_R` rows by `SMALL_W` columns, each accumulated in
+/// registers over all of k: independent multiply-adds, none waiting on a
+/// store. A is read in place at any strides; B in place when its rows are
+/// contiguous, else (attention's `q·kᵀ` reads it across its rows) it is
+/// copied first, as is an operand with gather tables: at most `SMALL`
+/// values each, as `m·n·k <= SMALL`.
+#[inline(always)]
+unsafe fn small_tiles(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool) {
+    let mut a_buf = [std::mem::MaybeUninit::<f32>::uninit(); SMALL];
+    let mut b_buf = [std::mem::MaybeUninit::<f32>::uninit(); SMALL];
+    let a = if a.rows.is_some() || a.cols.is_some() { unsafe { pack_small(a, m, k, &mut a_buf) } } else { a };
+    let b = if b.rows.is_some() || b.cols.is_some() || b.cs != 1 { unsafe { pack_small(b, k, n, &mut b_buf) } } else { b };
+    static ZERO: f32 = 0.0;
+    for i0 in (0..m).step_by(SMALL_R) {
+        // Rows past m read a zero (stride 0) instead.
+        let mut rows = [(&ZERO as *const f32, 0isize); SMALL_R];
+        for (r, row) in rows.iter_mut().enumerate().take(m - i0) {
+            *row = (a.ptr.wrapping_offset((i0 + r) as isize * a.rs), a.cs);
+        }
+        for j0 in (0..n).step_by(SMALL_W) {
+            let cols = SMALL_W.min(n - j0);
+            // SAFETY: rows of A hold k values at their strides; B's rows hold
+            // n >= j0 + cols contiguous values.
+            let acc = unsafe { small_tile(k, &rows, b.ptr.wrapping_add(j0), b.rs, cols) };
+            for (r, acc_row) in acc.iter().enumerate().take(m - i0) {
+                // SAFETY: C's row i0 + r has n >= j0 + cols values.
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.shifted(i0 + r, j0).ptr, cols) };
+                for (d, &v) in dst.iter_mut().zip(acc_row) {
+                    *d = if accumulate { *d + v } else { v };
+                }
             }
         }
+    }
+}
+
+/// One tile of C: `Σ_p rows[r][p] · b[p, 0..cols]`, rows of A given as
+/// (start, stride), B's rows `brs` apart with `cols <= SMALL_W` contiguous
+/// values each (lanes past `cols` are not read, and come out 0).
+///
+/// # Safety
+/// Every row of A holds k values at its stride; B's rows hold `cols`.
+#[inline(always)]
+unsafe fn small_tile(k: usize, rows: &[(*const f32, isize); SMALL_R], b: *const f32, brs: isize, cols: usize) -> [[f32; SMALL_W]; SMALL_R] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; the caller's contract is passed on.
+        return unsafe { small_tile_avx2(k, rows, b, brs, cols) };
+    }
+    unsafe { small_tile_generic(k, rows, b, brs, cols) }
+}
+
+/// [`small_tile`] in plain Rust, for CPUs without AVX2.
+#[inline(always)]
+unsafe fn small_tile_generic(k: usize, rows: &[(*const f32, isize); SMALL_R], b: *const f32, brs: isize, cols: usize) -> [[f32; SMALL_W]; SMALL_R] {
+    let mut acc = [[0.0f32; SMALL_W]; SMALL_R];
+    for p in 0..k {
+        for (acc_row, &(ptr, cs)) in acc.iter_mut().zip(rows) {
+            let av = unsafe { *ptr.offset(p as isize * cs) };
+            for (j, x) in acc_row.iter_mut().enumerate().take(cols) {
+                *x = av.mul_add(unsafe { *b.offset(p as isize * brs + j as isize) }, *x);
+            }
+        }
+    }
+    acc
+}
+
+/// [`small_tile`] in four AVX registers; a partial tile's B is read with
+/// a masked load.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn small_tile_avx2(k: usize, rows: &[(*const f32, isize); SMALL_R], b: *const f32, brs: isize, cols: usize) -> [[f32; SMALL_W]; SMALL_R] {
+    use std::arch::x86_64::*;
+    let lanes: [i32; SMALL_W] = std::array::from_fn(|j| if j < cols { -1 } else { 0 });
+    // SAFETY: `lanes` holds 8 i32s; the caller guarantees the reads.
+    unsafe {
+        let mask = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
+        let mut acc = [_mm256_setzero_ps(); SMALL_R];
+        for p in 0..k as isize {
+            let row = b.offset(p * brs);
+            let bv = if cols == SMALL_W { _mm256_loadu_ps(row) } else { _mm256_maskload_ps(row, mask) };
+            for (x, &(ptr, cs)) in acc.iter_mut().zip(rows) {
+                *x = _mm256_fmadd_ps(_mm256_set1_ps(*ptr.offset(p * cs)), bv, *x);
+            }
+        }
+        let mut out = [[0.0f32; SMALL_W]; SMALL_R];
+        for (o, x) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(o.as_mut_ptr(), x);
+        }
+        out
     }
 }
 
@@ -676,6 +771,44 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Small products (`m·n·k <= SMALL`, attention's): partial tiles in both
+    /// directions, B read along or across its rows, A through a gather
+    /// table, with and without accumulation; and each tile's plain-Rust
+    /// path against the AVX2 one on the same operands.
+    #[test]
+    fn small_products_match_a_reference() {
+        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (4, 8, 8), (5, 9, 3), (10, 10, 8), (12, 17, 4), (1, 4096, 1), (4096, 1, 1), (1, 1, 4096), (2, 3, 600)] {
+            assert!(m * n * k <= SMALL);
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let row_table: Vec<isize> = (0..m).map(|i| (i * k) as isize).collect();
+            for a_t in [false, true] {
+                let want = reference(m, n, k, &a, a_t, &b);
+                let b_t: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+                for (b_view, a_table) in [(false, false), (true, false), (false, true)] {
+                    let mut am = if a_t { MatRef::strided(a.as_ptr(), 1, m as isize) } else { MatRef::strided(a.as_ptr(), k as isize, 1) };
+                    if a_table && !a_t {
+                        am.rows = Some(&row_table);
+                    }
+                    let bm = if b_view { MatRef::strided(b_t.as_ptr(), 1, k as isize) } else { MatRef::strided(b.as_ptr(), n as isize, 1) };
+                    for accumulate in [false, true] {
+                        let mut c = vec![1.0f32; m * n];
+                        unsafe { small(m, n, k, am, bm, MatMut { ptr: c.as_mut_ptr(), rs: n as isize }, accumulate) };
+                        let base = if accumulate { 1.0 } else { 0.0 };
+                        for (got, want) in c.iter().zip(&want) {
+                            assert!((got - base - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} a_t={a_t} b_view={b_view} table={a_table}: {got} vs {}", want + base);
+                        }
+                    }
+                }
+            }
+            // The two tile paths on the first tile, B read along its rows.
+            let rows: [(*const f32, isize); SMALL_R] = std::array::from_fn(|r| if r < m { (a[r * k..].as_ptr(), 1) } else { (&0.0f32 as *const f32, 0) });
+            let cols = SMALL_W.min(n);
+            let generic = unsafe { small_tile_generic(k, &rows, b.as_ptr(), n as isize, cols) };
+            assert_eq!(generic, unsafe { small_tile(k, &rows, b.as_ptr(), n as isize, cols) }, "{m}x{n}x{k}");
         }
     }
 
