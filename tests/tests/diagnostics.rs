@@ -192,3 +192,8 @@ fn giving_a_shared_instance_a_bound_argument_again() {
 fn calling_a_shared_instance_on_inputs_of_another_width() {
     check("share_width", "model m(x: f32[B, 4]) {\n    shared = share(linear, out=8)\n    y = shared(x)\n    return shared(y)\n}\n");
 }
+
+#[test]
+fn observing_under_a_name_that_is_not_text() {
+    check("observe_name", "model m(x: f32[B, 4]) {\n    return observe(x, 3)\n}\n");
+}

@@ -71,3 +71,32 @@ fn every_decoder_step_shares_one_attention_and_one_gru() {
     assert_eq!(count(1), 47_369 + 2 * 32 * 32 + 32);
     assert_eq!(count(10), count(1));
 }
+
+#[test]
+fn attention_weights_are_observed_at_every_call() {
+    // §66: the one shared attention observes its weights [B, 1, S] at each
+    // of the ten decoding steps, under one name; §68: each of the six
+    // attention layers (two in the encoder, two per decoder block) its
+    // [B, heads, queries, keys].
+    let opts = LowerOptions { dims: [("B".to_string(), 2), ("S".to_string(), 10), ("T".to_string(), 10)].into(), ..LowerOptions::default() };
+    let lowered = with("bahdanau.d2l", "").lower("bahdanau", &opts).unwrap();
+    assert_eq!(lowered.observed.len(), 10);
+    for (name, node) in &lowered.observed {
+        assert_eq!(name, "attention_decoder_0.additive_attention_0.weights");
+        assert_eq!(lowered.graph.shape(*node).dims(), [2, 1, 10]);
+    }
+    let lowered = with("transformer.d2l", "").lower("transformer", &opts).unwrap();
+    let names: Vec<&str> = lowered.observed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "transformer_encoder_0.transformer_encoder_block_0.multi_head_attention_0.dot_product_attention_0.weights",
+            "transformer_encoder_0.transformer_encoder_block_1.multi_head_attention_0.dot_product_attention_0.weights",
+            "transformer_decoder_0.transformer_decoder_block_0.multi_head_attention_0.dot_product_attention_0.weights",
+            "transformer_decoder_0.transformer_decoder_block_0.multi_head_attention_1.dot_product_attention_0.weights",
+            "transformer_decoder_0.transformer_decoder_block_1.multi_head_attention_0.dot_product_attention_0.weights",
+            "transformer_decoder_0.transformer_decoder_block_1.multi_head_attention_1.dot_product_attention_0.weights",
+        ]
+    );
+    assert!(lowered.observed.iter().all(|(_, n)| lowered.graph.shape(*n).dims() == [2, 4, 10, 10]));
+}

@@ -71,6 +71,8 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("pair", &["x"]),
     // parameter tying: `share(block, key=value, ...)`, handled by `share`
     ("share", &["block"]),
+    // inspection: x itself, listed under a name for tools that read it
+    ("observe", &["x", "name"]),
 ];
 
 /// Names usable as values without a call.
@@ -80,7 +82,7 @@ pub(super) const NAMES: &[&str] = &[
     "exp", "log", "sqrt", "tanh", "sigmoid", "abs", "sin", "cos", "maximum", "minimum", "where", "stop_gradient", "sum", "mean", "max", "min", "argmax", "reshape",
     "permute", "transpose", "broadcast_to", "unsqueeze", "squeeze", "concat", "pad", "pad2d", "take", "one_hot", "cast", "zeros", "ones", "full", "arange",
     "rand_uniform", "rand_normal", "conv", "pool_max", "pool_avg", "normal", "uniform", "constant", "int", "float", "len", "range", "enumerate", "zip", "pair",
-    "share", "training", "inf", "pi", "xavier_uniform", "xavier_normal",
+    "share", "observe", "training", "inf", "pi", "xavier_uniform", "xavier_normal",
 ];
 
 pub(super) const INIT_HELP: &str = "initializers are zeros, ones, normal(mean, std), uniform(low, high), constant(v), xavier_uniform and xavier_normal";
@@ -294,6 +296,17 @@ pub(super) fn call(lw: &mut Lowerer, name: &str, args: Vec<ArgVal>, span: Span) 
             Value::Tensor(lw.graph.select(c, x, y).map_err(shape_err)?)
         }
         "stop_gradient" => Value::Tensor(lw.graph.stop_gradient(a.tensor(lw, 0)?)),
+        "observe" => {
+            let x = a.tensor(lw, 0)?;
+            let Some(Value::Str(label)) = a.get(1) else { return Err(a.wrong(lw, 1, "a name in quotes, such as \"weights\"")) };
+            let mut path = lw.scopes.join(".");
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(label);
+            lw.observed.push((path, x));
+            Value::Tensor(x)
+        }
         "sum" | "mean" | "max" | "min" => {
             if !matches!(a.get(0), Some(Value::Tensor(_))) && (name == "max" || name == "min") {
                 // max(a, b) on compile-time numbers.

@@ -58,6 +58,12 @@ pub struct Lowered {
     pub layers: Vec<Layer>,
     /// Every symbolic input dim and the value it was bound to.
     pub dims: BTreeMap<String, usize>,
+    /// The tensors the model passed to `observe`, in the order the calls ran,
+    /// each named by its block instance path and label
+    /// (`transformer_decoder_0.….dot_product_attention_0.weights`); a block
+    /// called at every step lists one per call, under one name. Nothing
+    /// makes them outputs: a tool that wants them adds them to the graph.
+    pub observed: Vec<(String, NodeId)>,
 }
 
 impl Lowered {
@@ -113,7 +119,7 @@ impl Program {
         };
         let mut lw = Lowerer::new(self, opts);
         lw.lower_model(&def.func, loss).map_err(|d| self.error(d))?;
-        Ok(Lowered { graph: lw.graph, layers: lw.layers, dims: lw.bound_dims })
+        Ok(Lowered { graph: lw.graph, layers: lw.layers, dims: lw.bound_dims, observed: lw.observed })
     }
 }
 
@@ -176,6 +182,8 @@ struct Lowerer<'p> {
     yields: Vec<Vec<(NodeId, Span)>>,
     layers: Vec<Layer>,
     bound_dims: BTreeMap<String, usize>,
+    /// `observe` calls so far (see [`Lowered::observed`]).
+    observed: Vec<(String, NodeId)>,
     file_names: HashMap<u32, Arc<str>>,
     /// Nodes below this index have had their size checked.
     sized: usize,
@@ -205,6 +213,7 @@ impl<'p> Lowerer<'p> {
             yields: Vec::new(),
             layers: Vec::new(),
             bound_dims: BTreeMap::new(),
+            observed: Vec::new(),
             file_names: HashMap::new(),
             sized: 0,
             state_bytes: 0,
