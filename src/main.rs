@@ -149,6 +149,13 @@ enum Command {
         /// Beam size: keep the k best candidates at every step (1: greedy).
         #[arg(long, default_value_t = 1)]
         beam: usize,
+        /// Draw the attention weights behind each translation as heatmaps
+        /// (§66's and §68's figures): every tensor the model passes to
+        /// `observe` (the standard attention blocks observe their weights),
+        /// a row per attention layer, a panel per head, queries down, keys
+        /// across. Several sentences write FILE-1.svg, FILE-2.svg, ...
+        #[arg(long, value_name = "FILE.svg")]
+        attention: Option<PathBuf>,
         /// What executes the model.
         #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
@@ -292,7 +299,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Translate { model, params, sentences, references, beam, backend } => translate(&model, &params, &sentences, &references, beam, backend.into()),
+        Command::Translate { model, params, sentences, references, beam, attention, backend } => translate(&model, &params, &sentences, &references, beam, attention.as_deref(), backend.into()),
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
         Command::Generate { model, params, prefix, len, backend } => generate(&model, &params, &prefix, len, backend.into()),
         Command::Run { model, image: Some(spec), params, seed, top, .. } => {
@@ -661,7 +668,7 @@ fn generate(args: &ModelArgs, params: &Path, prefix: &str, len: usize, backend: 
 }
 
 /// `d2l translate`: sentences through a trained encoder-decoder.
-fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: &[String], beam: usize, backend: d2l_runtime::Backend) -> Result<(), Error> {
+fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: &[String], beam: usize, attention: Option<&Path>, backend: d2l_runtime::Backend) -> Result<(), Error> {
     if !references.is_empty() && references.len() != sentences.len() {
         return Err(Error::Usage(format!("{} sentences but {} references: give one --reference per sentence, or none", sentences.len(), references.len())));
     }
@@ -675,7 +682,41 @@ fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: 
     let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
     let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &tensors, pairs.clone(), backend)?;
     let pairs: Vec<(&str, Option<&str>)> = sentences.iter().enumerate().map(|(i, s)| (s.as_str(), references.get(i).map(String::as_str))).collect();
-    print_translations(&mut translator, &pairs, beam)
+    print_translations(&mut translator, &pairs, beam)?;
+    let Some(path) = attention else { return Ok(()) };
+    for (i, sentence) in sentences.iter().enumerate() {
+        let file = match sentences.len() {
+            1 => path.to_path_buf(),
+            _ => path.with_file_name(format!("{}-{}.svg", path.file_stem().unwrap_or_default().to_string_lossy(), i + 1)),
+        };
+        draw_attention(&mut translator, sentence, beam, &file)?;
+        println!("wrote {}", file.display());
+    }
+    Ok(())
+}
+
+/// The attention maps behind one translation as an SVG of heatmaps.
+fn draw_attention(translator: &mut d2l::train::translate::Translator, sentence: &str, beam: usize, file: &Path) -> Result<(), Error> {
+    use d2l::train::heatmap::{Heatmap, svg_heatmaps};
+    let tokens = translator.beam_tokens(sentence, beam)?;
+    let maps = translator.attention(sentence, &tokens)?;
+    let (src, dec) = translator.positions(sentence, &tokens);
+    let grid: Vec<(String, Vec<Heatmap>)> = maps
+        .iter()
+        .map(|m| {
+            let panels = (0..m.heads)
+                .map(|h| Heatmap { title: if m.heads > 1 { format!("head {}", h + 1) } else { String::new() }, rows: m.queries, cols: m.keys, values: m.weights[h].clone() })
+                .collect();
+            (m.name.clone(), panels)
+        })
+        .collect();
+    let notes = vec![
+        format!("{sentence} => {}", translator.words(&tokens)),
+        format!("source positions: {}", src.join(" ")),
+        format!("decoder positions: {}", dec.join(" ")),
+    ];
+    let svg = svg_heatmaps(&grid, ("queries", "keys"), &notes);
+    d2l_runtime::files::write_atomic(file, svg.as_bytes()).map_err(|e| Error::Usage(format!("cannot write {}: {e}", file.display())))
 }
 
 fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64, backend: d2l_runtime::Backend) -> Result<(), Error> {

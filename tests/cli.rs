@@ -201,4 +201,19 @@ fn translate_reads_a_checkpoint_and_scores_with_bleu() {
     assert!(!o.status.success() && stderr(&o).contains("2 sentences but 1 references"), "{}", stderr(&o));
     let o = d2l(&["translate", "models/mlp.d2l", "--params", params, "go ."]);
     assert!(!o.status.success() && stderr(&o).contains("no sentence pairs to translate with"), "{}", stderr(&o));
+    // §62's model has no attention to draw; §66's draws one map per
+    // sentence, its ten decoding steps down, the ten source positions across.
+    let svg = dir.path().join("attention.svg");
+    let o = d2l(&["translate", "models/seq2seq.d2l", "--params", params, "go .", "--attention", svg.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("observes nothing"), "{}", stderr(&o));
+    let o = d2l(&["train", "models/bahdanau.d2l", "--out", out, "--epochs", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let params = dir.path().join("bahdanau.safetensors");
+    let o = d2l(&["translate", "models/bahdanau.d2l", "--params", params.to_str().unwrap(), "go .", "i lost .", "--attention", svg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in [1, 2] {
+        let text = std::fs::read_to_string(dir.path().join(format!("attention-{i}.svg"))).unwrap();
+        assert!(text.contains("attention_decoder_0.additive_attention_0.weights") && text.contains("source positions: "), "{text}");
+        assert_eq!(text.matches("<title>").count(), 100, "10 queries x 10 keys");
+    }
 }

@@ -4,7 +4,8 @@
 //! evaluation, k-fold validation and checkpoints ([`run`]), the logs and
 //! curves a run writes ([`logs`]), text generation with a trained language
 //! model ([`generate`]), translation with a trained encoder–decoder
-//! ([`translate`]), BLEU ([`bleu`]) and step-time benchmarks ([`bench`]).
+//! ([`translate`]) and its attention maps drawn as heatmaps ([`heatmap`]),
+//! BLEU ([`bleu`]) and step-time benchmarks ([`bench`]).
 //!
 //! The `d2l` command and the facade crate call this; a Rust program can too:
 //!
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod bleu;
 pub mod generate;
 pub mod graphs;
+pub mod heatmap;
 pub mod logs;
 pub mod run;
 pub mod series;

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use d2l_dsl::{LowerOptions, Program};
+use d2l_dsl::{LowerOptions, Lowered, Program};
 use d2l_ir::{DType, Graph, OutputRole};
 use d2l_runtime::data::nmt::{BOS, EOS, PAD, truncate_pad};
 use d2l_runtime::{Backend, Executable, Tensor};
@@ -40,6 +40,9 @@ pub struct Translator<'p> {
     feeds: HashMap<String, Tensor>,
     outputs: Vec<(String, Tensor)>,
     compiled: Vec<Compiled>,
+    /// The model compiled for one sentence with its observed tensors as
+    /// outputs `observed I`, and their names (see [`Translator::attention`]).
+    observing: Option<(Compiled, Vec<(String, usize)>)>,
     /// The scores output and whether the model takes the source lengths.
     scores: String,
     takes_src_len: bool,
@@ -66,7 +69,7 @@ impl<'p> Translator<'p> {
         }
         let feeds = param_feeds(&probe, params)?;
         let takes_src_len = probe.input_named("src_len").is_some();
-        Ok(Translator { program, model: model.to_string(), backend, feeds, outputs: Vec::new(), compiled: Vec::new(), scores, takes_src_len, pairs })
+        Ok(Translator { program, model: model.to_string(), backend, feeds, outputs: Vec::new(), compiled: Vec::new(), observing: None, scores, takes_src_len, pairs })
     }
 
     /// The source sentence as the course's `predict_seq2seq` reads it:
@@ -124,6 +127,13 @@ impl<'p> Translator<'p> {
     /// `<eos>` or after `steps` tokens, and the best of all ended ones by
     /// `log P / L^0.75` wins. `k = 1` is greedy search.
     pub fn beam(&mut self, sentence: &str, k: usize) -> Result<String, Error> {
+        let tokens = self.beam_tokens(sentence, k)?;
+        Ok(self.words(&tokens))
+    }
+
+    /// The target tokens beam search chooses (ending with `<eos>` unless
+    /// `steps` tokens came first).
+    pub fn beam_tokens(&mut self, sentence: &str, k: usize) -> Result<Vec<usize>, Error> {
         if k == 0 {
             return Err(Error::Usage("the beam size must be at least 1".into()));
         }
@@ -160,14 +170,100 @@ impl<'p> Translator<'p> {
             score / (len as f64).powf(ALPHA)
         };
         let best = ended.iter().max_by(|a, b| normalised(a).total_cmp(&normalised(b))).expect("at least one candidate");
-        let words: Vec<&str> = best.0.iter().filter(|&&t| t != EOS).map(|&t| self.pairs.tgt_vocab.token(t).unwrap_or("<unk>")).collect();
-        Ok(words.join(" "))
+        Ok(best.0.clone())
     }
+
+    /// Target tokens as text, `<eos>` left out.
+    pub fn words(&self, tokens: &[usize]) -> String {
+        let words: Vec<&str> = tokens.iter().filter(|&&t| t != EOS).map(|&t| self.pairs.tgt_vocab.token(t).unwrap_or("<unk>")).collect();
+        words.join(" ")
+    }
+
+    /// Source and decoder-input tokens as text, position by position (what
+    /// the rows and columns of an attention map stand for).
+    pub fn positions(&self, sentence: &str, tokens: &[usize]) -> (Vec<String>, Vec<String>) {
+        let (src, len) = self.source(sentence);
+        let src = src[..len].iter().map(|&t| self.pairs.src_vocab.token(t).unwrap_or("<unk>").to_string()).collect();
+        let dec = [&[BOS][..], tokens].concat().iter().take(self.pairs.steps).map(|&t| self.pairs.tgt_vocab.token(t).unwrap_or("<unk>").to_string()).collect();
+        (src, dec)
+    }
+
+    /// The tensors the model `observe`s (its attention weights) while it
+    /// scores `tokens` as the translation of `sentence`: the whole window
+    /// run once, so position t's rows are what step t of decoding saw. One
+    /// map per observed name; a block called at every step (Bahdanau's
+    /// attention) observes one query per call, stacked in call order.
+    pub fn attention(&mut self, sentence: &str, tokens: &[usize]) -> Result<Vec<ObservedMap>, Error> {
+        let steps = self.pairs.steps;
+        if self.observing.is_none() {
+            let lowered = lower_with_observed(self.program, &self.model, steps, 1)?;
+            let mut graph = lowered.graph;
+            let mut names: Vec<(String, usize)> = Vec::new();
+            for (i, (name, node)) in lowered.observed.iter().enumerate() {
+                let dims = graph.shape(*node).dims().to_vec();
+                if dims.len() < 2 {
+                    return Err(Error::Usage(format!("`{name}` is observed with shape {dims:?}; an attention map needs [..., queries, keys]")));
+                }
+                graph.set_output(format!("observed {i}"), *node);
+                names.push((name.clone(), i));
+            }
+            if names.is_empty() {
+                return Err(Error::Usage(format!("model `{}` observes nothing: attention maps are what it passes to `observe(x, \"name\")` (the standard library's attention blocks observe their weights)", self.model)));
+            }
+            self.observing = Some((Compiled { exe: self.backend.compile(&graph, 0)?, width: 1 }, names));
+        }
+        let (src, src_len) = self.source(sentence);
+        let row = |ids: &[usize]| ids.iter().map(|&i| i as i64).collect::<Vec<i64>>();
+        self.feeds.insert("src".into(), Tensor::from_i64(&[1, steps], row(&src)));
+        self.feeds.insert("dec_in".into(), Tensor::from_i64(&[1, steps], row(&truncate_pad(&[&[BOS][..], tokens].concat(), steps, PAD))));
+        if self.takes_src_len {
+            self.feeds.insert("src_len".into(), Tensor::from_i64(&[1], vec![src_len as i64]));
+        }
+        let (compiled, names) = self.observing.as_mut().expect("compiled above");
+        compiled.exe.run_into(&self.feeds, &mut self.outputs)?;
+        let mut maps: Vec<ObservedMap> = Vec::new();
+        for (name, i) in names.iter() {
+            let (_, t) = self.outputs.iter().find(|(n, _)| *n == format!("observed {i}")).expect("an output of the graph");
+            let dims = t.shape().dims().to_vec();
+            let (q, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+            let heads = dims[..dims.len() - 2].iter().product::<usize>();
+            let values = t.to_f64_vec();
+            let map = match maps.iter_mut().find(|m| m.name == *name) {
+                Some(m) if m.heads == heads && m.keys == k => m,
+                Some(m) => return Err(Error::Usage(format!("`{name}` is observed as [{}, _, {}] and then as {dims:?}: calls of one name stack along the queries", m.heads, m.keys))),
+                None => {
+                    maps.push(ObservedMap { name: name.clone(), heads, queries: 0, keys: k, weights: vec![Vec::new(); heads] });
+                    maps.last_mut().expect("pushed")
+                }
+            };
+            for (h, head) in map.weights.iter_mut().enumerate() {
+                head.extend_from_slice(&values[h * q * k..(h + 1) * q * k]);
+            }
+            map.queries += q;
+        }
+        Ok(maps)
+    }
+}
+
+/// What one `observe` name held for one sentence: per head (the leading
+/// dims, batch of one included), a queries x keys matrix, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedMap {
+    pub name: String,
+    pub heads: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub weights: Vec<Vec<f64>>,
 }
 
 /// `model` in evaluation mode for `width` sentences of `steps` tokens.
 fn lower(program: &Program, model: &str, steps: usize, width: usize) -> Result<Graph, Error> {
+    Ok(lower_with_observed(program, model, steps, width)?.graph)
+}
+
+/// [`lower`], with what the model `observe`s.
+fn lower_with_observed(program: &Program, model: &str, steps: usize, width: usize) -> Result<Lowered, Error> {
     let shapes = [("src".to_string(), vec![width, steps]), ("dec_in".to_string(), vec![width, steps]), ("src_len".to_string(), vec![width])];
     let lopts = LowerOptions { input_shapes: shapes.into_iter().collect(), training: false, default_dim: Some(1), ..LowerOptions::default() };
-    Ok(program.lower(model, &lopts)?.graph)
+    Ok(program.lower(model, &lopts)?)
 }

@@ -63,6 +63,41 @@ fn greedy_and_beam_search_by_hand() {
 }
 
 #[test]
+fn attention_maps_by_hand() {
+    // The decoder's one-hot tokens attend to the source's: a query scores
+    // 1/√7 on a key of its own token, 0 on any other, and the keys past
+    // the source's valid length (its tokens and <eos>) are masked.
+    let src = "model m(src: i64[B, T], src_len: i64[B], dec_in: i64[B, T]) -> f32[B, T, 7] {\n    param W: f32[7, 7] = zeros\n    keys = one_hot(src, 7)\n    context = dot_product_attention(one_hot(dec_in, 7), keys, keys, src_len)\n    return take(W, dec_in, 0) + context\n}\n";
+    let program = Program::load("attend.d2l", src, None).unwrap_or_else(|e| panic!("{e}"));
+    for backend in [Backend::Jit, Backend::Interpreter] {
+        let mut t = Translator::new(&program, "m", &table(), pairs(4), backend).unwrap();
+        // Source "a b": a b <eos> <pad>, valid length 3; decoder input
+        // <bos> a c <pad> (the tokens a c).
+        let maps = t.attention("a b", &[4, 6]).unwrap();
+        assert_eq!(maps.len(), 1);
+        let m = &maps[0];
+        assert_eq!((m.name.as_str(), m.heads, m.queries, m.keys), ("dot_product_attention_0.weights", 1, 4, 4));
+        let e = (1.0 / 7f64.sqrt()).exp();
+        let expect = [
+            [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0], // <bos>: no key of its token
+            [e / (e + 2.0), 1.0 / (e + 2.0), 1.0 / (e + 2.0), 0.0], // a: the source's a
+            [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0], // c
+            [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0], // <pad>
+        ];
+        for (got, want) in m.weights[0].iter().zip(expect.iter().flatten()) {
+            assert!((got - want).abs() < 1e-6, "{backend:?}: {:?}", m.weights[0]);
+        }
+        let (source, decoder) = t.positions("a b", &[4, 6]);
+        assert_eq!((source.join(" "), decoder.join(" ")), ("a b <eos>".to_string(), "<bos> a c".to_string()));
+    }
+    // A model without `observe` has no maps to give.
+    let program = Program::load("bigram.d2l", BIGRAM, None).unwrap();
+    let mut t = Translator::new(&program, "m", &table(), pairs(4), Backend::Jit).unwrap();
+    let e = t.attention("a", &[4]).err().expect("nothing observed").to_string();
+    assert!(e.contains("observes nothing"), "{e}");
+}
+
+#[test]
 fn a_model_that_does_not_translate_is_refused() {
     let lm = "model m(tokens: i64[B, T]) -> f32[B, T, 7] {\n    param W: f32[7, 7] = zeros\n    return take(W, tokens, 0)\n}\n";
     let program = Program::load("lm.d2l", lm, None).unwrap();
