@@ -559,7 +559,9 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
         println!("{}", epoch_line(last));
     }
     let params = run.trainer.params();
-    println!("weights L2 norm {:.4}", d2l::train::run::weight_norm(&params));
+    if let Some(norm) = d2l::train::run::weight_norm(&params) {
+        println!("weights L2 norm {norm:.4}");
+    }
     // Small models (linear regression) show what they learned.
     if run.param_count <= 16 {
         for (name, t) in &params {
@@ -595,6 +597,17 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
         let errors: Vec<String> = predictions.mse.iter().map(|(what, e)| format!("{what} {e:.4}")).collect();
         println!("prediction MSE: {}", errors.join(", "));
         println!("wrote {}, {}", csv.display(), svg.display());
+    }
+    // §64: predictions at the test inputs and the attention weights.
+    if let Some(data) = run.source.kernel_regression() {
+        let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+        let predictions = d2l::train::kernel_regression::predict(&compiled.program, &model, &params, data, opts.backend)?;
+        let base = out.join(format!("{model}-predictions"));
+        let (csv, svg, heat) = (base.with_extension("csv"), base.with_extension("svg"), out.join(format!("{model}-attention.svg")));
+        d2l::train::kernel_regression::write(&predictions, data, &csv, &svg, &heat).map_err(|e| Error::Usage(format!("cannot write the predictions: {e}")))?;
+        println!("test MSE against 2 sin x + x^0.8: {:.4}", predictions.mse);
+        let heat = if predictions.weights.is_some() { format!(", {}", heat.display()) } else { String::new() };
+        println!("wrote {}, {}{heat}", csv.display(), svg.display());
     }
     println!("wrote {}, {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.json.display(), files.plot.display());
     Ok(())

@@ -217,3 +217,16 @@ fn translate_reads_a_checkpoint_and_scores_with_bleu() {
         assert_eq!(text.matches("<title>").count(), 100, "10 queries x 10 keys");
     }
 }
+
+#[test]
+fn kernel_regression_writes_predictions_and_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = d2l(&["train", "models/nadaraya_watson.d2l", "--out", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(stderr(&o).contains("epoch   5: loss ") && text.contains("w = [") && text.contains("test MSE against 2 sin x + x^0.8: "), "{text}");
+    let csv = std::fs::read_to_string(dir.path().join("nadaraya_watson-predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 51, "a header and the 50 test inputs");
+    let heatmap = std::fs::read_to_string(dir.path().join("nadaraya_watson-attention.svg")).unwrap();
+    assert_eq!(heatmap.matches("<title>").count(), 50 * 50);
+}

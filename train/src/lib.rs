@@ -23,6 +23,7 @@ pub mod bleu;
 pub mod generate;
 pub mod graphs;
 pub mod heatmap;
+pub mod kernel_regression;
 pub mod logs;
 pub mod run;
 pub mod series;

@@ -176,6 +176,8 @@ pub fn k_fold(program: &Program, run: &Training, opts: &TrainOptions, on_fold: &
 }
 
 /// L2 norm of all weights (rank >= 2 parameters): what weight decay shrinks.
-pub fn weight_norm(params: &BTreeMap<String, &d2l_runtime::Tensor>) -> f64 {
-    params.values().filter(|t| t.shape().rank() >= 2).flat_map(|t| t.to_f64_vec()).map(|v| v * v).sum::<f64>().sqrt()
+/// `None` when the model has no weights (rank >= 2) at all.
+pub fn weight_norm(params: &BTreeMap<String, &d2l_runtime::Tensor>) -> Option<f64> {
+    let weights: Vec<&&d2l_runtime::Tensor> = params.values().filter(|t| t.shape().rank() >= 2).collect();
+    (!weights.is_empty()).then(|| weights.iter().flat_map(|t| t.to_f64_vec()).map(|v| v * v).sum::<f64>().sqrt())
 }

@@ -16,7 +16,7 @@ use d2l_dsl::{Program, Spec, Value};
 use d2l_ir::DType;
 use d2l_runtime::Tensor;
 use d2l_runtime::data::text::{SeqDataLoader, SeqOptions, TokenKind, Vocab};
-use d2l_runtime::data::{self, BatchOptions, Sampling, Split, TensorDataset};
+use d2l_runtime::data::{self, BatchOptions, KernelRegressionData, Sampling, Split, TensorDataset};
 use d2l_runtime::train::{BatchStream, StateReset};
 
 use crate::{Error, Stream, TrainOptions, derive_seed};
@@ -95,6 +95,11 @@ pub trait Source {
     fn series(&self) -> Option<(&[f32], usize)> {
         None
     }
+    /// §64's points, for predicting at its test inputs
+    /// ([`crate::kernel_regression`]).
+    fn kernel_regression(&self) -> Option<&KernelRegressionData> {
+        None
+    }
 }
 
 type SchemaFn = fn(&Args) -> Result<Schema, Error>;
@@ -121,6 +126,7 @@ pub const SOURCES: &[SourceKind] = &[
     SourceKind { name: "text_file", usage: "text_file(path=\"..\", batch, steps, random=false, max_tokens=.., tokens=\"char\"|\"word\")", open: open_text_file, schema: Some(text_schema) },
     SourceKind { name: "npy", usage: "npy(features=\"x.npy\" | ((\"name\", \"file.npy\"), ..), labels=\"y.npy\", test_features=.., test_labels=.., batch)", open: open_npy, schema: None },
     SourceKind { name: "fra_eng", usage: "fra_eng(batch, steps=10, examples=600, path=\"..\")", open: open_fra_eng, schema: Some(nmt_schema) },
+    SourceKind { name: "kernel_regression", usage: "kernel_regression(n=50, batch=n)", open: open_kernel_regression, schema: Some(kernel_regression_schema) },
     SourceKind { name: "csv", usage: "csv(path=\"..\", label=\"column\", classification=false, test=\"..\", batch)", open: open_csv, schema: None },
 ];
 
@@ -288,6 +294,8 @@ pub struct TensorSource {
     series: Option<(Vec<f32>, usize)>,
     /// The vocabularies of sentence pairs.
     pairs: Option<SentencePairs>,
+    /// §64's training and test points.
+    kernel_regression: Option<KernelRegressionData>,
 }
 
 /// What translating needs of a translation source: both vocabularies and
@@ -301,7 +309,7 @@ pub struct SentencePairs {
 
 impl TensorSource {
     fn new(description: String, train: TensorDataset, test: Option<TensorDataset>, batch: usize, args: &Args) -> Result<TensorSource, Error> {
-        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None, pairs: None };
+        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None, pairs: None, kernel_regression: None };
         if let Some(limit) = args.opts.limit {
             let head = |d: &TensorDataset| d.select(&(0..limit.min(d.len())).collect::<Vec<_>>());
             source.train = head(&source.train)?;
@@ -405,11 +413,16 @@ impl Source for TensorSource {
             folds: None,
             series: None,
             pairs: self.pairs.clone(),
+            kernel_regression: None,
         }))
     }
 
     fn series(&self) -> Option<(&[f32], usize)> {
         self.series.as_ref().map(|(x, tau)| (x.as_slice(), *tau))
+    }
+
+    fn kernel_regression(&self) -> Option<&KernelRegressionData> {
+        self.kernel_regression.as_ref()
     }
 
     fn pairs(&self) -> Option<&SentencePairs> {
@@ -540,6 +553,34 @@ fn open_sine_series(args: &Args) -> Result<Box<dyn Source>, Error> {
     let description = format!("sine_series (n={n}, tau={tau}: {n_train} training pairs, {} held out)", all.len() - n_train);
     let mut source = TensorSource::new(description, train, Some(test), args.batch()?, args)?;
     source.series = Some((series, tau));
+    Ok(Box::new(source))
+}
+
+fn kernel_regression_settings(args: &Args) -> Result<(usize, usize), Error> {
+    args.keys(&["n", "batch"])?;
+    let n = args.positive_int("n")?.unwrap_or(50);
+    if n < 2 {
+        return Err(args.err(args.spec.span, "`kernel_regression` needs n >= 2: every point's keys are the other points"));
+    }
+    Ok((n, args.positive_int("batch")?.unwrap_or(n)))
+}
+
+/// §64: each training point is a query whose keys and values are the other
+/// points (leave-one-out); labels are the points' own values.
+fn kernel_regression_schema(args: &Args) -> Result<Schema, Error> {
+    let (n, batch) = kernel_regression_settings(args)?;
+    let field = |name: &str, dims: Vec<usize>| Field { name: name.into(), dtype: DType::F32, dims };
+    Ok(Schema { inputs: vec![field("queries", vec![]), field("keys", vec![n - 1]), field("values", vec![n - 1])], labels: vec![field("label", vec![])], batch })
+}
+
+fn open_kernel_regression(args: &Args) -> Result<Box<dyn Source>, Error> {
+    let (n, batch) = kernel_regression_settings(args)?;
+    let d = data::kernel_regression(n, derive_seed(args.opts.seed, Stream::Data));
+    let (keys, values) = data::leave_one_out(&d.x_train, &d.y_train);
+    let fields = vec![("queries".into(), Tensor::from_f32(&[n], d.x_train.clone())), ("keys".into(), keys), ("values".into(), values)];
+    let train = TensorDataset::with_fields(fields, vec![("label".into(), Tensor::from_f32(&[n], d.y_train.clone()))])?;
+    let mut source = TensorSource::new(format!("kernel_regression (§64: {n} noisy points of 2 sin x + x^0.8)"), train, None, batch, args)?;
+    source.kernel_regression = Some(d);
     Ok(Box::new(source))
 }
 

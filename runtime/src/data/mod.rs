@@ -25,7 +25,7 @@ pub use csv::{HousePrices, k_fold, load_house_prices};
 pub use idx::{FASHION_MNIST_CLASSES, ImageDataset, Split, load_mnist_like};
 pub use locate::{fetch, find_dataset, verify_checksum};
 pub use nmt::{NmtData, load_data_nmt};
-pub use synthetic::{sine_series, synthetic_data};
+pub use synthetic::{KernelRegressionData, kernel_regression, leave_one_out, sine_series, synthetic_data};
 pub use text::{
     Sampling, SeqBatches, SeqDataLoader, SeqOptions, TokenKind, Vocab, load_corpus,
     load_data_time_machine, read_lines, read_time_machine,
