@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use d2l_runtime::Tensor;
 use d2l_runtime::data::csv::{HOUSE_TRAIN_FILE, parse_csv, preprocess_house_prices, read_csv};
 use d2l_runtime::data::idx::{IdxKind, parse_idx};
-use d2l_runtime::data::locate::{DatasetFile, KNOWN_DATASETS, fetch_files, sha256_file};
+use d2l_runtime::data::locate::{DatasetFile, KNOWN_DATASETS, fetch_files, known_dataset, sha256_file};
 use d2l_runtime::data::{
     BatchOptions, DataError, FASHION_MNIST_CLASSES, HousePrices, ImageDataset, Split,
     TensorDataset, fetch, find_dataset, k_fold, load_house_prices, load_mnist_like,
@@ -209,6 +209,7 @@ fn fetch_downloads_verifies_and_renames() {
         urls: &urls,
         sha256: &sha,
         gzipped: false,
+        member: None,
     }];
     fetch_files("test", &files, dest.path()).unwrap();
     assert_eq!(
@@ -225,6 +226,7 @@ fn fetch_downloads_verifies_and_renames() {
         urls: &only_good,
         sha256: &wrong,
         gzipped: false,
+        member: None,
     }];
     let text = err_text(fetch_files("test", &files, dest.path()));
     assert_contains(&text, &["could not get other.csv", "checksum mismatch"]);
@@ -244,11 +246,55 @@ fn fetch_downloads_verifies_and_renames() {
         urls: &only_missing,
         sha256: &wrong,
         gzipped: false,
+        member: None,
     }];
     assert_contains(
         &err_text(fetch_files("test", &files, dest.path())),
         &["curl", "nope.csv", "404"],
     );
+}
+
+/// A zip archive of (member name, bytes), deflated.
+fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut out);
+    for (name, bytes) in members {
+        zip.start_file(*name, zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated)).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+    out.into_inner()
+}
+
+// fra-eng comes as the course's zip (`fra-eng/fra.txt` in it): the member is
+// unpacked and its checksum checked; the archive is not kept.
+#[test]
+fn fetch_unpacks_a_zip_member() {
+    let text = std::fs::read(dataset_dir("fra-eng").join("fra.txt")).unwrap();
+    let head = &text[..4096];
+    let archive = zip_of(&[("fra-eng/_about.txt", b"about"), ("fra-eng/fra.txt", head)]);
+    let base = serve(vec![("fra-eng.zip", archive), ("plain.txt", head.to_vec())]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("head.txt"), head).unwrap();
+    let sha = sha256_file(&dir.path().join("head.txt"), false).unwrap();
+    let zip_url = [format!("{base}/fra-eng.zip")];
+    let zip_url: Vec<&str> = zip_url.iter().map(String::as_str).collect();
+    let dest = tempfile::tempdir().unwrap();
+    let file = |member| [DatasetFile { name: "fra.txt", urls: &zip_url, sha256: &sha, gzipped: false, member }];
+    fetch_files("fra-eng", &file(Some("fra-eng/fra.txt")), dest.path()).unwrap();
+    assert_eq!(std::fs::read(dest.path().join("fra.txt")).unwrap(), head);
+    let left: Vec<_> = std::fs::read_dir(dest.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("fra.txt")], "the archive is not kept");
+    std::fs::remove_file(dest.path().join("fra.txt")).unwrap();
+    assert_contains(&err_text(fetch_files("fra-eng", &file(Some("fra-eng/other.txt")), dest.path())), &["could not get fra.txt", "the archive has no fra-eng/other.txt"]);
+    let plain_url = [format!("{base}/plain.txt")];
+    let plain_url: Vec<&str> = plain_url.iter().map(String::as_str).collect();
+    let not_zip = [DatasetFile { name: "fra.txt", urls: &plain_url, sha256: &sha, gzipped: false, member: Some("fra-eng/fra.txt") }];
+    assert_contains(&err_text(fetch_files("fra-eng", &not_zip, dest.path())), &["not a zip archive"]);
+    assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 0, "nothing left behind");
+    // The real entry: the checksum is that of the whole file in shared/data.
+    let known = known_dataset("fra-eng").unwrap();
+    assert_eq!(known.files[0].sha256, sha256_file(&dataset_dir("fra-eng").join("fra.txt"), false).unwrap());
 }
 
 #[test]

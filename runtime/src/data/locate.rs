@@ -35,6 +35,9 @@ pub struct DatasetFile<'a> {
     /// gzip encodings (see [`KNOWN_DATASETS`]).
     pub sha256: &'a str,
     pub gzipped: bool,
+    /// When set, the URLs give a zip archive and this file is its member of
+    /// this name (`sha256` is the member's).
+    pub member: Option<&'a str>,
 }
 
 /// A dataset [`fetch`] knows how to download and verify.
@@ -69,6 +72,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 )],
                 sha256: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
                 gzipped: true,
+                member: None,
             },
             DatasetFile {
                 name: "train-labels-idx1-ubyte.gz",
@@ -78,6 +82,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 )],
                 sha256: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
                 gzipped: true,
+                member: None,
             },
             DatasetFile {
                 name: "t10k-images-idx3-ubyte.gz",
@@ -87,6 +92,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 )],
                 sha256: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
                 gzipped: true,
+                member: None,
             },
             DatasetFile {
                 name: "t10k-labels-idx1-ubyte.gz",
@@ -96,6 +102,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 )],
                 sha256: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
                 gzipped: true,
+                member: None,
             },
         ],
         note: "on Debian/Ubuntu also `apt-get install dataset-fashion-mnist` \
@@ -112,6 +119,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 ],
                 sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
                 gzipped: true,
+                member: None,
             },
             DatasetFile {
                 name: "train-labels-idx1-ubyte.gz",
@@ -121,6 +129,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 ],
                 sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
                 gzipped: true,
+                member: None,
             },
             DatasetFile {
                 name: "t10k-images-idx3-ubyte.gz",
@@ -130,6 +139,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 ],
                 sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
                 gzipped: true,
+                member: None,
             },
             DatasetFile {
                 name: "t10k-labels-idx1-ubyte.gz",
@@ -139,6 +149,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 ],
                 sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
                 gzipped: true,
+                member: None,
             },
         ],
         note: "",
@@ -151,14 +162,27 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
                 urls: &["http://d2l-data.s3-accelerate.amazonaws.com/kaggle_house_pred_train.csv"],
                 sha256: "1e18addf81e5e4d347cc17ee6075bbe4a42b7fa26b9e5b063e8f692a5f929d41",
                 gzipped: false,
+                member: None,
             },
             DatasetFile {
                 name: "kaggle_house_pred_test.csv",
                 urls: &["http://d2l-data.s3-accelerate.amazonaws.com/kaggle_house_pred_test.csv"],
                 sha256: "8fdd3d829d4d986b58f845c9553b225e67dd8383624d90fb6ca1d4bed5798c1e",
                 gzipped: false,
+                member: None,
             },
         ],
+        note: "",
+    },
+    KnownDataset {
+        name: "fra-eng",
+        files: &[DatasetFile {
+            name: "fra.txt",
+            urls: &["http://d2l-data.s3-accelerate.amazonaws.com/fra-eng.zip"],
+            sha256: "0bb85dbaa1c896844649094d7eaf2e34bee34e84fe362b26ce7e8f2e12aae104",
+            gzipped: false,
+            member: Some("fra-eng/fra.txt"),
+        }],
         note: "",
     },
     KnownDataset {
@@ -168,6 +192,7 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
             urls: &["http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"],
             sha256: "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516",
             gzipped: false,
+            member: None,
         }],
         note: "",
     },
@@ -424,9 +449,15 @@ pub fn fetch_files(name: &str, files: &[DatasetFile<'_>], dir: &Path) -> Result<
         // Download next to the target, then rename: a crash or a bad
         // download never leaves a half-written file under the real name.
         let tmp = dir.join(format!(".{}.part-{}", file.name, std::process::id()));
+        let archive = dir.join(format!(".{}.zip.part-{}", file.name, std::process::id()));
         let mut errors = Vec::new();
         let fetched = file.urls.iter().any(|url| {
-            match download(url, &tmp).and_then(|()| {
+            let got = match file.member {
+                None => download(url, &tmp),
+                Some(member) => download(url, &archive).and_then(|()| extract_member(&archive, member, &tmp)),
+            };
+            let _ = fs::remove_file(&archive);
+            match got.and_then(|()| {
                 verify_checksum(&tmp, file.sha256, file.gzipped).map_err(|e| e.to_string())?;
                 fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))
             }) {
@@ -446,6 +477,16 @@ pub fn fetch_files(name: &str, files: &[DatasetFile<'_>], dir: &Path) -> Result<
             )));
         }
     }
+    Ok(())
+}
+
+/// Writes the member `name` of the zip archive `archive` to `out`.
+fn extract_member(archive: &Path, name: &str, out: &Path) -> Result<(), String> {
+    let file = fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("not a zip archive: {e}"))?;
+    let mut member = zip.by_name(name).map_err(|e| format!("the archive has no {name}: {e}"))?;
+    let mut dst = fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::io::copy(&mut member, &mut dst).map_err(|e| format!("unpacking {name}: {e}"))?;
     Ok(())
 }
 
