@@ -350,6 +350,8 @@ impl Program {
             }
         }
         *self.status = 0;
+        // The pool's workers flush denormals for good; this thread while it runs kernels.
+        let _flush = crate::denormals::FlushDenormals::new();
         for s in 0..self.plan.steps.len() {
             let started = self.profile.is_some().then(Instant::now);
             // SAFETY: the plan's slots describe the buffers `table` points to.

@@ -13,6 +13,7 @@
 
 pub mod clif;
 pub mod conv;
+pub mod denormals;
 pub mod exec;
 pub mod gemm;
 pub mod kernel;

@@ -144,6 +144,7 @@ impl Pool {
 }
 
 fn worker(s: &'static Shared, index: usize) {
+    crate::denormals::flush_denormals_forever();
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
