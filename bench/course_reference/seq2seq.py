@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """The course's §62 sequence-to-sequence learning (the d2l book's PyTorch
 code, 1st edition §9.7): a 2-layer GRU encoder-decoder trained English->French
-on fra.txt, with the course's masked loss, greedy prediction and BLEU. The
-reference losses and translations for d2l's seq2seq model.
+on fra.txt, with the course's masked loss, greedy prediction and BLEU; with
+--model transformer, §68's Transformer (1st edition §10.7) on the same data.
+The reference losses and translations for d2l's seq2seq and transformer
+models.
 
     VENV/bin/pip install torch
     VENV/bin/python bench/course_reference/seq2seq.py
     VENV/bin/python bench/course_reference/seq2seq.py --seeds 0-3 --threads 1 \
         --json bench/course_reference/seq2seq_results.json
+    VENV/bin/python bench/course_reference/seq2seq.py --model transformer \
+        --seeds 0-3 --threads 1 --json bench/course_reference/transformer_results.json
 
 Setup as the course: load_data_nmt(batch_size=64, num_steps=10,
 num_examples=600); embed 32, hidden 32, 2 layers, dropout 0.1; Adam lr 0.005,
@@ -16,9 +20,16 @@ and GRU weight matrix. The data code (§60) is imported from nmt_data.py
 (same directory), which copies the course's functions with lists; the arrays
 are turned into tensors here as the course's build_array_nmt does.
 
+The Transformer: hidden 32, 2 + 2 blocks, 4 heads, FFN 64, dropout 0.1, lr
+0.005, 200 epochs, batch 64, 10 steps, trained by the same train_seq2seq.
+
 Interpretations of the course's code (see the comments marked NOTE):
   * the notes' train_seq2seq omits optimizer.zero_grad(); the book has it at
     the top of the batch loop, so it is called every step here;
+  * the Transformer's prediction is the course's: one token at a time with
+    the keys and values of earlier steps cached, and positional encoding
+    P[0] added to every step's token (its decoder sees X of length 1); kept
+    verbatim;
   * bleu() divides by zero when the prediction has fewer than k tokens
     (e.g. a 1-token or empty translation with k=2); the course's function is
     kept verbatim and such a BLEU is recorded as null.
@@ -45,13 +56,18 @@ from nmt_data import build_array_nmt as build_array_nmt_lists  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument('--data', default=os.path.join(ROOT, '..', '..', '..', 'shared', 'data', 'fra-eng', 'fra.txt'))
-p.add_argument('--epochs', type=int, default=300)
+p.add_argument('--model', choices=['seq2seq', 'transformer'], default='seq2seq')
+p.add_argument('--epochs', type=int, default=None, help='default: 300 (seq2seq), 200 (transformer)')
 p.add_argument('--lr', type=float, default=0.005)
 p.add_argument('--seeds', default='0-3', help='a range A-B (inclusive)')
 p.add_argument('--threads', type=int, default=1)
-p.add_argument('--json', default=os.path.join(ROOT, 'seq2seq_results.json'),
-               help='write the list of per-seed records here')
+p.add_argument('--json', default=None,
+               help='write the list of per-seed records here (default: MODEL_results.json beside this script)')
 args = p.parse_args()
+if args.epochs is None:
+    args.epochs = 300 if args.model == 'seq2seq' else 200
+if args.json is None:
+    args.json = os.path.join(ROOT, f'{args.model}_results.json')
 torch.set_num_threads(args.threads)
 device = torch.device('cpu')
 
@@ -166,6 +182,191 @@ class MaskedSoftmaxCELoss(nn.CrossEntropyLoss):
         return weighted_loss
 
 
+# ---- §65 attention, §68 Transformer ---------------------------------------------------------------
+def masked_softmax(X, valid_lens):
+    if valid_lens is None:
+        return nn.functional.softmax(X, dim=-1)
+    shape = X.shape
+    if valid_lens.dim() == 1:
+        valid_lens = torch.repeat_interleave(valid_lens, shape[1])
+    else:
+        valid_lens = valid_lens.reshape(-1)
+    X = sequence_mask(X.reshape(-1, shape[-1]), valid_lens, value=-1e6)
+    return nn.functional.softmax(X.reshape(shape), dim=-1)
+
+
+class DotProductAttention(nn.Module):
+    def __init__(self, dropout, **kwargs):
+        super(DotProductAttention, self).__init__(**kwargs)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries, keys, values, valid_lens=None):
+        d = queries.shape[-1]
+        scores = torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(d)
+        self.attention_weights = masked_softmax(scores, valid_lens)
+        return torch.bmm(self.dropout(self.attention_weights), values)
+
+
+def transpose_qkv(X, num_heads):
+    X = X.reshape(X.shape[0], X.shape[1], num_heads, -1)
+    X = X.permute(0, 2, 1, 3)
+    return X.reshape(-1, X.shape[2], X.shape[3])
+
+
+def transpose_output(X, num_heads):
+    X = X.reshape(-1, num_heads, X.shape[1], X.shape[2])
+    X = X.permute(0, 2, 1, 3)
+    return X.reshape(X.shape[0], X.shape[1], -1)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, key_size, query_size, value_size, num_hiddens, num_heads, dropout, bias=False, **kwargs):
+        super(MultiHeadAttention, self).__init__(**kwargs)
+        self.num_heads = num_heads
+        self.attention = DotProductAttention(dropout)
+        self.W_q = nn.Linear(query_size, num_hiddens, bias=bias)
+        self.W_k = nn.Linear(key_size, num_hiddens, bias=bias)
+        self.W_v = nn.Linear(value_size, num_hiddens, bias=bias)
+        self.W_o = nn.Linear(num_hiddens, num_hiddens, bias=bias)
+
+    def forward(self, queries, keys, values, valid_lens):
+        queries = transpose_qkv(self.W_q(queries), self.num_heads)
+        keys = transpose_qkv(self.W_k(keys), self.num_heads)
+        values = transpose_qkv(self.W_v(values), self.num_heads)
+        if valid_lens is not None:
+            valid_lens = torch.repeat_interleave(valid_lens, repeats=self.num_heads, dim=0)
+        output = self.attention(queries, keys, values, valid_lens)
+        return self.W_o(transpose_output(output, self.num_heads))
+
+
+class PositionalEncoding(nn.Module):
+    def __init__(self, num_hiddens, dropout, max_len=1000):
+        super(PositionalEncoding, self).__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.P = torch.zeros((1, max_len, num_hiddens))
+        X = torch.arange(max_len, dtype=torch.float32).reshape(-1, 1) / torch.pow(
+            10000, torch.arange(0, num_hiddens, 2, dtype=torch.float32) / num_hiddens)
+        self.P[:, :, 0::2] = torch.sin(X)
+        self.P[:, :, 1::2] = torch.cos(X)
+
+    def forward(self, X):
+        X = X + self.P[:, :X.shape[1], :].to(X.device)
+        return self.dropout(X)
+
+
+class PositionWiseFFN(nn.Module):
+    def __init__(self, ffn_num_input, ffn_num_hiddens, ffn_num_outputs, **kwargs):
+        super(PositionWiseFFN, self).__init__(**kwargs)
+        self.dense1 = nn.Linear(ffn_num_input, ffn_num_hiddens)
+        self.relu = nn.ReLU()
+        self.dense2 = nn.Linear(ffn_num_hiddens, ffn_num_outputs)
+
+    def forward(self, X):
+        return self.dense2(self.relu(self.dense1(X)))
+
+
+class AddNorm(nn.Module):
+    def __init__(self, normalized_shape, dropout, **kwargs):
+        super(AddNorm, self).__init__(**kwargs)
+        self.dropout = nn.Dropout(dropout)
+        self.ln = nn.LayerNorm(normalized_shape)
+
+    def forward(self, X, Y):
+        return self.ln(self.dropout(Y) + X)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, key_size, query_size, value_size, num_hiddens, norm_shape, ffn_num_input,
+                 ffn_num_hiddens, num_heads, dropout, use_bias=False, **kwargs):
+        super(EncoderBlock, self).__init__(**kwargs)
+        self.attention = MultiHeadAttention(key_size, query_size, value_size, num_hiddens, num_heads, dropout, use_bias)
+        self.addnorm1 = AddNorm(norm_shape, dropout)
+        self.ffn = PositionWiseFFN(ffn_num_input, ffn_num_hiddens, num_hiddens)
+        self.addnorm2 = AddNorm(norm_shape, dropout)
+
+    def forward(self, X, valid_lens):
+        Y = self.addnorm1(X, self.attention(X, X, X, valid_lens))
+        return self.addnorm2(Y, self.ffn(Y))
+
+
+class TransformerEncoder(Encoder):
+    def __init__(self, vocab_size, key_size, query_size, value_size, num_hiddens, norm_shape, ffn_num_input,
+                 ffn_num_hiddens, num_heads, num_layers, dropout, use_bias=False, **kwargs):
+        super(TransformerEncoder, self).__init__(**kwargs)
+        self.num_hiddens = num_hiddens
+        self.embedding = nn.Embedding(vocab_size, num_hiddens)
+        self.pos_encoding = PositionalEncoding(num_hiddens, dropout)
+        self.blks = nn.Sequential()
+        for i in range(num_layers):
+            self.blks.add_module("block" + str(i), EncoderBlock(
+                key_size, query_size, value_size, num_hiddens, norm_shape, ffn_num_input, ffn_num_hiddens,
+                num_heads, dropout, use_bias))
+
+    def forward(self, X, valid_lens, *args):
+        X = self.pos_encoding(self.embedding(X) * math.sqrt(self.num_hiddens))
+        for blk in self.blks:
+            X = blk(X, valid_lens)
+        return X
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, key_size, query_size, value_size, num_hiddens, norm_shape, ffn_num_input,
+                 ffn_num_hiddens, num_heads, dropout, i, **kwargs):
+        super(DecoderBlock, self).__init__(**kwargs)
+        self.i = i
+        self.attention1 = MultiHeadAttention(key_size, query_size, value_size, num_hiddens, num_heads, dropout)
+        self.addnorm1 = AddNorm(norm_shape, dropout)
+        self.attention2 = MultiHeadAttention(key_size, query_size, value_size, num_hiddens, num_heads, dropout)
+        self.addnorm2 = AddNorm(norm_shape, dropout)
+        self.ffn = PositionWiseFFN(ffn_num_input, ffn_num_hiddens, num_hiddens)
+        self.addnorm3 = AddNorm(norm_shape, dropout)
+
+    def forward(self, X, state):
+        enc_outputs, enc_valid_lens = state[0], state[1]
+        # Prediction feeds one token at a time: earlier steps' keys and values are cached.
+        if state[2][self.i] is None:
+            key_values = X
+        else:
+            key_values = torch.cat((state[2][self.i], X), axis=1)
+        state[2][self.i] = key_values
+        if self.training:
+            batch_size, num_steps, _ = X.shape
+            dec_valid_lens = torch.arange(1, num_steps + 1, device=X.device).repeat(batch_size, 1)
+        else:
+            dec_valid_lens = None
+        X2 = self.attention1(X, key_values, key_values, dec_valid_lens)
+        Y = self.addnorm1(X, X2)
+        Y2 = self.attention2(Y, enc_outputs, enc_outputs, enc_valid_lens)
+        Z = self.addnorm2(Y, Y2)
+        return self.addnorm3(Z, self.ffn(Z)), state
+
+
+class TransformerDecoder(Decoder):
+    def __init__(self, vocab_size, key_size, query_size, value_size, num_hiddens, norm_shape, ffn_num_input,
+                 ffn_num_hiddens, num_heads, num_layers, dropout, **kwargs):
+        super(TransformerDecoder, self).__init__(**kwargs)
+        self.num_hiddens = num_hiddens
+        self.num_layers = num_layers
+        self.embedding = nn.Embedding(vocab_size, num_hiddens)
+        self.pos_encoding = PositionalEncoding(num_hiddens, dropout)
+        self.blks = nn.Sequential()
+        for i in range(num_layers):
+            self.blks.add_module("block" + str(i), DecoderBlock(
+                key_size, query_size, value_size, num_hiddens, norm_shape, ffn_num_input, ffn_num_hiddens,
+                num_heads, dropout, i))
+        self.dense = nn.Linear(num_hiddens, vocab_size)
+
+    def init_state(self, enc_outputs, enc_valid_lens, *args):
+        return [enc_outputs, enc_valid_lens, [None] * self.num_layers]
+
+    def forward(self, X, state):
+        # NOTE: when predicting, X is one step and gets P[0], whatever the step (the course's code).
+        X = self.pos_encoding(self.embedding(X) * math.sqrt(self.num_hiddens))
+        for blk in self.blks:
+            X, state = blk(X, state)
+        return self.dense(X), state
+
+
 def grad_clipping(net, theta):
     params = [p for p in net.parameters() if p.requires_grad]
     norm = torch.sqrt(sum(torch.sum((p.grad ** 2)) for p in params))
@@ -261,8 +462,16 @@ def run(seed):
     torch.manual_seed(seed)
     random.seed(seed)
     train_iter, src_vocab, tgt_vocab = load_data_nmt(batch_size, num_steps)
-    encoder = Seq2SeqEncoder(len(src_vocab), embed_size, num_hiddens, num_layers, dropout)
-    decoder = Seq2SeqDecoder(len(tgt_vocab), embed_size, num_hiddens, num_layers, dropout)
+    if args.model == 'seq2seq':
+        encoder = Seq2SeqEncoder(len(src_vocab), embed_size, num_hiddens, num_layers, dropout)
+        decoder = Seq2SeqDecoder(len(tgt_vocab), embed_size, num_hiddens, num_layers, dropout)
+    else:
+        # §68: key/query/value size 32, norm shape [32], FFN 32 -> 64 -> 32, 4 heads.
+        size, ffn_hiddens, heads = num_hiddens, 64, 4
+        encoder = TransformerEncoder(len(src_vocab), size, size, size, num_hiddens, [num_hiddens], num_hiddens,
+                                     ffn_hiddens, heads, num_layers, dropout)
+        decoder = TransformerDecoder(len(tgt_vocab), size, size, size, num_hiddens, [num_hiddens], num_hiddens,
+                                     ffn_hiddens, heads, num_layers, dropout)
     net = EncoderDecoder(encoder, decoder)
     final_loss, curve, seconds, tps = train_seq2seq(net, train_iter, args.lr, args.epochs, tgt_vocab, device)
     translations = []
@@ -276,7 +485,7 @@ def run(seed):
         print(f'{eng} => {translation}, bleu {shown}')
         translations.append({'source': eng, 'reference': fra, 'translation': translation, 'bleu': score})
     return {
-        'seed': seed, 'torch': torch.__version__, 'threads': args.threads, 'epochs': args.epochs,
+        'model': args.model, 'seed': seed, 'torch': torch.__version__, 'threads': args.threads, 'epochs': args.epochs,
         'lr': args.lr, 'batches_per_epoch': len(train_iter), 'pairs': len(train_iter.dataset),
         'src_vocab': len(src_vocab), 'tgt_vocab': len(tgt_vocab),
         'final_loss': final_loss, 'loss_every_10_epochs': curve,
