@@ -93,7 +93,7 @@ fn attention_maps_by_hand() {
     // A model without `observe` has no maps to give.
     let program = Program::load("bigram.d2l", BIGRAM, None).unwrap();
     let mut t = Translator::new(&program, "m", &table(), pairs(4), Backend::Jit).unwrap();
-    let e = t.attention("a", &[4]).err().expect("nothing observed").to_string();
+    let e = t.attention("a", &[4]).expect_err("nothing observed").to_string();
     assert!(e.contains("observes nothing"), "{e}");
 }
 
