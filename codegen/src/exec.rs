@@ -494,7 +494,8 @@ impl Program {
                     // Many small products (attention's, one per example and
                     // head): the batch is split over the threads, each
                     // product on one thread; splitting each would cost more
-                    // in hand-offs than it computes.
+                    // in hand-offs than it computes. (A B packed once for several
+                    // steps is never batched: `shared_b_operands`.)
                     let (pa, pb, out_ptr) = (pa as usize, pb as usize, out_ptr as usize);
                     let (scratches, parts) = (&self.gemm, self.pool.threads().min(count));
                     let chunk = count.div_ceil(parts);
