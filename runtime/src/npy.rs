@@ -103,7 +103,9 @@ fn parse_descr(descr: &str, path: &Path) -> Result<Elem, NpyError> {
         descr: descr.to_string(),
         why: why.into(),
     };
-    let (order, code) = descr.split_at(descr.len().min(1));
+    // The byte-order mark is one character, which a corrupt header may make
+    // a multi-byte one: split after it, not after its first byte.
+    let (order, code) = descr.split_at(descr.chars().next().map_or(0, char::len_utf8));
     let elem = match code {
         "f4" => Elem::F4,
         "f8" => Elem::F8,

@@ -218,6 +218,18 @@ fn npy_errors_say_what_is_wrong() {
     );
 }
 
+/// Found by `npy_parser_never_panics_on_mutations`: a dtype whose first
+/// character takes several bytes (here U+FFFD, from a mutated byte).
+#[test]
+fn a_multibyte_byte_order_mark_is_an_error() {
+    let header = "{'descr': '\u{FFFD}i8', 'fortran_order': False, 'shape': (1,), }";
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(&[0; 8]);
+    assert_contains(&npy_err(&b), &["in/bad.npy"]);
+}
+
 #[test]
 fn write_npy_into_a_missing_folder_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
