@@ -502,16 +502,20 @@ const PREFIXES: [&str; 2] = ["time traveller", "traveller"];
 /// references (§62, §66, §68).
 const TRANSLATIONS: [(&str, &str); 4] = [("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "il est calme ."), ("i'm home .", "je suis chez moi .")];
 
-/// Prints `sentence => translation`, with its BLEU when there is a reference.
-fn print_translations(translator: &mut d2l::train::translate::Translator, pairs: &[(&str, Option<&str>)], beam: usize) -> Result<(), Error> {
+/// Prints `sentence => translation`, with its BLEU when there is a
+/// reference; returns each translation's tokens.
+fn print_translations(translator: &mut d2l::train::translate::Translator, pairs: &[(&str, Option<&str>)], beam: usize) -> Result<Vec<Vec<usize>>, Error> {
+    let mut chosen = Vec::new();
     for &(sentence, reference) in pairs {
-        let translation = translator.beam(sentence, beam)?;
+        let tokens = translator.beam_tokens(sentence, beam)?;
+        let translation = translator.words(&tokens);
         match reference {
             Some(r) => println!("{sentence} => {translation}, bleu {:.3}", d2l::train::bleu::bleu(&translation, r, 2)),
             None => println!("{sentence} => {translation}"),
         }
+        chosen.push(tokens);
     }
-    Ok(())
+    Ok(chosen)
 }
 
 fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -> Result<(), Error> {
@@ -569,18 +573,19 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
             println!("{name} = [{}]", values.join(", "));
         }
     }
+    // What a trained model shows below (text, translations, predictions)
+    // runs on a copy of its parameters, made only for that.
+    let trained = || -> std::collections::BTreeMap<String, Tensor> { params.iter().map(|(n, t)| (n.clone(), (*t).clone())).collect() };
     // Language models show what they write, as the course does.
     if let Some((vocab, kind)) = run.source.vocab() {
-        let params = params.into_iter().map(|(n, t)| (n, t.clone())).collect();
-        let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &params, vocab.clone(), kind, opts.backend)?;
+        let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &trained(), vocab.clone(), kind, opts.backend)?;
         for prefix in PREFIXES {
             println!("{prefix:?} -> {:?}", generator.generate(prefix, 50)?);
         }
     }
     // A translation model translates the course's test sentences.
     if let Some(pairs) = run.source.pairs() {
-        let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
-        let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &params, pairs.clone(), opts.backend)?;
+        let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &trained(), pairs.clone(), opts.backend)?;
         let tests: Vec<(&str, Option<&str>)> = TRANSLATIONS.iter().map(|&(s, r)| (s, Some(r))).collect();
         for beam in [1, 3] {
             println!("{}:", if beam == 1 { "greedy".to_string() } else { format!("beam search, k = {beam}") });
@@ -589,8 +594,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
     }
     // A time series: the course's one-step and k-step predictions.
     if let Some((series, tau)) = run.source.series() {
-        let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
-        let predictions = d2l::train::series::predict(&compiled.program, &model, &params, series, tau, run.source.train_len() + tau, opts.backend)?;
+        let predictions = d2l::train::series::predict(&compiled.program, &model, &trained(), series, tau, run.source.train_len() + tau, opts.backend)?;
         let base = out.join(format!("{model}-predictions"));
         let (csv, svg) = (base.with_extension("csv"), base.with_extension("svg"));
         d2l::train::series::write(&predictions, series, &csv, &svg).map_err(|e| Error::Usage(format!("cannot write the predictions: {e}")))?;
@@ -600,8 +604,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
     }
     // §64: predictions at the test inputs and the attention weights.
     if let Some(data) = run.source.kernel_regression() {
-        let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
-        let predictions = d2l::train::kernel_regression::predict(&compiled.program, &model, &params, data, opts.backend)?;
+        let predictions = d2l::train::kernel_regression::predict(&compiled.program, &model, &trained(), data, opts.backend)?;
         let base = out.join(format!("{model}-predictions"));
         let (csv, svg, heat) = (base.with_extension("csv"), base.with_extension("svg"), out.join(format!("{model}-attention.svg")));
         d2l::train::kernel_regression::write(&predictions, data, &csv, &svg, &heat).map_err(|e| Error::Usage(format!("cannot write the predictions: {e}")))?;
@@ -695,25 +698,25 @@ fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: 
     let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
     let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &tensors, pairs.clone(), backend)?;
     let pairs: Vec<(&str, Option<&str>)> = sentences.iter().enumerate().map(|(i, s)| (s.as_str(), references.get(i).map(String::as_str))).collect();
-    print_translations(&mut translator, &pairs, beam)?;
+    let chosen = print_translations(&mut translator, &pairs, beam)?;
     let Some(path) = attention else { return Ok(()) };
-    for (i, sentence) in sentences.iter().enumerate() {
+    for (i, (sentence, tokens)) in sentences.iter().zip(&chosen).enumerate() {
         let file = match sentences.len() {
             1 => path.to_path_buf(),
             _ => path.with_file_name(format!("{}-{}.svg", path.file_stem().unwrap_or_default().to_string_lossy(), i + 1)),
         };
-        draw_attention(&mut translator, sentence, beam, &file)?;
+        draw_attention(&mut translator, sentence, tokens, &file)?;
         println!("wrote {}", file.display());
     }
     Ok(())
 }
 
-/// The attention maps behind one translation as an SVG of heatmaps.
-fn draw_attention(translator: &mut d2l::train::translate::Translator, sentence: &str, beam: usize, file: &Path) -> Result<(), Error> {
+/// The attention maps behind one translation (`tokens`, as decoding chose
+/// them) as an SVG of heatmaps.
+fn draw_attention(translator: &mut d2l::train::translate::Translator, sentence: &str, tokens: &[usize], file: &Path) -> Result<(), Error> {
     use d2l::train::heatmap::{Heatmap, svg_heatmaps};
-    let tokens = translator.beam_tokens(sentence, beam)?;
-    let maps = translator.attention(sentence, &tokens)?;
-    let (src, dec) = translator.positions(sentence, &tokens);
+    let maps = translator.attention(sentence, tokens)?;
+    let (src, dec) = translator.positions(sentence, tokens);
     let grid: Vec<(String, Vec<Heatmap>)> = maps
         .iter()
         .map(|m| {
@@ -724,7 +727,7 @@ fn draw_attention(translator: &mut d2l::train::translate::Translator, sentence: 
         })
         .collect();
     let notes = vec![
-        format!("{sentence} => {}", translator.words(&tokens)),
+        format!("{sentence} => {}", translator.words(tokens)),
         format!("source positions: {}", src.join(" ")),
         format!("decoder positions: {}", dec.join(" ")),
     ];

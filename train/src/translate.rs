@@ -82,6 +82,21 @@ impl<'p> Translator<'p> {
         (truncate_pad(&ids, self.pairs.steps, PAD), len)
     }
 
+    /// Feeds one source sentence (token ids padded to `steps`, and its valid
+    /// length), once per prefix, and the decoder inputs `<bos>` + prefix,
+    /// padded.
+    fn feed(&mut self, src: &[usize], src_len: usize, prefixes: &[Vec<usize>]) {
+        let (width, steps) = (prefixes.len(), self.pairs.steps);
+        let row = |ids: &[usize]| ids.iter().map(|&i| i as i64).collect::<Vec<i64>>();
+        let srcs: Vec<i64> = (0..width).flat_map(|_| row(src)).collect();
+        let dec: Vec<i64> = prefixes.iter().flat_map(|p| row(&truncate_pad(&[&[BOS][..], p].concat(), steps, PAD))).collect();
+        self.feeds.insert("src".into(), Tensor::from_i64(&[width, steps], srcs));
+        self.feeds.insert("dec_in".into(), Tensor::from_i64(&[width, steps], dec));
+        if self.takes_src_len {
+            self.feeds.insert("src_len".into(), Tensor::from_i64(&[width], vec![src_len as i64; width]));
+        }
+    }
+
     /// The log-probabilities of the next token after each of `prefixes`
     /// (tokens chosen so far, all of one length below `steps`), for one
     /// source sentence.
@@ -93,14 +108,7 @@ impl<'p> Translator<'p> {
             let graph = lower(self.program, &self.model, steps, width)?;
             self.compiled.push(Compiled { exe: self.backend.compile(&graph, 0)?, width });
         }
-        let row = |ids: &[usize]| ids.iter().map(|&i| i as i64).collect::<Vec<i64>>();
-        let srcs: Vec<i64> = (0..width).flat_map(|_| row(src)).collect();
-        let dec: Vec<i64> = prefixes.iter().flat_map(|p| row(&truncate_pad(&[&[BOS][..], p].concat(), steps, PAD))).collect();
-        self.feeds.insert("src".into(), Tensor::from_i64(&[width, steps], srcs));
-        self.feeds.insert("dec_in".into(), Tensor::from_i64(&[width, steps], dec));
-        if self.takes_src_len {
-            self.feeds.insert("src_len".into(), Tensor::from_i64(&[width], vec![src_len as i64; width]));
-        }
+        self.feed(src, src_len, prefixes);
         let exe = &mut self.compiled.iter_mut().find(|c| c.width == width).expect("compiled above").exe;
         exe.run_into(&self.feeds, &mut self.outputs)?;
         let (_, scores) = self.outputs.iter().find(|(n, _)| *n == self.scores).expect("the graph's output");
@@ -213,12 +221,7 @@ impl<'p> Translator<'p> {
             self.observing = Some((Compiled { exe: self.backend.compile(&graph, 0)?, width: 1 }, names));
         }
         let (src, src_len) = self.source(sentence);
-        let row = |ids: &[usize]| ids.iter().map(|&i| i as i64).collect::<Vec<i64>>();
-        self.feeds.insert("src".into(), Tensor::from_i64(&[1, steps], row(&src)));
-        self.feeds.insert("dec_in".into(), Tensor::from_i64(&[1, steps], row(&truncate_pad(&[&[BOS][..], tokens].concat(), steps, PAD))));
-        if self.takes_src_len {
-            self.feeds.insert("src_len".into(), Tensor::from_i64(&[1], vec![src_len as i64]));
-        }
+        self.feed(&src, src_len, &[tokens.to_vec()]);
         let (compiled, names) = self.observing.as_mut().expect("compiled above");
         compiled.exe.run_into(&self.feeds, &mut self.outputs)?;
         let mut maps: Vec<ObservedMap> = Vec::new();
