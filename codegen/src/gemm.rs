@@ -401,12 +401,7 @@ pub unsafe fn sgemm_packed_parallel(m: usize, a: MatRef<'_>, b: &PackedB, c: Mat
     });
 }
 
-/// Direct loops for tiny products, where packing costs more than it saves.
-unsafe fn small(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool) {
-    unsafe { small_tiles(m, n, k, a, b, c, accumulate) }
-}
-
-/// Lanes of a tile row, and rows of a tile, of [`small_tiles`].
+/// Lanes of a tile row, and rows of a tile, of [`small`].
 const SMALL_W: usize = 8;
 const SMALL_R: usize = 4;
 
@@ -421,19 +416,20 @@ unsafe fn pack_small<'d>(x: MatRef<'_>, rows: usize, cols: usize, dst: &'d mut [
     MatRef::strided(dst.as_ptr() as *const f32, cols as isize, 1)
 }
 
-/// C in tiles of `SMALL_R` rows by `SMALL_W` columns, each accumulated in
-/// registers over all of k: independent multiply-adds, none waiting on a
-/// store. A is read in place at any strides; B in place when its rows are
-/// contiguous, else (attention's `q·kᵀ` reads it across its rows) it is
-/// copied first, as is an operand with gather tables: at most `SMALL`
-/// values each, as `m·n·k <= SMALL`.
-#[inline(always)]
-unsafe fn small_tiles(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool) {
+/// Tiny products, where packing for the micro-kernels costs more than it
+/// saves: C in tiles of `SMALL_R` rows by `SMALL_W` columns, each
+/// accumulated in registers over all of k: independent multiply-adds, none
+/// waiting on a store. A is read in place at any strides; B in place when
+/// its rows are contiguous, else (attention's `q·kᵀ` reads it across its
+/// rows) it is copied first, as is an operand with gather tables: at most
+/// `SMALL` values each, as `m·n·k <= SMALL`.
+unsafe fn small(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, c: MatMut, accumulate: bool) {
     let mut a_buf = [std::mem::MaybeUninit::<f32>::uninit(); SMALL];
     let mut b_buf = [std::mem::MaybeUninit::<f32>::uninit(); SMALL];
     let a = if a.rows.is_some() || a.cols.is_some() { unsafe { pack_small(a, m, k, &mut a_buf) } } else { a };
     let b = if b.rows.is_some() || b.cols.is_some() || b.cs != 1 { unsafe { pack_small(b, k, n, &mut b_buf) } } else { b };
     static ZERO: f32 = 0.0;
+    let tile = small_tile();
     for i0 in (0..m).step_by(SMALL_R) {
         // Rows past m read a zero (stride 0) instead.
         let mut rows = [(&ZERO as *const f32, 0isize); SMALL_R];
@@ -444,7 +440,7 @@ unsafe fn small_tiles(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>
             let cols = SMALL_W.min(n - j0);
             // SAFETY: rows of A hold k values at their strides; B's rows hold
             // n >= j0 + cols contiguous values.
-            let acc = unsafe { small_tile(k, &rows, b.ptr.wrapping_add(j0), b.rs, cols) };
+            let acc = unsafe { tile(k, &rows, b.ptr.wrapping_add(j0), b.rs, cols) };
             for (r, acc_row) in acc.iter().enumerate().take(m - i0) {
                 // SAFETY: C's row i0 + r has n >= j0 + cols values.
                 let dst = unsafe { std::slice::from_raw_parts_mut(c.shifted(i0 + r, j0).ptr, cols) };
@@ -462,18 +458,18 @@ unsafe fn small_tiles(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>
 ///
 /// # Safety
 /// Every row of A holds k values at its stride; B's rows hold `cols`.
-#[inline(always)]
-unsafe fn small_tile(k: usize, rows: &[(*const f32, isize); SMALL_R], b: *const f32, brs: isize, cols: usize) -> [[f32; SMALL_W]; SMALL_R] {
+type SmallTile = unsafe fn(usize, &[(*const f32, isize); SMALL_R], *const f32, isize, usize) -> [[f32; SMALL_W]; SMALL_R];
+
+/// The [`SmallTile`] this CPU runs: AVX2 and FMA where it has them.
+fn small_tile() -> SmallTile {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA; the caller's contract is passed on.
-        return unsafe { small_tile_avx2(k, rows, b, brs, cols) };
+        return small_tile_avx2;
     }
-    unsafe { small_tile_generic(k, rows, b, brs, cols) }
+    small_tile_generic
 }
 
-/// [`small_tile`] in plain Rust, for CPUs without AVX2.
-#[inline(always)]
+/// A [`SmallTile`] in plain Rust, for CPUs without AVX2.
 unsafe fn small_tile_generic(k: usize, rows: &[(*const f32, isize); SMALL_R], b: *const f32, brs: isize, cols: usize) -> [[f32; SMALL_W]; SMALL_R] {
     let mut acc = [[0.0f32; SMALL_W]; SMALL_R];
     for p in 0..k {
@@ -487,7 +483,7 @@ unsafe fn small_tile_generic(k: usize, rows: &[(*const f32, isize); SMALL_R], b:
     acc
 }
 
-/// [`small_tile`] in four AVX registers; a partial tile's B is read with
+/// A [`SmallTile`] in four AVX registers; a partial tile's B is read with
 /// a masked load.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -808,7 +804,7 @@ mod tests {
             let rows: [(*const f32, isize); SMALL_R] = std::array::from_fn(|r| if r < m { (a[r * k..].as_ptr(), 1) } else { (&0.0f32 as *const f32, 0) });
             let cols = SMALL_W.min(n);
             let generic = unsafe { small_tile_generic(k, &rows, b.as_ptr(), n as isize, cols) };
-            assert_eq!(generic, unsafe { small_tile(k, &rows, b.as_ptr(), n as isize, cols) }, "{m}x{n}x{k}");
+            assert_eq!(generic, unsafe { small_tile()(k, &rows, b.as_ptr(), n as isize, cols) }, "{m}x{n}x{k}");
         }
     }
 

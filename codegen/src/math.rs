@@ -95,10 +95,11 @@ impl Math {
         // instead (off by < 1.2e-38). Denormals cost ~100 cycles in every
         // later operation on this CPU family; a masked softmax's -1e6
         // scores made its whole backward pass slow on them.
-        let lowest = self.f(b, -87.336_54);
+        const LOWEST: f32 = -87.336_54; // ln(f32::MIN_POSITIVE)
+        let lowest = self.f(b, LOWEST);
         let underflows = b.ins().fcmp(FloatCC::LessThan, x, lowest);
         // Above this, exp is +inf in f32; clamping keeps n small.
-        let x = self.clamp(b, x, -87.336_54, 88.8);
+        let x = self.clamp(b, x, LOWEST, 88.8);
         // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer and
         // leaves it in the low mantissa bits (no float-to-int conversion).
         const MAGIC: f32 = 12_582_912.0;
