@@ -299,11 +299,7 @@ pub(super) fn call(lw: &mut Lowerer, name: &str, args: Vec<ArgVal>, span: Span) 
         "observe" => {
             let x = a.tensor(lw, 0)?;
             let Some(Value::Str(label)) = a.get(1) else { return Err(a.wrong(lw, 1, "a name in quotes, such as \"weights\"")) };
-            let mut path = lw.scopes.join(".");
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(label);
+            let path = lw.scoped(label);
             lw.observed.push((path, x));
             Value::Tensor(x)
         }

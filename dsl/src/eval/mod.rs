@@ -198,6 +198,11 @@ fn diag(span: Span, msg: impl Into<String>) -> Diagnostic {
 }
 
 impl<'p> Lowerer<'p> {
+    /// `name` under the active block instances: `linear_1.W`.
+    fn scoped(&self, name: &str) -> String {
+        self.scopes.iter().map(String::as_str).chain([name]).collect::<Vec<_>>().join(".")
+    }
+
     fn new(prog: &'p Program, opts: &'p LowerOptions) -> Lowerer<'p> {
         Lowerer {
             prog,
@@ -634,11 +639,7 @@ impl<'p> Lowerer<'p> {
                 other => return Err(diag(e.span, format!("expected an initializer, got {}", other.describe(&self.graph))).with_note(builtins::INIT_HELP)),
             },
         };
-        let mut full_name = self.scopes.join(".");
-        if !full_name.is_empty() {
-            full_name.push('.');
-        }
-        full_name.push_str(&name.name);
+        let full_name = self.scoped(&name.name);
         if self.frame().declared.contains(&name.name) {
             return Err(diag(name.span, format!("`{}` is declared twice in this block", name.name)));
         }
