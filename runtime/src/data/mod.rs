@@ -14,6 +14,7 @@ pub mod locate;
 pub mod nmt;
 pub mod synthetic;
 pub mod text;
+pub mod wiki;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,7 @@ pub use text::{
     Sampling, SeqBatches, SeqDataLoader, SeqOptions, TokenKind, Vocab, load_corpus,
     load_data_time_machine, read_lines, read_time_machine,
 };
+pub use wiki::{BertData, load_data_wiki};
 
 /// Everything that can go wrong while locating, fetching, parsing or
 /// batching data.
