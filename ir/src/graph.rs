@@ -35,6 +35,11 @@ pub enum OutputRole {
     /// buffer, an optimizer slot, recurrent state): the caller feeds it in
     /// that tensor's place next time.
     Update,
+    /// A scalar figure the trainer averages and reports beside the loss
+    /// (the parts of a loss that sums several, such as BERT's masked-LM
+    /// and next-sentence losses). Kept by the training step; never
+    /// differentiated.
+    Metric,
 }
 
 /// A named output of a graph.
@@ -119,6 +124,11 @@ impl Graph {
     /// Makes `id` the result `name` (replacing an output of that name).
     pub fn set_output(&mut self, name: impl Into<String>, id: NodeId) {
         self.push_output(Output { name: name.into(), node: id, role: OutputRole::Value });
+    }
+
+    /// Makes the scalar `id` a figure to report under `name` ([`OutputRole::Metric`]).
+    pub fn set_metric(&mut self, name: impl Into<String>, id: NodeId) {
+        self.push_output(Output { name: name.into(), node: id, role: OutputRole::Metric });
     }
 
     /// Makes `id` the next value of the fed tensor `name`.

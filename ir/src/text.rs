@@ -71,6 +71,7 @@ pub fn print(graph: &Graph, with_locs: bool) -> String {
         let kind = match o.role {
             OutputRole::Value => "output",
             OutputRole::Update => "update",
+            OutputRole::Metric => "metric",
         };
         let _ = writeln!(out, "  {kind} {} = %{}", o.name, number[o.node.index()]);
     }

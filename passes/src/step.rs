@@ -17,12 +17,13 @@ pub enum StepError {
 }
 
 /// The step of `forward` (outputs `loss`, and `output` for metrics) under
-/// `update`. It keeps `loss`, `output` and every update output: new
-/// parameters, optimizer state, buffers and recurrent state.
+/// `update`. It keeps `loss`, `output`, the figures reported beside the
+/// loss and every update output: new parameters, optimizer state, buffers
+/// and recurrent state.
 pub fn training_step(forward: &Graph, update: &UpdateSpec) -> Result<Graph, StepError> {
     let grads = differentiate_params(forward, "loss", &DiffOptions::default())?;
     let mut graph = grads.graph;
-    graph.retain_outputs(|o| o.role == OutputRole::Update || o.name == "loss" || o.name == "output");
+    graph.retain_outputs(|o| matches!(o.role, OutputRole::Update | OutputRole::Metric) || o.name == "loss" || o.name == "output");
     let pairs: Vec<_> = graph.params().into_iter().zip(grads.grads.iter().copied()).collect();
     append_update(&mut graph, &pairs, update)?;
     Ok(simplify(&graph))

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use d2l_ir::{DType, Graph, InputRole, Op};
+use d2l_ir::{DType, Graph, InputRole, Op, OutputRole};
 
 use crate::data::text::SeqBatches;
 use crate::data::{Batches, DataError};
@@ -106,8 +106,8 @@ pub enum TrainError {
     Diverged { value: f64, epoch: usize, step: u64 },
 }
 
-/// Loss and accuracy over one pass of a dataset.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Loss and accuracy over one pass of a dataset (or over one step).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
     /// Mean loss per example.
     pub loss: f64,
@@ -125,6 +125,10 @@ pub struct Metrics {
     pub tokens: usize,
     /// Whether `loss` is per valid token ([`MetricSet::loss_per_token`]).
     pub loss_per_token: bool,
+    /// The graphs' reported figures ([`OutputRole::Metric`] outputs, such
+    /// as BERT's masked-LM and next-sentence losses), each a mean per
+    /// example like `loss`, in the graph's order.
+    pub figures: Vec<(String, f64)>,
     pub seconds: f64,
 }
 
@@ -141,6 +145,9 @@ impl Metrics {
 /// Receives progress during an epoch (the CLI draws a progress bar).
 pub trait Progress {
     fn batch(&mut self, _done: usize, _total: usize, _running_loss: f64) {}
+    /// The figures of training step `step` (counted from 1 over the whole
+    /// run) alone: its loss, reported figures, examples and time.
+    fn step(&mut self, _step: u64, _figures: &Metrics) {}
 }
 
 /// No progress reporting.
@@ -152,9 +159,12 @@ type StateShape = (String, DType, Vec<usize>);
 
 pub struct Trainer {
     graphs: TrainGraphs,
-    /// The step and eval graphs compiled by the chosen backend, by batch size.
-    step: BTreeMap<usize, Box<dyn Executable>>,
-    eval: BTreeMap<usize, Box<dyn Executable>>,
+    /// The step and eval graphs compiled by the chosen backend, by
+    /// (training?, batch size), each when first run: a run counted in steps
+    /// may never evaluate, nor meet its last, smaller batch.
+    compiled: HashMap<(bool, usize), Box<dyn Executable>>,
+    backend: Backend,
+    seed: u64,
     /// Parameters, buffers, optimizer state, the step count, recurrent state
     /// and the current batch, by input name: fed to every step and updated
     /// in place from its outputs.
@@ -174,6 +184,9 @@ pub struct Trainer {
     pub epoch: usize,
     /// Optimizer steps taken.
     pub steps: u64,
+    /// Training stops (mid-epoch if need be) once `steps` reaches this: the
+    /// course's step-counted runs (`train_bert(num_steps)`).
+    pub step_limit: Option<u64>,
 }
 
 impl Trainer {
@@ -197,11 +210,6 @@ impl Trainer {
                 }
             }
         }
-        let compile = |set: &BTreeMap<usize, Graph>, salt: u64| -> Result<BTreeMap<usize, Box<dyn Executable>>, TrainError> {
-            set.iter().map(|(&b, g)| Ok((b, backend.compile(g, seed ^ salt.wrapping_mul(b as u64 + 1))?))).collect()
-        };
-        let step = compile(&graphs.step, 0x51)?;
-        let eval = compile(&graphs.eval, 0xe7)?;
         let batch = graphs.fields.iter().map(|_| Tensor::zeros(DType::F32, &[0])).collect();
         let mut state_zeros = HashMap::new();
         for (training, set) in [(true, &graphs.step), (false, &graphs.eval)] {
@@ -210,7 +218,26 @@ impl Trainer {
                 state_zeros.insert((training, b), zeros);
             }
         }
-        Ok(Trainer { graphs, step, eval, feeds, carried, state_zeros, step_count, outputs: HashMap::new(), batch, epoch: 0, steps: 0 })
+        let mut trainer = Trainer { graphs, compiled: HashMap::new(), backend, seed, feeds, carried, state_zeros, step_count, outputs: HashMap::new(), batch, epoch: 0, steps: 0, step_limit: None };
+        // The full-batch training step now: its errors belong to setup.
+        if let Some(&b) = trainer.graphs.step.keys().next_back() {
+            trainer.executable(true, b)?;
+        }
+        Ok(trainer)
+    }
+
+    /// The compiled step (`training`) or evaluation graph for a batch of `b`,
+    /// compiled now if it was not yet. Dropout draws from a stream of its own
+    /// per graph.
+    fn executable(&mut self, training: bool, b: usize) -> Result<&mut Box<dyn Executable>, TrainError> {
+        let graphs = if training { &self.graphs.step } else { &self.graphs.eval };
+        let graph = graphs.get(&b).ok_or_else(|| TrainError::NoGraphForBatch(b, graphs.keys().copied().collect()))?;
+        let salt: u64 = if training { 0x51 } else { 0xe7 };
+        let seed = self.seed ^ salt.wrapping_mul(b as u64 + 1);
+        Ok(match self.compiled.entry((training, b)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.backend.compile(graph, seed)?),
+        })
     }
 
     /// Current parameter values (and nothing else), by name.
@@ -268,18 +295,17 @@ impl Trainer {
 
     fn run_epoch(&mut self, batches: &mut dyn BatchStream, training: bool, progress: &mut dyn Progress) -> Result<Metrics, TrainError> {
         let start = Instant::now();
-        let total = batches.remaining();
+        let left = self.step_limit.filter(|_| training).map(|l| l.saturating_sub(self.steps) as usize);
+        let total = left.map_or(batches.remaining(), |l| l.min(batches.remaining()));
         let mut acc = Accumulator { metrics: self.graphs.metrics, ..Accumulator::default() };
         let mut batch = std::mem::take(&mut self.batch);
         let mut done = 0;
         let first_label = self.first_label();
         let result = (|| {
-            while batches.next_batch(&mut batch) {
+            while done < total && batches.next_batch(&mut batch) {
+                let step_start = Instant::now();
                 let b = batch.first().and_then(|t| t.dims().first().copied()).unwrap_or(0);
-                let graphs = if training { &self.graphs.step } else { &self.graphs.eval };
-                if !graphs.contains_key(&b) {
-                    return Err(TrainError::NoGraphForBatch(b, graphs.keys().copied().collect()));
-                }
+                self.executable(training, b)?;
                 self.prepare_state((training, b), done == 0);
                 if training {
                     self.steps += 1;
@@ -296,7 +322,7 @@ impl Trainer {
                 for (name, t) in self.graphs.fields.iter().zip(batch.iter_mut()) {
                     swap_feed(&mut self.feeds, name, t);
                 }
-                let exe = if training { self.step.get_mut(&b) } else { self.eval.get_mut(&b) }.expect("compiled with its graph");
+                let exe = self.compiled.get_mut(&(training, b)).expect("compiled above");
                 let outputs = self.outputs.entry((training, b)).or_default();
                 let run = exe.run_into(&self.feeds, outputs);
                 for (name, t) in self.graphs.fields.iter().zip(batch.iter_mut()) {
@@ -306,6 +332,7 @@ impl Trainer {
                 let graph = if training { &self.graphs.step[&b] } else { &self.graphs.eval[&b] };
                 crate::apply_updates(graph, outputs, &mut self.feeds);
                 let mut loss = f64::NAN;
+                let mut figures = Vec::new();
                 for (name, t) in outputs.iter() {
                     if name == "loss" {
                         loss = first_value(t);
@@ -313,6 +340,8 @@ impl Trainer {
                         && let Some(labels) = batch.get(first_label)
                     {
                         acc.add_predictions(t, labels);
+                    } else if graph.outputs().iter().any(|o| o.role == OutputRole::Metric && o.name == *name) {
+                        figures.push((name.clone(), first_value(t)));
                     }
                 }
                 if training && !loss.is_finite() {
@@ -325,8 +354,15 @@ impl Trainer {
                     batch.get(first_label).map_or(b, Tensor::numel)
                 };
                 acc.add_loss(loss, b, tokens);
+                acc.add_figures(&figures, b);
                 done += 1;
                 progress.batch(done, total, acc.mean_loss());
+                if training {
+                    let mut one = Accumulator { metrics: self.graphs.metrics, ..Accumulator::default() };
+                    one.add_loss(loss, b, tokens);
+                    one.add_figures(&figures, b);
+                    progress.step(self.steps, &one.finish(step_start));
+                }
             }
             Ok(())
         })();
@@ -409,6 +445,8 @@ struct Accumulator {
     classified: usize,
     log_sq_sum: f64,
     log_count: usize,
+    /// Per reported figure, its sum weighted by the batch size.
+    figure_sums: Vec<(String, f64)>,
 }
 
 impl Accumulator {
@@ -417,6 +455,16 @@ impl Accumulator {
         self.loss_sum += if self.metrics.loss_per_token { loss } else { loss * batch as f64 };
         self.examples += batch;
         self.tokens += tokens;
+    }
+
+    /// A step's reported figures, each its batch's mean.
+    fn add_figures(&mut self, figures: &[(String, f64)], batch: usize) {
+        for (name, value) in figures {
+            match self.figure_sums.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += value * batch as f64,
+                None => self.figure_sums.push((name.clone(), value * batch as f64)),
+            }
+        }
     }
 
     fn mean_loss(&self) -> f64 {
@@ -473,6 +521,7 @@ impl Accumulator {
             examples: self.examples,
             tokens: self.tokens,
             loss_per_token: self.metrics.loss_per_token,
+            figures: self.figure_sums.iter().map(|(n, s)| (n.clone(), s / self.examples.max(1) as f64)).collect(),
             seconds: start.elapsed().as_secs_f64(),
         }
     }

@@ -57,17 +57,32 @@ pub fn bind(program: &Program, model: &str, schema: &Schema) -> Result<Binding, 
     Ok(Binding { fields, state })
 }
 
-/// The model with its loss attached, for a batch of `batch`.
+/// The model with its loss attached, for a batch of `batch`. Every scalar
+/// the model or its loss observes (`observe(x, "nsp")`) becomes a figure the
+/// trainer reports beside the loss, under the name it was observed by
+/// (its block path too where two share a name).
 pub fn forward_with_loss(program: &Program, model: &str, loss: &str, schema: &Schema, binding: &Binding, batch: usize, training: bool) -> Result<Graph, Error> {
     let input_shapes = schema.inputs.iter().zip(&binding.fields).map(|(f, name)| (name.clone(), f.batched(batch))).collect();
     let lopts = LowerOptions { input_shapes, training, ..LowerOptions::default() };
     let labels = schema.labels.iter().map(|f| LabelSpec { name: f.name.clone(), dtype: f.dtype, shape: f.batched(batch) }).collect();
-    Ok(program.lower_with_loss(model, &lopts, &LossSpec { loss: loss.to_string(), labels })?.graph)
+    let lowered = program.lower_with_loss(model, &lopts, &LossSpec { loss: loss.to_string(), labels })?;
+    let mut graph = lowered.graph;
+    let scalars: Vec<&(String, d2l_ir::NodeId)> = lowered.observed.iter().filter(|(_, n)| graph.shape(*n).rank() == 0 && graph.dtype(*n).is_float()).collect();
+    let short = |path: &str| path.rsplit('.').next().unwrap_or(path).to_string();
+    for (path, node) in &scalars {
+        let shared = scalars.iter().filter(|(p, _)| short(p) == short(path)).count() > 1;
+        let name = if shared { path.clone() } else { short(path) };
+        if graph.output(&name).is_some() {
+            return Err(Error::Usage(format!("`{model}` observes a scalar `{name}` and also has a result named `{name}`; rename one")));
+        }
+        graph.set_metric(name, *node);
+    }
+    Ok(graph)
 }
 
 /// The evaluation pass: loss, predictions and recurrent state, simplified.
 pub fn eval_graph(mut forward: Graph) -> Graph {
-    forward.retain_outputs(|o| o.name == "loss" || o.name == "output" || o.role == OutputRole::Update);
+    forward.retain_outputs(|o| o.name == "loss" || o.name == "output" || matches!(o.role, OutputRole::Update | OutputRole::Metric));
     d2l_passes::simplify(&forward)
 }
 

@@ -5,7 +5,8 @@
 //! curves a run writes ([`logs`]), text generation with a trained language
 //! model ([`generate`]), translation with a trained encoder–decoder
 //! ([`translate`]) and its attention maps drawn as heatmaps ([`heatmap`]),
-//! BLEU ([`bleu`]) and step-time benchmarks ([`bench`]).
+//! BLEU ([`bleu`]), BERT's contextual encodings ([`bert`]) and step-time
+//! benchmarks ([`bench`]).
 //!
 //! The `d2l` command and the facade crate call this; a Rust program can too:
 //!
@@ -19,6 +20,7 @@
 //! ```
 
 pub mod bench;
+pub mod bert;
 pub mod bleu;
 pub mod generate;
 pub mod graphs;
@@ -61,6 +63,8 @@ pub struct TrainOptions {
     /// Where datasets live (`--data DIR`); otherwise the usual search path.
     pub data_dir: Option<PathBuf>,
     pub epochs: Option<usize>,
+    /// Train this many optimizer steps instead (see [`Training::steps`]).
+    pub steps: Option<usize>,
     /// Use only the first N training (and test) examples: quick runs.
     pub limit: Option<usize>,
     pub seed: u64,
@@ -72,7 +76,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { data_dir: None, epochs: None, limit: None, seed: 0, backend: d2l_runtime::Backend::Jit, batch: None }
+        TrainOptions { data_dir: None, epochs: None, steps: None, limit: None, seed: 0, backend: d2l_runtime::Backend::Jit, batch: None }
     }
 }
 

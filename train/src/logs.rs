@@ -1,49 +1,84 @@
-//! What a run leaves besides its checkpoint: the per-epoch log as CSV and
-//! JSON, and an SVG plot of its curves like the course's `Animator`.
+//! What a run leaves besides its checkpoint: the per-epoch (or, for a run
+//! counted in steps, per-step) log as CSV and JSON, and an SVG plot of its
+//! curves like the course's `Animator`.
 
 use std::path::Path;
 
 use d2l_runtime::files::write_atomic;
 use d2l_runtime::train::Metrics;
 
-/// One epoch's figures, as logged.
+/// One epoch's figures, as logged (or one step's, in a run counted in steps).
 #[derive(Clone, Debug)]
 pub struct EpochLog {
+    /// The epoch's number, or the step's.
     pub epoch: usize,
     pub train: Metrics,
     pub test: Option<Metrics>,
 }
 
-const COLUMNS: &str = "epoch,train_loss,train_acc,test_loss,test_acc,examples_per_sec,seconds,train_log_rmse,test_log_rmse,train_perplexity,tokens_per_sec";
+/// The columns after the first (`epoch` or `step`); the reported figures
+/// (BERT's `mlm`, `nsp`) follow them.
+const COLUMNS: &str = "train_loss,train_acc,test_loss,test_acc,examples_per_sec,seconds,train_log_rmse,test_log_rmse,train_perplexity,tokens_per_sec";
 
-/// Writes the per-epoch log as CSV and JSON.
-pub fn write_logs(csv_path: &Path, json_path: &Path, log: &[EpochLog]) -> std::io::Result<()> {
+/// What a log row counts: epochs, or steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Epoch,
+    Step,
+}
+
+impl Unit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Epoch => "epoch",
+            Unit::Step => "step",
+        }
+    }
+}
+
+/// The reported figures' names, in the log's first row's order.
+fn figure_names(log: &[EpochLog]) -> Vec<String> {
+    log.first().map_or(Vec::new(), |e| e.train.figures.iter().map(|(n, _)| n.clone()).collect())
+}
+
+fn figure(m: &Metrics, name: &str) -> Option<f64> {
+    m.figures.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+/// Writes the log as CSV and JSON, a row per epoch or step.
+pub fn write_logs(csv_path: &Path, json_path: &Path, log: &[EpochLog], unit: Unit) -> std::io::Result<()> {
     let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
-    let mut csv = format!("{COLUMNS}\n");
+    let names = figure_names(log);
+    let mut csv = std::iter::once(unit.name().to_string()).chain(std::iter::once(COLUMNS.to_string())).chain(names.iter().cloned()).collect::<Vec<_>>().join(",");
+    csv.push('\n');
     let mut json = Vec::new();
     for e in log {
+        let test = e.test.as_ref();
+        let extra: String = names.iter().map(|n| format!(",{}", opt(figure(&e.train, n)))).collect();
         csv.push_str(&format!(
-            "{},{:.6},{},{},{},{:.1},{:.3},{},{},{},{:.1}\n",
+            "{},{:.6},{},{},{},{:.1},{:.3},{},{},{},{:.1}{extra}\n",
             e.epoch,
             e.train.loss,
             opt(e.train.accuracy),
-            opt(e.test.map(|t| t.loss)),
-            opt(e.test.and_then(|t| t.accuracy)),
+            opt(test.map(|t| t.loss)),
+            opt(test.and_then(|t| t.accuracy)),
             e.train.examples_per_sec(),
             e.train.seconds,
             opt(e.train.log_rmse),
-            opt(e.test.and_then(|t| t.log_rmse)),
+            opt(test.and_then(|t| t.log_rmse)),
             opt(e.train.perplexity),
             e.train.tokens_per_sec(),
         ));
         let num = |v: Option<f64>| v.map_or("null".to_string(), |x| if x.is_finite() { format!("{x}") } else { "null".into() });
+        let extra: String = names.iter().map(|n| format!(", \"{n}\": {}", num(figure(&e.train, n)))).collect();
         json.push(format!(
-            "{{\"epoch\": {}, \"train_loss\": {}, \"train_acc\": {}, \"test_loss\": {}, \"test_acc\": {}, \"train_perplexity\": {}, \"examples_per_sec\": {}, \"tokens_per_sec\": {}}}",
+            "{{\"{}\": {}, \"train_loss\": {}, \"train_acc\": {}, \"test_loss\": {}, \"test_acc\": {}, \"train_perplexity\": {}, \"examples_per_sec\": {}, \"tokens_per_sec\": {}{extra}}}",
+            unit.name(),
             e.epoch,
             num(Some(e.train.loss)),
             num(e.train.accuracy),
-            num(e.test.map(|t| t.loss)),
-            num(e.test.and_then(|t| t.accuracy)),
+            num(test.map(|t| t.loss)),
+            num(test.and_then(|t| t.accuracy)),
             num(e.train.perplexity),
             num(Some(e.train.examples_per_sec())),
             num(Some(e.train.tokens_per_sec()))
@@ -54,16 +89,23 @@ pub fn write_logs(csv_path: &Path, json_path: &Path, log: &[EpochLog]) -> std::i
 }
 
 /// Curves like the course's Animator: train loss, train and test accuracy,
-/// and perplexity for language models.
-pub fn write_plot(path: &Path, log: &[EpochLog]) -> std::io::Result<()> {
-    let series: Vec<Series> = vec![
+/// perplexity for language models, and the reported figures (BERT's MLM
+/// and NSP losses).
+pub fn write_plot(path: &Path, log: &[EpochLog], unit: Unit) -> std::io::Result<()> {
+    let mut series: Vec<Series> = vec![
         ("train loss", "#1f77b4", log.iter().map(|e| (e.epoch as f64, e.train.loss)).collect()),
         ("train acc", "#ff7f0e", log.iter().filter_map(|e| e.train.accuracy.map(|a| (e.epoch as f64, a))).collect()),
-        ("test acc", "#2ca02c", log.iter().filter_map(|e| e.test.and_then(|t| t.accuracy).map(|a| (e.epoch as f64, a))).collect()),
+        ("test acc", "#2ca02c", log.iter().filter_map(|e| e.test.as_ref().and_then(|t| t.accuracy).map(|a| (e.epoch as f64, a))).collect()),
         ("perplexity", "#d62728", log.iter().filter_map(|e| e.train.perplexity.map(|p| (e.epoch as f64, p))).collect()),
     ];
-    let x_max = log.len().max(1) as f64;
-    write_atomic(path, svg_lines(&series, "epoch", 1.0, x_max).as_bytes())
+    let names = figure_names(log);
+    const COLOURS: [&str; 4] = ["#9467bd", "#8c564b", "#e377c2", "#17becf"];
+    for (name, colour) in names.iter().zip(COLOURS.iter().cycle()) {
+        series.push((name, colour, log.iter().filter_map(|e| figure(&e.train, name).map(|v| (e.epoch as f64, v))).collect()));
+    }
+    let x_min = log.first().map_or(1.0, |e| e.epoch as f64);
+    let x_max = log.last().map_or(1.0, |e| e.epoch as f64).max(x_min + 1.0);
+    write_atomic(path, svg_lines(&series, unit.name(), x_min, x_max).as_bytes())
 }
 
 /// A curve: its label, its colour and its (x, y) points.
@@ -99,13 +141,17 @@ pub fn svg_lines(series: &[Series], x_label: &str, x_min: f64, x_max: f64) -> St
 pub fn read_log(csv_path: &Path) -> Option<Vec<EpochLog>> {
     let text = std::fs::read_to_string(csv_path).ok()?;
     let mut out = Vec::new();
-    for line in text.lines().skip(1) {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split(',').collect();
+    let fixed = 1 + COLUMNS.split(',').count();
+    for line in lines {
         let f: Vec<&str> = line.split(',').collect();
         let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok());
+        let figures = header.iter().enumerate().skip(fixed).filter_map(|(i, n)| num(i).map(|v| (n.to_string(), v))).collect();
         let seconds = num(6)?;
         let examples = (num(5)? * seconds).round() as usize;
         let tokens = (num(10).unwrap_or(0.0) * seconds).round() as usize;
-        let train = Metrics { loss: num(1)?, accuracy: num(2), log_rmse: num(7), perplexity: num(9), examples, tokens, loss_per_token: false, seconds };
+        let train = Metrics { loss: num(1)?, accuracy: num(2), log_rmse: num(7), perplexity: num(9), examples, tokens, loss_per_token: false, figures, seconds };
         let test = num(3).map(|loss| Metrics { loss, accuracy: num(4), log_rmse: num(8), ..Metrics::default() });
         out.push(EpochLog { epoch: f.first()?.parse().ok()?, train, test });
     }

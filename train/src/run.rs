@@ -25,6 +25,9 @@ pub struct Training {
     pub trainer: Trainer,
     /// Epochs to train (the train block's, or `--epochs`).
     pub epochs: usize,
+    /// Or optimizer steps to train (`steps = N`, or `--steps`), however many
+    /// epochs they take: then the log has a row per step.
+    pub steps: Option<usize>,
     /// Trained parameter elements (buffers not counted).
     pub param_count: usize,
     /// Building and compiling every graph took this long (ms).
@@ -39,8 +42,10 @@ pub fn prepare(program: &Program, model: &str, opts: &TrainOptions) -> Result<Tr
     let source = sources::open(program, &config.data, opts)?;
     let (trainer, param_count) = build_trainer(program, model, &config, source.as_ref(), opts)?;
     let epochs = opts.epochs.unwrap_or(config.epochs);
+    // `--epochs` turns a step-counted block into an epoch-counted run.
+    let steps = opts.steps.or(config.steps.filter(|_| opts.epochs.is_none()));
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
-    Ok(Training { model: model.to_string(), config, source, trainer, epochs, param_count, build_ms, seed: opts.seed })
+    Ok(Training { model: model.to_string(), config, source, trainer, epochs, steps, param_count, build_ms, seed: opts.seed })
 }
 
 /// Compiles the training-step and evaluation graphs for every batch size
@@ -94,6 +99,24 @@ impl Training {
         Ok(EpochLog { epoch: self.trainer.epoch, train, test })
     }
 
+    /// Trains until [`Training::steps`] optimizer steps have run in all (the
+    /// course's `train_bert`), epoch after epoch, the last one cut short;
+    /// returns a row per step taken now. `on_step` sees each row as it comes.
+    pub fn train_steps(&mut self, progress: &mut dyn Progress, on_step: &mut dyn FnMut(&EpochLog)) -> Result<Vec<EpochLog>, Error> {
+        let Some(total) = self.steps else { return Err(Error::Usage(format!("the train block of `{}` counts epochs, not steps", self.model))) };
+        let mut rows = StepRows { inner: progress, rows: Vec::new(), on_step };
+        self.trainer.step_limit = Some(total as u64);
+        while self.trainer.steps < total as u64 {
+            let before = self.trainer.steps;
+            let mut batches = self.source.train_epoch(self.trainer.epoch as u64)?;
+            self.trainer.train_epoch(batches.as_mut(), &mut rows)?;
+            if self.trainer.steps == before {
+                return Err(Error::Usage(format!("{} yields no minibatches", self.source.describe())));
+            }
+        }
+        Ok(rows.rows)
+    }
+
     /// The current parameters on the training set, in evaluation mode.
     pub fn evaluate_train(&mut self) -> Result<Metrics, Error> {
         let mut batches = self.source.train_eval()?;
@@ -119,8 +142,9 @@ impl Training {
         let meta = [("model".to_string(), self.model.clone()), ("seed".to_string(), self.seed.to_string())].into();
         self.trainer.save(&files.checkpoint, meta)?;
         let io = |what: &str, e: std::io::Error| Error::Usage(format!("cannot write the {what}: {e}"));
-        logs::write_logs(&files.csv, &files.json, log).map_err(|e| io("log", e))?;
-        logs::write_plot(&files.plot, log).map_err(|e| io("plot", e))?;
+        let unit = if self.steps.is_some() { logs::Unit::Step } else { logs::Unit::Epoch };
+        logs::write_logs(&files.csv, &files.json, log, unit).map_err(|e| io("log", e))?;
+        logs::write_plot(&files.plot, log, unit).map_err(|e| io("plot", e))?;
         Ok(files)
     }
 
@@ -130,8 +154,28 @@ impl Training {
         let files = self.files(dir);
         self.trainer.resume(&files.checkpoint)?;
         let mut log = logs::read_log(&files.csv).unwrap_or_default();
-        log.truncate(self.trainer.epoch);
+        log.truncate(if self.steps.is_some() { self.trainer.steps as usize } else { self.trainer.epoch });
         Ok(log)
+    }
+}
+
+/// Passes progress on and keeps each step's figures as a log row.
+struct StepRows<'a> {
+    inner: &'a mut dyn Progress,
+    rows: Vec<EpochLog>,
+    on_step: &'a mut dyn FnMut(&EpochLog),
+}
+
+impl Progress for StepRows<'_> {
+    fn batch(&mut self, done: usize, total: usize, running_loss: f64) {
+        self.inner.batch(done, total, running_loss);
+    }
+
+    fn step(&mut self, step: u64, figures: &Metrics) {
+        self.inner.step(step, figures);
+        let row = EpochLog { epoch: step as usize, train: figures.clone(), test: None };
+        (self.on_step)(&row);
+        self.rows.push(row);
     }
 }
 
@@ -161,7 +205,7 @@ pub fn k_fold(program: &Program, run: &Training, opts: &TrainOptions, on_fold: &
     for i in 0..k {
         let source = run.source.fold(i)?;
         let (trainer, param_count) = build_trainer(program, &run.model, &run.config, source.as_ref(), opts)?;
-        let mut fold = Training { model: run.model.clone(), config: run.config.clone(), source, trainer, epochs: run.epochs, param_count, build_ms: 0.0, seed: opts.seed };
+        let mut fold = Training { model: run.model.clone(), config: run.config.clone(), source, trainer, epochs: run.epochs, steps: None, param_count, build_ms: 0.0, seed: opts.seed };
         for _ in 0..run.epochs {
             let mut batches = fold.source.train_epoch(fold.trainer.epoch as u64)?;
             fold.trainer.train_epoch(batches.as_mut(), &mut Silent)?;

@@ -37,13 +37,17 @@ pub struct TrainConfig {
     /// Replaces the declared initializer of every weight (rank >= 2 param).
     pub init: Option<Init>,
     pub epochs: usize,
+    /// Train for this many optimizer steps instead of whole epochs (the
+    /// course's `train_bert(num_steps)`): minibatches are drawn epoch after
+    /// epoch until the count is reached.
+    pub steps: Option<usize>,
     /// Metrics to report beside the loss (`metrics = [accuracy, log_rmse]`),
     /// with the span of each name for downstream checks.
     pub metrics: Vec<(String, Span)>,
     pub span: Span,
 }
 
-const KEYS: &[&str] = &["data", "loss", "optimizer", "init", "epochs", "metrics"];
+const KEYS: &[&str] = &["data", "loss", "optimizer", "init", "epochs", "steps", "metrics"];
 
 impl Program {
     /// An error at `span` in this program's sources (for downstream checks of
@@ -104,6 +108,18 @@ impl Program {
                 other => return Err(diag(e.span, format!("`epochs` must be a positive int, got {}", other.describe(&lw.graph)))),
             },
         };
+        let steps = match found.get("steps") {
+            None => None,
+            Some((e, span)) => {
+                if found.contains_key("epochs") {
+                    return Err(diag(*span, "a train block sets `epochs` or `steps`, not both").with_note("`steps = N` trains N minibatches, however many epochs that takes"));
+                }
+                match lw.eval(e)? {
+                    Value::Int(n) if (1..=100_000_000).contains(&n) => Some(n as usize),
+                    other => return Err(diag(e.span, format!("`steps` must be a positive int, got {}", other.describe(&lw.graph)))),
+                }
+            }
+        };
         let metrics = match found.get("metrics") {
             None => Vec::new(),
             Some((e, _)) => {
@@ -120,7 +136,7 @@ impl Program {
                     .collect::<Result<_>>()?
             }
         };
-        Ok(TrainConfig { model: def.model.name.clone(), data, loss: loss.name, optimizer, init, epochs, metrics, span: def.span })
+        Ok(TrainConfig { model: def.model.name.clone(), data, loss: loss.name, optimizer, init, epochs, steps, metrics, span: def.span })
     }
 }
 
