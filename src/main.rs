@@ -52,6 +52,10 @@ enum Command {
         /// Override the number of epochs.
         #[arg(long)]
         epochs: Option<usize>,
+        /// Train this many optimizer steps instead of epochs (BERT's train
+        /// block counts steps: 50); the log then has a row per step.
+        #[arg(long, value_name = "N", conflicts_with = "epochs")]
+        steps: Option<usize>,
         /// Directory holding the datasets (default: search $D2L_DATA, ../shared/data, /usr/share/datasets, ~/.cache/d2l).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
@@ -156,6 +160,33 @@ enum Command {
         /// across. Several sentences write FILE-1.svg, FILE-2.svg, ...
         #[arg(long, value_name = "FILE.svg")]
         attention: Option<PathBuf>,
+        /// What executes the model.
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+        backend: BackendArg,
+    },
+    /// Contextual encodings of a trained BERT (the course's
+    /// `get_bert_encoding`, §69): the sentence, or the pair, read as `<cls>`
+    /// A `<sep>` [B `<sep>`]; prints the encoding's shape and the first
+    /// values of each token's vector. Without sentences, the course's
+    /// examples: "a crane is flying" and the pair "a crane driver came" /
+    /// "he just left", and the cosine similarity of their two "crane"s.
+    ///
+    /// Example: d2l bert-encode models/bert.d2l --params bert.safetensors "a crane is flying"
+    BertEncode {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The trained parameters (the MODEL.safetensors `d2l train` wrote).
+        #[arg(long, value_name = "FILE")]
+        params: PathBuf,
+        /// Sentence A, then optionally sentence B; words separated by spaces.
+        #[arg(value_name = "SENTENCE", num_args = 0..=2)]
+        sentences: Vec<String>,
+        /// Directory holding the datasets (the vocabulary is WikiText-2's, rebuilt from it).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// The seed the model was trained with (its data order; the vocabulary does not depend on it).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// What executes the model.
         #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
@@ -281,11 +312,15 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Check(args) => check(&args),
         Command::Summary(args) => summary(&args),
         Command::Ir { model, stage, locs } => ir(&model, stage, locs),
-        Command::Train { model, epochs, data, out, seed, resume, batch, limit, backend } => {
-            let opts = d2l::TrainOptions { data_dir: data, epochs, limit, seed, backend: backend.into(), batch };
+        Command::Train { model, epochs, steps, data, out, seed, resume, batch, limit, backend } => {
+            let opts = d2l::TrainOptions { data_dir: data, epochs, steps, limit, seed, backend: backend.into(), batch };
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),
+        Command::BertEncode { model, params, sentences, data, seed, backend } => {
+            let opts = d2l::TrainOptions { data_dir: data, seed, ..d2l::TrainOptions::default() };
+            bert_encode(&model, &params, &sentences, &opts, backend.into())
+        }
         Command::Bench { model, backend, batch, steps, seconds, peak, profile, json } => {
             let compiled = load(&model, 0)?;
             let name = pick_model(&compiled, &model)?;
@@ -526,21 +561,30 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
     let mut log = Vec::new();
     if resume {
         log = run.resume(out)?;
-        eprintln!("resumed {} at epoch {}", run.files(out).checkpoint.display(), run.trainer.epoch);
+        match run.steps {
+            Some(_) => eprintln!("resumed {} at step {}", run.files(out).checkpoint.display(), run.trainer.steps),
+            None => eprintln!("resumed {} at epoch {}", run.files(out).checkpoint.display(), run.trainer.epoch),
+        }
     }
     let held_out = run.source.test_len().map_or(String::new(), |n| format!(" / {n} test"));
     let unit = if run.source.vocab().is_some() { "tokens" } else { "examples" };
     eprintln!(
-        "training {model}: {} parameters, data {}, {} train{held_out} {unit}, batch {}, {} epochs (graphs built in {:.0} ms)",
+        "training {model}: {} parameters, data {}, {} train{held_out} {unit}, batch {}, {} (graphs built in {:.0} ms)",
         group_digits(run.param_count),
         run.source.describe(),
         run.source.train_len(),
         run.source.schema().batch,
-        run.epochs,
+        match run.steps {
+            Some(n) => format!("{n} steps"),
+            None => format!("{} epochs", run.epochs),
+        },
         run.build_ms,
     );
     if run.source.folds().is_some() {
         return train_k_fold(&compiled.program, &run, opts);
+    }
+    if run.steps.is_some() {
+        return train_steps(&mut run, log, out);
     }
     let style = indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
         .expect("valid template")
@@ -616,6 +660,45 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
     Ok(())
 }
 
+/// A run counted in optimizer steps (the course's `train_bert`): a line per
+/// step, then the means over the steps, as `train_bert` prints them.
+fn train_steps(run: &mut d2l::Training, mut log: Vec<d2l::train::EpochLog>, out: &Path) -> Result<(), Error> {
+    let style = indicatif::ProgressStyle::with_template("step {pos:>4}/{len} [{bar:30}] {msg} (eta {eta})").expect("valid template").progress_chars("=> ");
+    let bar = indicatif::ProgressBar::new(0).with_style(style);
+    let printer = bar.clone();
+    let mut progress = Bar(bar);
+    let done = run.trainer.steps;
+    let rows = run.train_steps(&mut progress, &mut |row| printer.suspend(|| eprintln!("step {:>4}: {}", row.epoch, step_line(&row.train))));
+    progress.0.finish_and_clear();
+    let rows = rows?;
+    log.extend(rows);
+    let files = run.save(out, &log)?;
+    let taken = &log[log.len().min(done as usize)..];
+    if !taken.is_empty() {
+        let examples: usize = taken.iter().map(|r| r.train.examples).sum();
+        let seconds: f64 = taken.iter().map(|r| r.train.seconds).sum();
+        let mean = |f: &dyn Fn(&d2l_runtime::train::Metrics) -> Option<f64>| -> f64 { taken.iter().filter_map(|r| f(&r.train).map(|v| v * r.train.examples as f64)).sum::<f64>() / examples.max(1) as f64 };
+        let mut line = format!("mean over steps {}-{}: loss {:.3}", taken[0].epoch, taken[taken.len() - 1].epoch, mean(&|m| Some(m.loss)));
+        for (name, _) in &taken[0].train.figures {
+            line.push_str(&format!(", {name} {:.3}", mean(&|m| m.figures.iter().find(|(n, _)| n == name).map(|(_, v)| *v))));
+        }
+        line.push_str(&format!(", {:.1} examples/sec", examples as f64 / seconds.max(1e-9)));
+        println!("{line}");
+    }
+    println!("wrote {}, {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.json.display(), files.plot.display());
+    Ok(())
+}
+
+/// One step's figures: `loss 6.612, mlm 5.900, mlm_weighted 7.580, nsp 0.712, 812.3 examples/sec`.
+fn step_line(m: &d2l_runtime::train::Metrics) -> String {
+    let mut line = format!("loss {:.3}", m.loss);
+    for (name, v) in &m.figures {
+        line.push_str(&format!(", {name} {v:.3}"));
+    }
+    line.push_str(&format!(", {:.1} examples/sec", m.examples_per_sec()));
+    line
+}
+
 /// K-fold validation: one fresh model per fold, as the course's `k_fold`.
 fn train_k_fold(program: &d2l::Program, run: &d2l::Training, opts: &d2l::TrainOptions) -> Result<(), Error> {
     let k = run.source.folds().unwrap_or(0);
@@ -659,7 +742,7 @@ fn epoch_line(e: &d2l::train::EpochLog) -> String {
     if let Some(a) = e.train.accuracy {
         line.push_str(&format!(", train acc {a:.3}"));
     }
-    match e.test {
+    match &e.test {
         Some(t) if t.accuracy.is_some() => line.push_str(&format!(", test acc {:.3}", t.accuracy.unwrap_or_default())),
         Some(t) => line.push_str(&format!(", test loss {:.3}", t.loss)),
         None => {}
@@ -707,6 +790,42 @@ fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: 
         };
         draw_attention(&mut translator, sentence, tokens, &file)?;
         println!("wrote {}", file.display());
+    }
+    Ok(())
+}
+
+/// `d2l bert-encode`: a trained BERT's encodings of sentences.
+fn bert_encode(args: &ModelArgs, params: &Path, sentences: &[String], opts: &d2l::TrainOptions, backend: d2l_runtime::Backend) -> Result<(), Error> {
+    let compiled = load(args, opts.seed)?;
+    let model = pick_model(&compiled, args)?;
+    let config = compiled.program.train_config(&model)?;
+    let source = d2l::train::sources::open(&compiled.program, &config.data, opts)?;
+    let Some((vocab, max_len)) = source.bert_vocab() else {
+        return Err(Error::Usage(format!("model `{model}` trains on {}, which has no BERT vocabulary", source.describe())));
+    };
+    let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
+    let encoder = d2l::train::bert::Encoder { program: &compiled.program, model: &model, params: &tensors, vocab, max_len, backend };
+    let encode = |a: &str, b: Option<&str>| encoder.encode(a, b);
+    let show = |e: &d2l::train::bert::Encoding, what: &str| {
+        println!("{what}: {} tokens -> encoding {:?}", e.tokens.len(), e.values.dims());
+        for (i, token) in e.tokens.iter().enumerate() {
+            let v: Vec<String> = e.vector(i).iter().take(3).map(|x| format!("{x:.4}")).collect();
+            let unknown = if vocab.index(token) == vocab.unk() && token != "<unk>" { " (unknown: <unk>)" } else { "" };
+            println!("  {token:<12} [{}, ...]{unknown}", v.join(", "));
+        }
+    };
+    match sentences {
+        [a] => show(&encode(a, None)?, &format!("{a:?}")),
+        [a, b] => show(&encode(a, Some(b))?, &format!("{a:?} / {b:?}")),
+        _ => {
+            // The course's examples: "crane" is token 2 of both.
+            let single = encode("a crane is flying", None)?;
+            let pair = encode("a crane driver came", Some("he just left"))?;
+            show(&single, "\"a crane is flying\"");
+            show(&pair, "\"a crane driver came\" / \"he just left\"");
+            let similarity = d2l::train::bert::cosine(&single.vector(2), &pair.vector(2));
+            println!("cosine similarity of the two \"crane\" encodings: {similarity:.4}");
+        }
     }
     Ok(())
 }

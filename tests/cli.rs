@@ -230,3 +230,42 @@ fn kernel_regression_writes_predictions_and_attention() {
     let heatmap = std::fs::read_to_string(dir.path().join("nadaraya_watson-attention.svg")).unwrap();
     assert_eq!(heatmap.matches("<title>").count(), 50 * 50);
 }
+
+#[test]
+fn bert_trains_in_steps_and_encodes_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    // A run counted in steps: a line per step with the MLM and NSP losses,
+    // their means at the end, and a log row per step.
+    let o = d2l(&["train", "models/bert.d2l", "--out", out, "--steps", "3", "--batch", "8", "--limit", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("vocabulary of 20256") && err.contains("3 steps"), "{err}");
+    for step in ["step    1: loss ", "step    3: loss "] {
+        assert!(err.contains(step), "{err}");
+    }
+    assert!(err.contains(", mlm_loss ") && err.contains(", mlm_weighted_loss ") && err.contains(", nsp_loss "), "{err}");
+    assert!(stdout(&o).contains("mean over steps 1-3: loss "), "{}", stdout(&o));
+    let csv = std::fs::read_to_string(dir.path().join("bert.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "header + three steps:\n{csv}");
+    assert!(lines[0].starts_with("step,train_loss,") && lines[0].ends_with(",mlm_loss,mlm_weighted_loss,nsp_loss"), "{csv}");
+    // Resuming continues the count.
+    let o = d2l(&["train", "models/bert.d2l", "--out", out, "--steps", "4", "--batch", "8", "--limit", "64", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at step 3") && stderr(&o).contains("step    4: loss ") && !stderr(&o).contains("step    3: loss "), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.path().join("bert.csv")).unwrap().lines().count(), 5);
+    // The course's encodings: (1, 6, 128) and (1, 10, 128), and the
+    // similarity of the two "crane"s.
+    let params = dir.path().join("bert.safetensors");
+    let o = d2l(&["bert-encode", "models/bert.d2l", "--params", params.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("6 tokens -> encoding [1, 6, 128]") && text.contains("10 tokens -> encoding [1, 10, 128]"), "{text}");
+    assert!(text.contains("cosine similarity of the two \"crane\" encodings: "), "{text}");
+    let o = d2l(&["bert-encode", "models/bert.d2l", "--params", params.to_str().unwrap(), "a zyzzyva is flying"]);
+    assert!(o.status.success() && stdout(&o).contains("zyzzyva") && stdout(&o).contains("(unknown: <unk>)"), "{}", stdout(&o));
+    // A model without BERT's data has nothing to encode with.
+    let o = d2l(&["bert-encode", "models/mlp.d2l", "--params", params.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("no BERT vocabulary"), "{}", stderr(&o));
+}

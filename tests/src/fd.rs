@@ -79,7 +79,7 @@ pub fn check_direction(what: &str, loss: &mut Loss, feeds: &mut HashMap<String, 
 /// (dims bound by `dims`, in training mode or not), under the loss
 /// `sum(y * w)` for a fed `w`: in f64, at a few coordinates and along a
 /// random direction. Inputs get values uniform in [-1, 1), i64 inputs
-/// integers in `0..vocab`. Returns the number of parameter tensors checked;
+/// integers in `0..vocab` that stay inside the tables they index. Returns the number of parameter tensors checked;
 /// panics naming `what` on a mismatch or a gradient that is all zeros (a
 /// check that would say nothing).
 pub fn check_params(what: &str, src: &str, dims: &[(&str, usize)], training: bool, vocab: i64) -> usize {
@@ -93,13 +93,15 @@ pub fn check_params(what: &str, src: &str, dims: &[(&str, usize)], training: boo
     let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
     let mut feeds = init_params(&forward, 3);
     let mut rng = Rng(11);
+    let bounds = crate::index_bounds(&forward);
     for id in forward.inputs() {
         let node = forward.node(id);
         let Op::Input { name, .. } = &node.op else { continue };
         let dims = node.shape.dims();
         let n: usize = dims.iter().product();
+        let range = bounds.get(name).map_or(vocab, |&b| b.min(vocab));
         let t = match node.dtype {
-            DType::I64 => Tensor::from_i64(dims, (0..n).map(|_| (rng.next_f64() * vocab as f64) as i64).collect()),
+            DType::I64 => Tensor::from_i64(dims, (0..n).map(|_| (rng.next_f64() * range as f64) as i64).collect()),
             _ => Tensor::from_f64(dims, (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()),
         };
         feeds.insert(name.clone(), t);

@@ -77,3 +77,50 @@ impl Rng {
         lo + (hi - lo) * self.next_f64()
     }
 }
+
+/// For each i64 input of `graph` that indexes a table, the bound its
+/// values must stay below: the table's length along the gathered axis,
+/// less the largest offset added to the input on the way there (BERT adds
+/// each example's offset b·T to its prediction positions, and b·V to its
+/// labels, to gather from the flattened rows). Inputs that index nothing
+/// directly or through such offsets are absent. The offsets are evaluated
+/// with every input zero and the parameters as initialised.
+pub fn index_bounds(graph: &d2l_ir::Graph) -> std::collections::HashMap<String, i64> {
+    use d2l_ir::{BinaryOp, DType, Op};
+    use d2l_runtime::{Interpreter, Tensor, init_params};
+    let mut feeds = init_params(graph, 0);
+    for id in graph.inputs() {
+        if let Some(name) = graph.leaf_name(id) {
+            feeds.insert(name.to_string(), Tensor::zeros(graph.dtype(id), graph.shape(id).dims()));
+        }
+    }
+    let mut values = None;
+    let mut bounds = std::collections::HashMap::new();
+    for input in graph.inputs().into_iter().filter(|&i| graph.dtype(i) == DType::I64) {
+        let mut best: Option<i64> = None;
+        let mut stack = vec![(input, 0i64)];
+        while let Some((n, offset)) = stack.pop() {
+            for &u in &graph.users(n) {
+                let node = graph.node(u);
+                match &node.op {
+                    Op::Gather { axis } if node.args[1] == n => {
+                        let len = graph.shape(node.args[0]).dims()[*axis] as i64;
+                        best = Some(best.map_or(len - offset, |b| b.min(len - offset)));
+                    }
+                    Op::Reshape | Op::Broadcast => stack.push((u, offset)),
+                    Op::Binary(BinaryOp::Add) => {
+                        let other = if node.args[0] == n { node.args[1] } else { node.args[0] };
+                        let values: &Vec<Tensor> = values.get_or_insert_with(|| Interpreter::new(0).eval_nodes(graph, &feeds).expect("the graph runs on zero inputs"));
+                        let most = values[other.index()].to_f64_vec().into_iter().fold(0.0f64, f64::max) as i64;
+                        stack.push((u, offset + most));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let (Some(b), Some(name)) = (best, graph.leaf_name(input)) {
+            bounds.insert(name.to_string(), b.max(1));
+        }
+    }
+    bounds
+}

@@ -27,14 +27,18 @@ fn random(rng: &mut Rng, dtype: DType, dims: &[usize], int_range: i64) -> Tensor
     }
 }
 
-/// Feeds for every input and parameter of `graph`.
+/// Feeds for every input and parameter of `graph`; an index stays inside
+/// the table it indexes (BERT's segments below 2, its positions below the
+/// sequence length).
 fn feeds_for(graph: &Graph, seed: u64, int_range: i64) -> HashMap<String, Tensor> {
     let mut rng = Rng(seed);
     let mut feeds = init_params(graph, seed);
+    let bounds = d2l_tests::index_bounds(graph);
     for id in graph.ids() {
         let node = graph.node(id);
         if let Op::Input { name, .. } = &node.op {
-            feeds.insert(name.clone(), random(&mut rng, node.dtype, node.shape.dims(), int_range));
+            let range = bounds.get(name).map_or(int_range, |&b| b.min(int_range));
+            feeds.insert(name.clone(), random(&mut rng, node.dtype, node.shape.dims(), range));
         }
     }
     feeds

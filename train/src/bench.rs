@@ -1,7 +1,7 @@
 //! `d2l bench`: compile time, step time, throughput and achieved GFLOP/s of
-//! a model's training step and inference, on synthetic inputs of the right
-//! shapes (like the PyTorch harness in `../shared/bench`, one fixed batch
-//! reused every step).
+//! a model's training step and inference, on one fixed batch reused every
+//! step (like the PyTorch harness in `../shared/bench`): the data source's
+//! first minibatch when it loads, else synthetic inputs of the right shapes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -62,6 +62,9 @@ pub struct BenchReport {
     pub model: String,
     pub batch: usize,
     pub backend: &'static str,
+    /// What the inputs were: the data source's first minibatch when it
+    /// loads here, else synthetic values of the right shapes.
+    pub inputs: &'static str,
     pub train: Option<Measured>,
     pub infer: Measured,
 }
@@ -111,15 +114,7 @@ fn synthetic_feeds(graph: &Graph, classes: usize) -> HashMap<String, Tensor> {
             DType::I64 => {
                 // Indices into a table (an embedding) stay inside it; the
                 // others (class labels) below the output width.
-                let bound = graph
-                    .users(id)
-                    .iter()
-                    .filter_map(|&u| match graph.node(u).op {
-                        Op::Gather { axis } if graph.node(u).args.get(1) == Some(&id) => Some(graph.shape(graph.node(u).args[0]).dims()[axis]),
-                        _ => None,
-                    })
-                    .min()
-                    .unwrap_or(classes);
+                let bound = table_bound(graph, id).unwrap_or(classes);
                 Tensor::from_i64(dims, (0..n).map(|_| (next() * bound as f64) as i64).collect())
             }
             DType::Bool => Tensor::from_bool(dims, (0..n).map(|_| next() < 0.5).collect()),
@@ -127,6 +122,36 @@ fn synthetic_feeds(graph: &Graph, classes: usize) -> HashMap<String, Tensor> {
         feeds.insert(name.clone(), t);
     }
     feeds
+}
+
+/// The size of the table axis an index input gathers from directly.
+fn table_bound(graph: &Graph, input: d2l_ir::NodeId) -> Option<usize> {
+    graph
+        .users(input)
+        .iter()
+        .filter_map(|&u| match graph.node(u).op {
+            Op::Gather { axis } if graph.node(u).args.get(1) == Some(&input) => Some(graph.shape(graph.node(u).args[0]).dims()[axis]),
+            _ => None,
+        })
+        .min()
+}
+
+/// The first training minibatch of `model`'s data source at `batch`, by
+/// graph input name: inputs whose valid values synthetic ones cannot know
+/// (BERT's prediction positions index each example's tokens; its labels
+/// are words). `None` when the source cannot be loaded here or yields
+/// another batch size.
+fn data_feeds(program: &Program, model: &str, batch: usize) -> Option<HashMap<String, Tensor>> {
+    let config = program.train_config(model).ok()?;
+    let opts = crate::TrainOptions { batch: Some(batch), ..crate::TrainOptions::default() };
+    let source = crate::sources::open(program, &config.data, &opts).ok()?;
+    let binding = crate::graphs::bind(program, model, &source.schema()).ok()?;
+    let mut stream = source.train_epoch(0).ok()?;
+    let mut fields: Vec<Tensor> = binding.fields.iter().map(|_| Tensor::zeros(DType::F32, &[0])).collect();
+    if !stream.next_batch(&mut fields) || fields.first()?.dims().first() != Some(&batch) {
+        return None;
+    }
+    Some(binding.fields.into_iter().zip(fields).collect())
 }
 
 /// Runs `exe` until both `min_steps` and `min_seconds` are reached, after
@@ -155,8 +180,13 @@ fn time(graph: &Graph, exe: &mut dyn Executable, feeds: &mut HashMap<String, Ten
     Ok(Timing { steps: times.len(), median: times[times.len() / 2], min: times[0], max: times[times.len() - 1] })
 }
 
-fn measure(graph: &Graph, lower_ms: f64, classes: usize, opts: &BenchOptions) -> Result<Measured, Error> {
+fn measure(graph: &Graph, lower_ms: f64, classes: usize, data: Option<&HashMap<String, Tensor>>, opts: &BenchOptions) -> Result<Measured, Error> {
     let mut feeds = synthetic_feeds(graph, classes);
+    for (name, t) in data.into_iter().flatten() {
+        if graph.input_named(name).is_some() {
+            feeds.insert(name.clone(), t.clone());
+        }
+    }
     let started = Instant::now();
     if opts.profile && opts.backend == Backend::Jit {
         let mut exe = d2l_runtime::backend::Jitted::compile(graph, 1)?;
@@ -189,17 +219,19 @@ pub fn bench(program: &Program, model: &str, opts: &BenchOptions) -> Result<Benc
     let infer_lower_ms = started.elapsed().as_secs_f64() * 1e3;
     // Class labels index the last axis of the model's (first) output.
     let classes = forward.outputs().first().map_or(1, |o| forward.shape(o.node).dims().last().copied().unwrap_or(1)).max(1);
+    let data = data_feeds(program, model, batch);
     let train = match config {
         Some(_) => {
             let started = Instant::now();
             let step = stage_graph(program, model, TrainStage::Opt, batch, &BTreeMap::new())?;
             let lower_ms = started.elapsed().as_secs_f64() * 1e3;
-            Some(measure(&step, lower_ms, classes, opts)?)
+            Some(measure(&step, lower_ms, classes, data.as_ref(), opts)?)
         }
         None => None,
     };
-    let infer = measure(&forward, infer_lower_ms, classes, opts)?;
-    Ok(BenchReport { model: model.to_string(), batch, backend: opts.backend.name(), train, infer })
+    let infer = measure(&forward, infer_lower_ms, classes, data.as_ref(), opts)?;
+    let inputs = if data.is_some() { "the data's first minibatch" } else { "synthetic" };
+    Ok(BenchReport { model: model.to_string(), batch, backend: opts.backend.name(), inputs, train, infer })
 }
 
 /// The machine's FMA peak, measured: independent f32 multiply-adds on every
@@ -259,7 +291,7 @@ fn duration(seconds: f64) -> String {
 
 /// The report as the CLI prints it.
 pub fn render(r: &BenchReport, peak: f64) -> String {
-    let mut out = format!("{} (batch {}, backend {}, peak {:.0} GFLOP/s)\n", r.model, r.batch, r.backend, peak);
+    let mut out = format!("{} (batch {}, backend {}, {} inputs, peak {:.0} GFLOP/s)\n", r.model, r.batch, r.backend, r.inputs, peak);
     let mut row = |what: &str, m: &Measured| {
         let t = &m.timing;
         let gflops = m.flops / t.median / 1e9;

@@ -100,6 +100,11 @@ pub trait Source {
     fn kernel_regression(&self) -> Option<&KernelRegressionData> {
         None
     }
+    /// BERT's vocabulary and sequence length (for encoding sentences,
+    /// `d2l bert-encode`).
+    fn bert_vocab(&self) -> Option<(&Vocab, usize)> {
+        None
+    }
 }
 
 type SchemaFn = fn(&Args) -> Result<Schema, Error>;
@@ -126,6 +131,7 @@ pub const SOURCES: &[SourceKind] = &[
     SourceKind { name: "text_file", usage: "text_file(path=\"..\", batch, steps, random=false, max_tokens=.., tokens=\"char\"|\"word\")", open: open_text_file, schema: Some(text_schema) },
     SourceKind { name: "npy", usage: "npy(features=\"x.npy\" | ((\"name\", \"file.npy\"), ..), labels=\"y.npy\", test_features=.., test_labels=.., batch)", open: open_npy, schema: None },
     SourceKind { name: "fra_eng", usage: "fra_eng(batch, steps=10, examples=600, path=\"..\")", open: open_fra_eng, schema: Some(nmt_schema) },
+    SourceKind { name: "wikitext2", usage: "wikitext2(batch, max_len=64, path=\"..\")", open: open_wikitext2, schema: Some(wikitext2_schema) },
     SourceKind { name: "kernel_regression", usage: "kernel_regression(n=50, batch=n)", open: open_kernel_regression, schema: Some(kernel_regression_schema) },
     SourceKind { name: "csv", usage: "csv(path=\"..\", label=\"column\", classification=false, test=\"..\", batch)", open: open_csv, schema: None },
 ];
@@ -296,6 +302,8 @@ pub struct TensorSource {
     pairs: Option<SentencePairs>,
     /// §64's training and test points.
     kernel_regression: Option<KernelRegressionData>,
+    /// BERT's vocabulary and `max_len`.
+    bert_vocab: Option<(Vocab, usize)>,
 }
 
 /// What translating needs of a translation source: both vocabularies and
@@ -309,7 +317,7 @@ pub struct SentencePairs {
 
 impl TensorSource {
     fn new(description: String, train: TensorDataset, test: Option<TensorDataset>, batch: usize, args: &Args) -> Result<TensorSource, Error> {
-        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None, pairs: None, kernel_regression: None };
+        let mut source = TensorSource { description, train, test, batch, transform: ImageTransform::default(), shuffle_seed: derive_seed(args.opts.seed, Stream::Shuffle), folds: None, series: None, pairs: None, kernel_regression: None, bert_vocab: None };
         if let Some(limit) = args.opts.limit {
             let head = |d: &TensorDataset| d.select(&(0..limit.min(d.len())).collect::<Vec<_>>());
             source.train = head(&source.train)?;
@@ -414,6 +422,7 @@ impl Source for TensorSource {
             series: None,
             pairs: self.pairs.clone(),
             kernel_regression: None,
+            bert_vocab: None,
         }))
     }
 
@@ -427,6 +436,10 @@ impl Source for TensorSource {
 
     fn pairs(&self) -> Option<&SentencePairs> {
         self.pairs.as_ref()
+    }
+
+    fn bert_vocab(&self) -> Option<(&Vocab, usize)> {
+        self.bert_vocab.as_ref().map(|(v, len)| (v, *len))
     }
 }
 
@@ -770,5 +783,57 @@ fn open_fra_eng(args: &Args) -> Result<Box<dyn Source>, Error> {
     let train = TensorDataset::with_fields(inputs, labels)?;
     let mut source = TensorSource::new(description, train, None, args.batch()?, args)?;
     source.pairs = Some(SentencePairs { src_vocab: nmt.src_vocab, tgt_vocab: nmt.tgt_vocab, steps });
+    Ok(Box::new(source))
+}
+
+// ---- BERT pretraining: WikiText-2 sentence pairs ---------------------------------------
+
+fn wikitext2_settings(args: &Args) -> Result<(usize, usize), Error> {
+    args.keys(&["batch", "max_len", "path"])?;
+    let max_len = args.positive_int("max_len")?.unwrap_or(64);
+    if max_len < 5 {
+        return Err(args.err(args.value("max_len").map_or(args.spec.span, |(_, s)| *s), "`max_len` must be at least 5: `<cls>`, two `<sep>` and a word of each sentence"));
+    }
+    Ok((max_len, data::wiki::max_mlm_preds(max_len)))
+}
+
+/// Per example, the seven arrays of the course's `load_data_wiki` (§69):
+/// the model's inputs (the pair's tokens and segments, its valid length,
+/// the positions to predict), then the labels (the positions' weights,
+/// 1 for a real prediction and 0 for padding, the original tokens there,
+/// and whether B follows A).
+fn wikitext2_schema(args: &Args) -> Result<Schema, Error> {
+    let (max_len, preds) = wikitext2_settings(args)?;
+    let field = |name: &str, dtype: DType, dims: Vec<usize>| Field { name: name.into(), dtype, dims };
+    Ok(Schema {
+        inputs: vec![field("tokens", DType::I64, vec![max_len]), field("segments", DType::I64, vec![max_len]), field("valid_lens", DType::I64, vec![]), field("pred_positions", DType::I64, vec![preds])],
+        labels: vec![field("mlm_weights", DType::F32, vec![preds]), field("mlm_labels", DType::I64, vec![preds]), field("nsp_labels", DType::I64, vec![])],
+        batch: args.batch()?,
+    })
+}
+
+/// The course's `load_data_wiki`: WikiText-2's training text (or `path=`,
+/// a file or a folder), paragraphs shuffled by `--seed`, next-sentence
+/// pairs and masked-LM targets drawn once, as `_WikiTextDataset` does.
+fn open_wikitext2(args: &Args) -> Result<Box<dyn Source>, Error> {
+    let (max_len, _) = wikitext2_settings(args)?;
+    let path = match args.path("path")? {
+        Some(p) => p,
+        None => args.dataset_dir("wikitext-2")?,
+    };
+    let wiki = data::wiki::load_data_wiki(&path, max_len, derive_seed(args.opts.seed, Stream::Data))?;
+    let description = format!(
+        "wikitext2 ({}): {} paragraphs, {} sentence pairs ({} longer than {max_len} tokens skipped), vocabulary of {}",
+        path.display(),
+        wiki.paragraphs,
+        wiki.tokens.dims()[0],
+        wiki.skipped,
+        wiki.vocab.len()
+    );
+    let inputs = vec![("tokens".to_string(), wiki.tokens), ("segments".into(), wiki.segments), ("valid_lens".into(), wiki.valid_lens), ("pred_positions".into(), wiki.pred_positions)];
+    let labels = vec![("mlm_weights".to_string(), wiki.mlm_weights), ("mlm_labels".into(), wiki.mlm_labels), ("nsp_labels".into(), wiki.nsp_labels)];
+    let train = TensorDataset::with_fields(inputs, labels)?;
+    let mut source = TensorSource::new(description, train, None, args.batch()?, args)?;
+    source.bert_vocab = Some((wiki.vocab, max_len));
     Ok(Box::new(source))
 }

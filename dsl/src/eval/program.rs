@@ -15,6 +15,7 @@ const STD_FILES: &[(&str, &str)] = &[
     ("<std>/recurrent.d2l", include_str!("../../std/recurrent.d2l")),
     ("<std>/attention.d2l", include_str!("../../std/attention.d2l")),
     ("<std>/transformer.d2l", include_str!("../../std/transformer.d2l")),
+    ("<std>/bert.d2l", include_str!("../../std/bert.d2l")),
 ];
 
 /// A front-end error, already rendered against its source text.
