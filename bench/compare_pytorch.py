@@ -57,6 +57,9 @@ MODELS = {
     # bench_d2l.py's §62 and §68 models: 64 sentence pairs of 10 tokens, masked CE, Adam, clip 1.
     'seq2seq_gru': ('models/seq2seq.d2l', None, 64, 0.3),
     'transformer': ('models/transformer.d2l', None, 64, 0.3),
+    # bench_d2l.py's BERT-small (§69): 512 pairs of 64 tokens, 10 predictions each, vocabulary
+    # 20,256, Adam. Its position table trains, as in bert_weighted (the course's `bert` detaches it).
+    'bert_small': ('models/bert.d2l', 'bert_weighted', 512, 0.8),
 }
 # Compile-time targets of training steps, ms.
 COMPILE_TARGET_MS = {'lenet': 100.0, 'lstm_lm': 200.0}

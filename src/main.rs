@@ -56,6 +56,9 @@ enum Command {
         /// block counts steps: 50); the log then has a row per step.
         #[arg(long, value_name = "N", conflicts_with = "epochs")]
         steps: Option<usize>,
+        /// The optimizer's learning rate, instead of the train block's.
+        #[arg(long, value_name = "LR")]
+        lr: Option<f64>,
         /// Directory holding the datasets (default: search $D2L_DATA, ../shared/data, /usr/share/datasets, ~/.cache/d2l).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
@@ -312,8 +315,8 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Check(args) => check(&args),
         Command::Summary(args) => summary(&args),
         Command::Ir { model, stage, locs } => ir(&model, stage, locs),
-        Command::Train { model, epochs, steps, data, out, seed, resume, batch, limit, backend } => {
-            let opts = d2l::TrainOptions { data_dir: data, epochs, steps, limit, seed, backend: backend.into(), batch };
+        Command::Train { model, epochs, steps, lr, data, out, seed, resume, batch, limit, backend } => {
+            let opts = d2l::TrainOptions { data_dir: data, epochs, steps, lr, limit, seed, backend: backend.into(), batch };
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),

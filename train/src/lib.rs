@@ -65,6 +65,9 @@ pub struct TrainOptions {
     pub epochs: Option<usize>,
     /// Train this many optimizer steps instead (see [`Training::steps`]).
     pub steps: Option<usize>,
+    /// Replaces the optimizer's learning rate (BERT's notes use 0.001
+    /// where the book uses 0.01).
+    pub lr: Option<f64>,
     /// Use only the first N training (and test) examples: quick runs.
     pub limit: Option<usize>,
     pub seed: u64,
@@ -76,7 +79,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { data_dir: None, epochs: None, steps: None, limit: None, seed: 0, backend: d2l_runtime::Backend::Jit, batch: None }
+        TrainOptions { data_dir: None, epochs: None, steps: None, lr: None, limit: None, seed: 0, backend: d2l_runtime::Backend::Jit, batch: None }
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use d2l_dsl::{Program, TrainConfig};
+use d2l_passes::optimizer::Optimizer;
 use d2l_runtime::train::{MetricSet, Metrics, Progress, Silent, TrainGraphs, Trainer};
 
 use crate::graphs::{bind, eval_graph, forward_with_loss, initial_params, step_graph, update_spec};
@@ -56,7 +57,15 @@ fn build_trainer(program: &Program, model: &str, config: &TrainConfig, source: &
             return Err(program.error_at(*span, format!("unknown metric `{m}` (known: {})", METRICS.join(", "))).into());
         }
     }
-    let update = update_spec(program, &config.optimizer)?;
+    let mut update = update_spec(program, &config.optimizer)?;
+    if let Some(lr) = opts.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::Usage(format!("the learning rate must be a positive number, got {lr}")));
+        }
+        match &mut update.optimizer {
+            Optimizer::Sgd { lr: l, .. } | Optimizer::Adam { lr: l, .. } => *l = lr,
+        }
+    }
     let schema = source.schema();
     let binding = bind(program, model, &schema)?;
     let mut step = BTreeMap::new();
