@@ -587,7 +587,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
         return train_k_fold(&compiled.program, &run, opts);
     }
     if run.steps.is_some() {
-        return train_steps(&mut run, log, out);
+        return train_steps(&compiled.program, &model, &mut run, log, out, opts.backend);
     }
     let style = indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
         .expect("valid template")
@@ -664,8 +664,9 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
 }
 
 /// A run counted in optimizer steps (the course's `train_bert`): a line per
-/// step, then the means over the steps, as `train_bert` prints them.
-fn train_steps(run: &mut d2l::Training, mut log: Vec<d2l::train::EpochLog>, out: &Path) -> Result<(), Error> {
+/// step; a BERT then encodes the course's sentences; last, the means over
+/// the steps, as `train_bert` prints them.
+fn train_steps(program: &d2l::Program, model: &str, run: &mut d2l::Training, mut log: Vec<d2l::train::EpochLog>, out: &Path, backend: d2l_runtime::Backend) -> Result<(), Error> {
     let style = indicatif::ProgressStyle::with_template("step {pos:>4}/{len} [{bar:30}] {msg} (eta {eta})").expect("valid template").progress_chars("=> ");
     let bar = indicatif::ProgressBar::new(0).with_style(style);
     let printer = bar.clone();
@@ -676,6 +677,12 @@ fn train_steps(run: &mut d2l::Training, mut log: Vec<d2l::train::EpochLog>, out:
     let rows = rows?;
     log.extend(rows);
     let files = run.save(out, &log)?;
+    println!("wrote {}, {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.json.display(), files.plot.display());
+    if let Some((vocab, max_len)) = run.source.bert_vocab() {
+        let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+        let encoder = d2l::train::bert::Encoder { program, model, params: &params, vocab, max_len, backend };
+        print_encodings(&encoder, &[])?;
+    }
     let taken = &log[log.len().min(done as usize)..];
     if !taken.is_empty() {
         let examples: usize = taken.iter().map(|r| r.train.examples).sum();
@@ -688,7 +695,6 @@ fn train_steps(run: &mut d2l::Training, mut log: Vec<d2l::train::EpochLog>, out:
         line.push_str(&format!(", {:.1} examples/sec", examples as f64 / seconds.max(1e-9)));
         println!("{line}");
     }
-    println!("wrote {}, {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.json.display(), files.plot.display());
     Ok(())
 }
 
@@ -808,6 +814,13 @@ fn bert_encode(args: &ModelArgs, params: &Path, sentences: &[String], opts: &d2l
     };
     let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
     let encoder = d2l::train::bert::Encoder { program: &compiled.program, model: &model, params: &tensors, vocab, max_len, backend };
+    print_encodings(&encoder, sentences)
+}
+
+/// The encodings of one sentence or a pair, or of the course's examples
+/// (with the cosine similarity of their two "crane"s) when none is given.
+fn print_encodings(encoder: &d2l::train::bert::Encoder, sentences: &[String]) -> Result<(), Error> {
+    let vocab = encoder.vocab;
     let encode = |a: &str, b: Option<&str>| encoder.encode(a, b);
     let show = |e: &d2l::train::bert::Encoding, what: &str| {
         println!("{what}: {} tokens -> encoding {:?}", e.tokens.len(), e.values.dims());

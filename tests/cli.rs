@@ -245,7 +245,10 @@ fn bert_trains_in_steps_and_encodes_sentences() {
         assert!(err.contains(step), "{err}");
     }
     assert!(err.contains(", mlm_loss ") && err.contains(", mlm_weighted_loss ") && err.contains(", nsp_loss "), "{err}");
-    assert!(stdout(&o).contains("mean over steps 1-3: loss "), "{}", stdout(&o));
+    // Then the course's encodings, and last the course's line: the means.
+    let text = stdout(&o);
+    assert!(text.contains("6 tokens -> encoding [1, 6, 128]") && text.contains("cosine similarity of the two \"crane\" encodings: "), "{text}");
+    assert!(text.trim_end().lines().last().unwrap().starts_with("mean over steps 1-3: loss "), "{text}");
     let csv = std::fs::read_to_string(dir.path().join("bert.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 4, "header + three steps:\n{csv}");
