@@ -284,6 +284,13 @@ fn how_to_get(name: &str) -> String {
             hint += "; or put the files in one of the folders above, pass `--data DIR`, or set D2L_DATA.";
         }
         None => {
+            if name == super::wiki::WIKI_DATASET {
+                // No checksum of the canonical wiki.train.tokens is known here
+                // (shared/data holds the same lines in another order), so
+                // `d2l fetch` cannot verify it: the user downloads it.
+                hint += "download the course's http://d2l-data.s3-accelerate.amazonaws.com/wikitext-2-v1.zip \
+                         (SHA-1 3c914d17d80b1459be871a5039ac23e752a53cbe) and unzip it; then ";
+            }
             hint += "put the dataset's files in one of the folders above, pass `--data DIR` \
                      (the dataset folder or its parent), or set D2L_DATA to a folder holding it.";
         }
