@@ -4,7 +4,8 @@
 //!
 //! The innermost loop is vectorised with `f32x4` (the x86-64 backend has
 //! 128-bit vectors only; on this machine's FP units that is full rate) when
-//! every value it computes is f32 or a mask, unrolled, with a vector tail
+//! every value it computes is f32 or a mask (or an index compared with row
+//! invariants, in f32 lanes: see `vectorizable`), unrolled, with a vector tail
 //! and a scalar tail for the remainder. Values that do not change along the
 //! innermost loop (bias loads, constants, broadcast operands) are computed
 //! once per row. A reduction along the innermost loop keeps vector
@@ -361,12 +362,32 @@ impl<'k, 'f> Emitter<'k, 'f> {
     }
 
     /// Whether the innermost loop can run on f32x4 lanes.
+    ///
+    /// An index (iota) along it runs there too, as f32 lanes, when every
+    /// value it takes is below 2^24 in magnitude (so exactly an f32) and it
+    /// is only compared with row-invariant integers or cast to f32 (one-hot
+    /// masks, picking a label's score, causal and length masks): a
+    /// comparison with an invariant integer, itself converted to f32, then
+    /// gives the integer comparison's answer (one beyond ±2^24 rounds to a
+    /// value no index takes).
     fn vectorizable(&self) -> bool {
         let r = self.k.extents.len();
         let lane_ok = |d: DType| matches!(d, DType::F32 | DType::Bool);
+        let index_lanes = |v: Val| self.variant[v.0 as usize] && self.index_fits_f32(v.0 as usize);
         for (i, inst) in self.k.insts.iter().enumerate() {
             if !self.variant[i] {
                 continue;
+            }
+            let integer_lanes = match inst {
+                Inst::Index { .. } => Some(index_lanes(Val(i as u32))),
+                Inst::Compare { dtype: DType::I64, a, b, .. } => Some([a, b].iter().all(|&&v| index_lanes(v) || !self.variant[v.0 as usize])),
+                Inst::Cast { from: DType::I64, to: DType::F32, x } => Some(index_lanes(*x)),
+                _ => None,
+            };
+            match integer_lanes {
+                Some(true) => continue,
+                Some(false) => return false,
+                None => {}
             }
             if !lane_ok(inst.dtype()) || libcall_of(inst).is_some() {
                 return false;
@@ -393,6 +414,14 @@ impl<'k, 'f> Emitter<'k, 'f> {
                     StoreKind::Accumulate(_) => s.dtype == DType::F32 && stride == 1,
                 }
         })
+    }
+
+    /// Whether index instruction `i` stays below 2^24 in magnitude over the
+    /// whole loop nest.
+    fn index_fits_f32(&self, i: usize) -> bool {
+        let Inst::Index { offset, strides } = &self.k.insts[i] else { return false };
+        let reach: i64 = strides.iter().zip(&self.k.extents).map(|(&s, &n)| s.saturating_abs().saturating_mul(n.saturating_sub(1) as i64)).fold(offset.saturating_abs(), i64::saturating_add);
+        reach < 1 << 24
     }
 
     fn iconst(&mut self, v: i64) -> Value {
@@ -747,6 +776,10 @@ impl<'k, 'f> Emitter<'k, 'f> {
             let w = self.b.ins().uextend(types::I32, v);
             let m = self.b.ins().ineg(w);
             self.b.ins().splat(types::I32X4, m)
+        } else if dtype == DType::I64 {
+            // Integers compared with an index's lanes are f32 there.
+            let f = self.b.ins().fcvt_from_sint(types::F32, v);
+            self.b.ins().splat(types::F32X4, f)
         } else {
             self.b.ins().splat(types::F32X4, v)
         }
@@ -835,13 +868,26 @@ impl<'k, 'f> Emitter<'k, 'f> {
             }
             Inst::Index { strides, .. } => {
                 let row = rows[&self.item_of_inst(i)];
-                match j {
-                        Some(j) => {
+                let at = match j {
+                    Some(j) => {
                         let step = self.b.ins().imul_imm_s(j, strides[r - 1]);
                         self.b.ins().iadd(row, step)
                     }
                     None => row,
+                };
+                if !vector {
+                    return at;
                 }
+                // Lanes at + (lane_offset + l)·stride, as f32 (vectorizable()
+                // checked that they are exact).
+                let stride = strides[r - 1];
+                let first = self.b.ins().iadd_imm_s(at, lane_offset * stride);
+                let first = self.b.ins().fcvt_from_sint(types::F32, first);
+                let first = self.b.ins().splat(types::F32X4, first);
+                let steps: Vec<u8> = (0..W as i64).flat_map(|l| ((l * stride) as f32).to_le_bytes()).collect();
+                let handle = self.b.func.dfg.constants.insert(steps.into());
+                let steps = self.b.ins().vconst(types::F32X4, handle);
+                self.b.ins().fadd(first, steps)
             }
             Inst::Const { dtype, value } => match dtype {
                 DType::F32 => self.b.ins().f32const(value as f32),
@@ -963,8 +1009,9 @@ impl<'k, 'f> Emitter<'k, 'f> {
     }
 
     fn compare(&mut self, op: CmpOp, dtype: DType, a: Value, b: Value, lanes: Lanes) -> Value {
-        let _ = lanes;
-        if dtype.is_float() {
+        // In vector lanes integers are f32 (an index against invariants: see
+        // vectorizable()).
+        if dtype.is_float() || (lanes == Lanes::Vector && dtype == DType::I64) {
             let cc = match op {
                 CmpOp::Eq => FloatCC::Equal,
                 CmpOp::Ne => FloatCC::NotEqual,
@@ -998,7 +1045,11 @@ impl<'k, 'f> Emitter<'k, 'f> {
             return x;
         }
         if lanes == Lanes::Vector {
-            // Only f32 <-> mask reach vector code.
+            // An index's lanes are f32 already; otherwise only f32 <-> mask
+            // reach vector code.
+            if from == DType::I64 {
+                return x;
+            }
             return if to == DType::Bool {
                 let zero = self.b.ins().f32const(0.0);
                 let zero = self.b.ins().splat(types::F32X4, zero);

@@ -163,6 +163,33 @@ fn binary_compare_select_and_cast() {
             c.out(s);
         }
     }
+    // An index along the innermost axis against a per-row integer (one-hot
+    // masks, a label's score, length masks): the JIT runs it in f32 lanes,
+    // exact below 2^24; rows of 37 (vector main loop and both tails), row
+    // integers inside the index range, beyond it on both sides, and past
+    // 2^24 where f32 rounds.
+    for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+        let rows = [3i64, 0, 36, 37, -1, -(1 << 25), (1 << 24) + 1, 1 << 24, (1 << 24) - 1, 20];
+        let mut c = Case::new(&format!("index {op:?} row"));
+        let n = rows.len();
+        let row = c.input("row", DType::I64, &[n, 1]);
+        let row = c.g.broadcast(row, shape(&[n, 37])).unwrap();
+        let index = c.g.iota(shape(&[n, 37]), 1, DType::I64).unwrap();
+        let m = c.g.compare(op, index, row).unwrap();
+        let x = c.input("x", DType::F32, &[n, 37]);
+        let zero = c.g.full(0.0, DType::F32, shape(&[n, 37]));
+        let s = c.g.select(m, x, zero).unwrap();
+        // The index as floats too, and a sum of the picked values per row.
+        let f = c.g.iota(shape(&[n, 37]), 1, DType::F32).unwrap();
+        let y = c.g.binary(Add, s, f).unwrap();
+        let total = c.g.reduce(ReduceOp::Sum, y, &[1]).unwrap();
+        c.g.set_output("mask", m);
+        c.g.set_output("picked", s);
+        c.g.set_output("out", total);
+        let mut feeds = feeds_for(&c.g, 3, 5);
+        feeds.insert("row".into(), Tensor::from_i64(&[n, 1], rows.to_vec()));
+        check(&c.g.name.clone(), &c.g, &feeds, 2e-6);
+    }
     let dtypes = [DType::F32, DType::F64, DType::I64, DType::Bool];
     for from in dtypes {
         for to in dtypes {
