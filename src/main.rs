@@ -187,9 +187,11 @@ enum Command {
         /// Directory holding the datasets (the vocabulary is WikiText-2's, rebuilt from it).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
-        /// The seed the model was trained with (its data order; the vocabulary does not depend on it).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// The seed the model was trained with (default: the one the
+        /// checkpoint records): it shuffles the paragraphs, and so orders
+        /// the words of equal frequency in the vocabulary.
+        #[arg(long)]
+        seed: Option<u64>,
         /// What executes the model.
         #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
@@ -320,10 +322,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),
-        Command::BertEncode { model, params, sentences, data, seed, backend } => {
-            let opts = d2l::TrainOptions { data_dir: data, seed, ..d2l::TrainOptions::default() };
-            bert_encode(&model, &params, &sentences, &opts, backend.into())
-        }
+        Command::BertEncode { model, params, sentences, data, seed, backend } => bert_encode(&model, &params, &sentences, data, seed, backend.into()),
         Command::Bench { model, backend, batch, steps, seconds, peak, profile, json } => {
             let compiled = load(&model, 0)?;
             let name = pick_model(&compiled, &model)?;
@@ -804,15 +803,18 @@ fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: 
 }
 
 /// `d2l bert-encode`: a trained BERT's encodings of sentences.
-fn bert_encode(args: &ModelArgs, params: &Path, sentences: &[String], opts: &d2l::TrainOptions, backend: d2l_runtime::Backend) -> Result<(), Error> {
-    let compiled = load(args, opts.seed)?;
+fn bert_encode(args: &ModelArgs, params: &Path, sentences: &[String], data: Option<PathBuf>, seed: Option<u64>, backend: d2l_runtime::Backend) -> Result<(), Error> {
+    let (tensors, metadata) = d2l_runtime::checkpoint::load(params)?;
+    // The vocabulary is rebuilt as training built it, from the same seed.
+    let seed = seed.or_else(|| metadata.get("seed").and_then(|s| s.parse().ok())).unwrap_or(0);
+    let opts = d2l::TrainOptions { data_dir: data, seed, ..d2l::TrainOptions::default() };
+    let compiled = load(args, seed)?;
     let model = pick_model(&compiled, args)?;
     let config = compiled.program.train_config(&model)?;
-    let source = d2l::train::sources::open(&compiled.program, &config.data, opts)?;
+    let source = d2l::train::sources::open(&compiled.program, &config.data, &opts)?;
     let Some((vocab, max_len)) = source.bert_vocab() else {
         return Err(Error::Usage(format!("model `{model}` trains on {}, which has no BERT vocabulary", source.describe())));
     };
-    let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
     let encoder = d2l::train::bert::Encoder { program: &compiled.program, model: &model, params: &tensors, vocab, max_len, backend };
     print_encodings(&encoder, sentences)
 }

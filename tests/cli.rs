@@ -237,8 +237,9 @@ fn bert_trains_in_steps_and_encodes_sentences() {
     let out = dir.path().to_str().unwrap();
     // A run counted in steps: a line per step with the MLM and NSP losses,
     // their means at the end, and a log row per step.
-    let o = d2l(&["train", "models/bert.d2l", "--out", out, "--steps", "3", "--batch", "8", "--limit", "64"]);
+    let o = d2l(&["train", "models/bert.d2l", "--out", out, "--steps", "3", "--batch", "8", "--limit", "64", "--seed", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let trained = stdout(&o);
     let err = stderr(&o);
     assert!(err.contains("vocabulary of 20256") && err.contains("3 steps"), "{err}");
     for step in ["step    1: loss ", "step    3: loss "] {
@@ -254,7 +255,7 @@ fn bert_trains_in_steps_and_encodes_sentences() {
     assert_eq!(lines.len(), 4, "header + three steps:\n{csv}");
     assert!(lines[0].starts_with("step,train_loss,") && lines[0].ends_with(",mlm_loss,mlm_weighted_loss,nsp_loss"), "{csv}");
     // Resuming continues the count.
-    let o = d2l(&["train", "models/bert.d2l", "--out", out, "--steps", "4", "--batch", "8", "--limit", "64", "--resume"]);
+    let o = d2l(&["train", "models/bert.d2l", "--out", out, "--steps", "4", "--batch", "8", "--limit", "64", "--seed", "3", "--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("at step 3") && stderr(&o).contains("step    4: loss ") && !stderr(&o).contains("step    3: loss "), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(dir.path().join("bert.csv")).unwrap().lines().count(), 5);
@@ -266,6 +267,17 @@ fn bert_trains_in_steps_and_encodes_sentences() {
     let text = stdout(&o);
     assert!(text.contains("6 tokens -> encoding [1, 6, 128]") && text.contains("10 tokens -> encoding [1, 10, 128]"), "{text}");
     assert!(text.contains("cosine similarity of the two \"crane\" encodings: "), "{text}");
+    // The vocabulary is rebuilt with the seed the checkpoint records (it
+    // orders words of equal frequency), so these are the encodings training
+    // printed after step 3 - the checkpoint now holds step 4's parameters,
+    // so compare with a fresh run's instead: train again to step 3.
+    let again = tempfile::tempdir().unwrap();
+    let o = d2l(&["train", "models/bert.d2l", "--out", again.path().to_str().unwrap(), "--steps", "3", "--batch", "8", "--limit", "64", "--seed", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let block = |t: &str| t.lines().skip_while(|l| !l.starts_with("\"a crane is flying\"")).take_while(|l| !l.starts_with("mean over")).collect::<Vec<_>>().join("\n");
+    assert_eq!(block(&stdout(&o)), block(&trained), "equal seeds train equally");
+    let o = d2l(&["bert-encode", "models/bert.d2l", "--params", again.path().join("bert.safetensors").to_str().unwrap()]);
+    assert_eq!(block(&stdout(&o)), block(&trained));
     let o = d2l(&["bert-encode", "models/bert.d2l", "--params", params.to_str().unwrap(), "a zyzzyva is flying"]);
     assert!(o.status.success() && stdout(&o).contains("zyzzyva") && stdout(&o).contains("(unknown: <unk>)"), "{}", stdout(&o));
     // A model without BERT's data has nothing to encode with.
