@@ -490,11 +490,12 @@ impl Program {
                     }
                     (oa as isize, ob as isize)
                 };
-                if count > 1 && *dtype == DType::F32 && m * n * k < gemm::PER_THREAD {
-                    // Many small products (attention's, one per example and
-                    // head): the batch is split over the threads, each
-                    // product on one thread; splitting each would cost more
-                    // in hand-offs than it computes. (A B packed once for several
+                if count > 1 && *dtype == DType::F32 && (m * n * k < gemm::PER_THREAD || count >= 4 * self.pool.threads()) {
+                    // Many products (attention's, one per example and head;
+                    // BERT's 1,024 of 64 x 64 x 64): the batch is split over
+                    // the threads, each product on one thread; splitting each
+                    // would cost a hand-off per product. (Big products only
+                    // when there are enough of them to share out evenly.) (A B packed once for several
                     // steps is never batched: `shared_b_operands`.)
                     let (pa, pb, out_ptr) = (pa as usize, pb as usize, out_ptr as usize);
                     let (scratches, parts) = (&self.gemm, self.pool.threads().min(count));
