@@ -17,7 +17,7 @@ pub struct EpochLog {
 }
 
 /// The columns after the first (`epoch` or `step`); the reported figures
-/// (BERT's `mlm`, `nsp`) follow them.
+/// (BERT's `mlm_loss`, `nsp_loss`, ...) follow them.
 const COLUMNS: &str = "train_loss,train_acc,test_loss,test_acc,examples_per_sec,seconds,train_log_rmse,test_log_rmse,train_perplexity,tokens_per_sec";
 
 /// What a log row counts: epochs, or steps.
