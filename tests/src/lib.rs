@@ -124,3 +124,14 @@ pub fn index_bounds(graph: &d2l_ir::Graph) -> std::collections::HashMap<String, 
     }
     bounds
 }
+
+/// The shapes of `model`'s results, in order (dims bound by its input types).
+pub fn result_shapes(program: &Program, model: &str) -> Vec<Vec<usize>> {
+    let graph = program.lower(model, &LowerOptions::default()).unwrap_or_else(|e| panic!("{model}: {e}")).graph;
+    graph.outputs().iter().map(|o| graph.shape(o.node).dims().to_vec()).collect()
+}
+
+/// [`result_shapes`] of `model` in the source text `src` (the course's demos).
+pub fn demo_shapes(src: &str, model: &str) -> Vec<Vec<usize>> {
+    result_shapes(&Program::load("demo.d2l", src, None).unwrap_or_else(|e| panic!("{e}")), model)
+}

@@ -5,29 +5,22 @@
 
 use d2l_dsl::{LowerOptions, Program};
 use d2l_runtime::{Interpreter, Tensor, init_params};
-use d2l_tests::fd;
-
-/// The shapes of `model`'s results in `src`, in order.
-fn result_shapes(src: &str, model: &str) -> Vec<Vec<usize>> {
-    let program = Program::load("demo.d2l", src, None).unwrap_or_else(|e| panic!("{e}"));
-    let graph = program.lower(model, &LowerOptions::default()).unwrap_or_else(|e| panic!("{model}: {e}")).graph;
-    graph.outputs().iter().map(|o| graph.shape(o.node).dims().to_vec()).collect()
-}
+use d2l_tests::{demo_shapes, fd};
 
 #[test]
 fn the_course_demo_shapes() {
     // §69: vocabulary 10,000, hidden 768, FFN 1,024, 4 heads, 2 layers,
     // dropout 0.2; tokens (2, 8) -> encodings (2, 8, 768).
     let encoder = "model m(tokens: i64[2, 8], segments: i64[2, 8], lens: i64[2]) {\n    return bert_encoder(tokens, segments, lens, 10000, 768, 4, 1024, 2, 0.2)\n}\n";
-    assert_eq!(result_shapes(encoder, "m"), [vec![2, 8, 768]]);
+    assert_eq!(demo_shapes(encoder, "m"), [vec![2, 8, 768]]);
     // MaskLM at positions [[1, 5, 2], [6, 1, 5]]: scores (2, 3, 10000);
     // the per-prediction loss with reduction='none': (6,).
     let mlm = "model m(x: f32[2, 8, 768], positions: i64[2, 3], labels: i64[2, 3]) {\n    scores = mask_lm(x, positions, 10000, 768)\n    return (scores, reshape(mlm_per_prediction(scores, labels), [6]))\n}\n";
-    assert_eq!(result_shapes(mlm, "m"), [vec![2, 3, 10000], vec![6]]);
+    assert_eq!(demo_shapes(mlm, "m"), [vec![2, 3, 10000], vec![6]]);
     // NextSentencePred on the flattened encodings: (2, 2), and its loss
     // per example: (2,). And BERTModel's NSP head on the <cls> encoding.
     let nsp = "model m(x: f32[2, 8, 768], labels: i64[2]) {\n    scores = linear(reshape(x, [2, 8 * 768]), 2)\n    return (scores, -sum(log_softmax(scores) * one_hot(labels, 2), 1), next_sentence_pred(x, 768))\n}\n";
-    assert_eq!(result_shapes(nsp, "m"), [vec![2, 2], vec![2], vec![2, 2]]);
+    assert_eq!(demo_shapes(nsp, "m"), [vec![2, 2], vec![2], vec![2, 2]]);
 }
 
 #[test]

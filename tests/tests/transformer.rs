@@ -4,36 +4,29 @@
 //! (the interpreter draws the same masks every run).
 
 use d2l_dsl::{LowerOptions, Program};
-use d2l_tests::fd;
-
-/// The shapes of `model`'s results in `src`, in order.
-fn result_shapes(src: &str, model: &str) -> Vec<Vec<usize>> {
-    let program = Program::load("demo.d2l", src, None).unwrap_or_else(|e| panic!("{e}"));
-    let graph = program.lower(model, &LowerOptions::default()).unwrap_or_else(|e| panic!("{model}: {e}")).graph;
-    graph.outputs().iter().map(|o| graph.shape(o.node).dims().to_vec()).collect()
-}
+use d2l_tests::{demo_shapes, fd};
 
 #[test]
 fn multi_head_attention_shape_of_the_course_demo() {
     // 100 hidden, 5 heads; 4 queries attend to 6 key-value pairs under
     // valid lengths [3, 2]: (2, 4, 100).
     let src = "model m(x: f32[2, 4, 100], y: f32[2, 6, 100], lens: i64[2]) {\n    return multi_head_attention(x, y, y, lens, 100, 5, 0.5)\n}\n";
-    assert_eq!(result_shapes(src, "m"), [vec![2, 4, 100]]);
+    assert_eq!(demo_shapes(src, "m"), [vec![2, 4, 100]]);
 }
 
 #[test]
 fn add_norm_and_block_shapes_of_the_course_demos() {
     let add_norm = "model m(x: f32[2, 3, 4]) {\n    return add_norm(x, x, 0.5)\n}\n";
-    assert_eq!(result_shapes(add_norm, "m"), [vec![2, 3, 4]]);
+    assert_eq!(demo_shapes(add_norm, "m"), [vec![2, 3, 4]]);
     // 24 hidden, 8 heads, FFN 48 over 100 positions.
     let encoder_block = "model m(x: f32[2, 100, 24], lens: i64[2]) {\n    return transformer_encoder_block(x, lens, 8, 48, 0.5)\n}\n";
-    assert_eq!(result_shapes(encoder_block, "m"), [vec![2, 100, 24]]);
+    assert_eq!(demo_shapes(encoder_block, "m"), [vec![2, 100, 24]]);
     // The encoder over a vocabulary of 200, 2 blocks.
     let encoder = "model m(x: i64[2, 100], lens: i64[2]) {\n    return transformer_encoder(x, lens, 200, 24, 8, 48, 2, 0.5)\n}\n";
-    assert_eq!(result_shapes(encoder, "m"), [vec![2, 100, 24]]);
+    assert_eq!(demo_shapes(encoder, "m"), [vec![2, 100, 24]]);
     // A decoder block over the encoder block's outputs.
     let decoder_block = "model m(x: f32[2, 100, 24], lens: i64[2]) {\n    enc = transformer_encoder_block(x, lens, 8, 48, 0.5)\n    return transformer_decoder_block(x, enc, lens, 8, 48, 0.5)\n}\n";
-    assert_eq!(result_shapes(decoder_block, "m"), [vec![2, 100, 24]]);
+    assert_eq!(demo_shapes(decoder_block, "m"), [vec![2, 100, 24]]);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! `models/seq2seq.d2l` and `models/bahdanau.d2l`.
 
 use d2l_dsl::{LowerOptions, Program};
-use d2l_tests::model_path;
+use d2l_tests::{model_path, result_shapes};
 
 /// `models/FILE` with `extra` models appended.
 fn with(file: &str, extra: &str) -> Program {
@@ -15,12 +15,6 @@ fn with(file: &str, extra: &str) -> Program {
 
 fn seq2seq_with(extra: &str) -> Program {
     with("seq2seq.d2l", extra)
-}
-
-/// The shapes of `model`'s results, in order.
-fn result_shapes(program: &Program, model: &str) -> Vec<Vec<usize>> {
-    let graph = program.lower(model, &LowerOptions::default()).unwrap_or_else(|e| panic!("{model}: {e}")).graph;
-    graph.outputs().iter().map(|o| graph.shape(o.node).dims().to_vec()).collect()
 }
 
 #[test]
