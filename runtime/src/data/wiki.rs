@@ -64,6 +64,16 @@ pub const MIN_FREQ: usize = 5;
 /// three special tokens need 5, but 4 still gives one prediction slot.
 pub const MIN_MAX_LEN: usize = 4;
 
+/// `max_len` is at least [`MIN_MAX_LEN`].
+fn check_max_len(max_len: usize) -> Result<(), DataError> {
+    if max_len < MIN_MAX_LEN {
+        return Err(DataError::Invalid(format!(
+            "max_len must be at least {MIN_MAX_LEN} (a pair takes <cls>, two <sep> and its words); got {max_len}"
+        )));
+    }
+    Ok(())
+}
+
 /// Python's `str.isspace` (what `strip()` and `split()` use): Rust's
 /// `White_Space` plus the four information separators U+001C..U+001F.
 fn py_space(c: char) -> bool {
@@ -322,11 +332,7 @@ pub fn bert_examples(
     max_len: usize,
     rng: &mut impl Rng,
 ) -> Result<BertData, DataError> {
-    if max_len < MIN_MAX_LEN {
-        return Err(DataError::Invalid(format!(
-            "max_len must be at least {MIN_MAX_LEN} (a pair takes <cls>, two <sep> and its words); got {max_len}"
-        )));
-    }
+    check_max_len(max_len)?;
     let (pairs, skipped) = nsp_examples(paragraphs, max_len, rng)?;
     let n = pairs.len();
     let p = max_mlm_preds(max_len);
@@ -384,11 +390,7 @@ pub fn bert_examples(
 /// is an error, as is a file [`read_wiki`] rejects, one without a paragraph
 /// of two sentences, and one whose sentence pairs are all too long.
 pub fn load_data_wiki(path: &Path, max_len: usize, seed: u64) -> Result<BertData, DataError> {
-    if max_len < MIN_MAX_LEN {
-        return Err(DataError::Invalid(format!(
-            "max_len must be at least {MIN_MAX_LEN} (a pair takes <cls>, two <sep> and its words); got {max_len}"
-        )));
-    }
+    check_max_len(max_len)?;
     let file = wiki_file(path)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let paragraphs = read_wiki(&file, &mut rng)?;
