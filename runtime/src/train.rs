@@ -332,7 +332,6 @@ impl Trainer {
                 let graph = if training { &self.graphs.step[&b] } else { &self.graphs.eval[&b] };
                 crate::apply_updates(graph, outputs, &mut self.feeds);
                 let mut loss = f64::NAN;
-                let mut figures = Vec::new();
                 for (name, t) in outputs.iter() {
                     if name == "loss" {
                         loss = first_value(t);
@@ -340,10 +339,16 @@ impl Trainer {
                         && let Some(labels) = batch.get(first_label)
                     {
                         acc.add_predictions(t, labels);
-                    } else if graph.outputs().iter().any(|o| o.role == OutputRole::Metric && o.name == *name) {
-                        figures.push((name.clone(), first_value(t)));
                     }
                 }
+                // The few metric outputs, looked up by name (a step has
+                // hundreds of update outputs to pass over).
+                let figures: Vec<(String, f64)> = graph
+                    .outputs()
+                    .iter()
+                    .filter(|o| o.role == OutputRole::Metric)
+                    .filter_map(|o| outputs.iter().find(|(n, _)| *n == o.name).map(|(n, t)| (n.clone(), first_value(t))))
+                    .collect();
                 if training && !loss.is_finite() {
                     return Err(TrainError::Diverged { value: loss, epoch: self.epoch + 1, step: self.steps });
                 }
