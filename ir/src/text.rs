@@ -105,4 +105,22 @@ mod tests {
           output y = %6
         "#);
     }
+
+    #[test]
+    fn output_roles_are_printed() {
+        let mut g = Graph::new("roles");
+        let x = g.input("x", DType::F32, Shape(vec![]));
+        let y = g.unary(UnaryOp::Neg, x).unwrap();
+        g.set_output("y", y);
+        g.set_metric("part", x);
+        g.set_update("x", y);
+        insta::assert_snapshot!(super::print(&g, false), @r#"
+        graph roles
+          %0: f32[] = input "x"
+          %1: f32[] = neg %0
+          output y = %1
+          metric part = %0
+          update x = %1
+        "#);
+    }
 }
