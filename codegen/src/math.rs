@@ -8,6 +8,9 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_frontend::FunctionBuilder;
 
+/// ln(f32::MIN_POSITIVE): below it, e^x is denormal.
+const EXP_LOWEST: f32 = -87.336_54;
+
 /// Emits f32 math for one lane shape: scalar `f32` or vector `f32x4`.
 pub struct Math {
     float: Type,
@@ -90,16 +93,9 @@ impl Math {
         b.ins().fmul(p, s2)
     }
 
-    pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        // Below ln(f32::MIN_POSITIVE) the result would be denormal: it is 0
-        // instead (off by < 1.2e-38). Denormals cost ~100 cycles in every
-        // later operation on this CPU family; a masked softmax's -1e6
-        // scores made its whole backward pass slow on them.
-        const LOWEST: f32 = -87.336_54; // ln(f32::MIN_POSITIVE)
-        let lowest = self.f(b, LOWEST);
-        let underflows = b.ins().fcmp(FloatCC::LessThan, x, lowest);
-        // Above this, exp is +inf in f32; clamping keeps n small.
-        let x = self.clamp(b, x, LOWEST, 88.8);
+    /// `(p, n)` with `e^x = p · 2^n` and `p` near 1 (within [0.7, 1.42]),
+    /// for `x` already limited to [-87.34, 88.8]; `n` as an integer.
+    fn exp_parts(&self, b: &mut FunctionBuilder, x: Value) -> (Value, Value) {
         // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer and
         // leaves it in the low mantissa bits (no float-to-int conversion).
         const MAGIC: f32 = 12_582_912.0;
@@ -119,10 +115,35 @@ impl Math {
         let r2 = b.ins().fmul(r, r);
         let one = self.f(b, 1.0);
         let y = b.ins().fma(p, r2, r);
-        let y = b.ins().fadd(y, one);
-        let y = self.scale(b, y, ni);
+        (b.ins().fadd(y, one), ni)
+    }
+
+    pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        // Below ln(f32::MIN_POSITIVE) the result would be denormal: it is 0
+        // instead (off by < 1.2e-38). Denormals cost ~100 cycles in every
+        // later operation on this CPU family; a masked softmax's -1e6
+        // scores made its whole backward pass slow on them.
+        let lowest = self.f(b, EXP_LOWEST);
+        let underflows = b.ins().fcmp(FloatCC::LessThan, x, lowest);
+        // Above this, exp is +inf in f32; clamping keeps n small.
+        let x = self.clamp(b, x, EXP_LOWEST, 88.8);
+        let (p, ni) = self.exp_parts(b, x);
+        let y = self.scale(b, p, ni);
         let zero = self.f(b, 0.0);
         self.select(b, underflows, zero, y)
+    }
+
+    /// `e^x` for `x` in [ln(f32::MIN_POSITIVE), 88] (or NaN), as tanh and
+    /// sigmoid use it: there `2^n` is one normal float, so the scale is a
+    /// single product, and no special case applies. Bit for bit
+    /// [`Math::exp`] on that range.
+    fn exp_bounded(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        let (p, ni) = self.exp_parts(b, x);
+        let bias = self.i(b, 127);
+        let e = b.ins().iadd(ni, bias);
+        let e = b.ins().ishl_imm_s(e, 23);
+        let scale = self.to_float(b, e);
+        b.ins().fmul(p, scale)
     }
 
     pub fn log(&self, b: &mut FunctionBuilder, x: Value) -> Value {
@@ -191,7 +212,12 @@ impl Math {
         let pz = b.ins().fmul(p, z);
         let small = b.ins().fma(pz, x, x);
         let ax2 = b.ins().fadd(ax, ax);
-        let e = self.exp(b, ax2);
+        // Past 88, e^{2|x|} + 1 is still above 2^126 and the quotient
+        // rounds to 1 as it does at +inf (and NaN stays NaN).
+        let limit = self.f(b, 88.0);
+        let above = b.ins().fcmp(FloatCC::GreaterThan, ax2, limit);
+        let ax2 = self.select(b, above, limit, ax2);
+        let e = self.exp_bounded(b, ax2);
         let one = self.f(b, 1.0);
         let two = self.f(b, 2.0);
         let d = b.ins().fadd(e, one);
@@ -209,11 +235,23 @@ impl Math {
         self.select(b, is_small, small, large)
     }
 
+    /// `1 / (1 + e^{-x})`.
     pub fn sigmoid(&self, b: &mut FunctionBuilder, x: Value) -> Value {
         let nx = b.ins().fneg(x);
-        let e = self.exp(b, nx);
+        // Past -x = 88 sigmoid is a denormal, 0 here as after flushing;
+        // below -x = -87.3, e^{-x} is below 2^-126 and 1 + it rounds to 1,
+        // as it does at the limit.
+        let big = self.f(b, 88.0);
+        let vanishes = b.ins().fcmp(FloatCC::GreaterThan, nx, big);
+        let nx = self.select(b, vanishes, big, nx);
+        let lowest = self.f(b, EXP_LOWEST);
+        let below = b.ins().fcmp(FloatCC::LessThan, nx, lowest);
+        let nx = self.select(b, below, lowest, nx);
+        let e = self.exp_bounded(b, nx);
         let one = self.f(b, 1.0);
         let d = b.ins().fadd(one, e);
-        b.ins().fdiv(one, d)
+        let s = b.ins().fdiv(one, d);
+        let zero = self.f(b, 0.0);
+        self.select(b, vanishes, zero, s)
     }
 }

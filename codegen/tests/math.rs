@@ -4,16 +4,21 @@
 //! values.
 
 use d2l_codegen::clif::Jit;
-use d2l_codegen::kernel::{Access, Inst, LoopKernel, Store};
-use d2l_ir::{DType, UnaryOp};
+use d2l_codegen::kernel::{Access, Inst, LoopKernel, Store, Val};
+use d2l_ir::{BinaryOp, DType, UnaryOp};
 
 /// Applies `op` to `xs` with a JIT-compiled loop (vector main loop and a
 /// scalar tail, since the length is not a multiple of 4).
 fn jit(op: UnaryOp, xs: &[f32]) -> Vec<f32> {
+    jit_expr(xs, |k, x| k.push(Inst::Unary { op, dtype: DType::F32, x }))
+}
+
+/// Applies the expression `body` builds from `x` to `xs`, as [`jit`] does.
+fn jit_expr(xs: &[f32], body: impl Fn(&mut LoopKernel, Val) -> Val) -> Vec<f32> {
     let n = xs.len();
     let mut k = LoopKernel::new("math", vec![n]);
     let x = k.push(Inst::Load { dtype: DType::F32, access: Access { slot: 1, offset: 0, strides: vec![1] } });
-    let y = k.push(Inst::Unary { op, dtype: DType::F32, x });
+    let y = body(&mut k, x);
     k.stores.push(Store { value: y, dtype: DType::F32, access: Access { slot: 2, offset: 0, strides: vec![1] }, reduce: None });
     let mut jit = Jit::new().expect("host ISA");
     jit.add(&k).expect("compiles");
@@ -90,4 +95,40 @@ fn tanh_and_sigmoid_are_within_a_few_ulps() {
         assert_eq!(jit(op, &[x])[0], want, "{op:?}({x})");
     }
     assert!(jit(UnaryOp::Tanh, &[f32::NAN])[0].is_nan());
+}
+
+/// Sigmoid and tanh scale their inner exponential with one power of two
+/// instead of exp's two: the same values, bit for bit, as the formulas
+/// written with the `exp` op, wherever those do not saturate.
+#[test]
+fn tanh_and_sigmoid_agree_bit_for_bit_with_their_formulas_on_exp() {
+    let binary = |k: &mut LoopKernel, op, a, b| k.push(Inst::Binary { op, dtype: DType::F32, a, b });
+    let constant = |k: &mut LoopKernel, value| k.push(Inst::Const { dtype: DType::F32, value });
+    let xs = linspace(-87.3, 87.3, 200_003);
+    let formula = jit_expr(&xs, |k, x| {
+        let nx = k.push(Inst::Unary { op: UnaryOp::Neg, dtype: DType::F32, x });
+        let e = k.push(Inst::Unary { op: UnaryOp::Exp, dtype: DType::F32, x: nx });
+        let one = constant(k, 1.0);
+        let d = binary(k, BinaryOp::Add, one, e);
+        binary(k, BinaryOp::Div, one, d)
+    });
+    let got = jit(UnaryOp::Sigmoid, &xs);
+    for ((x, a), b) in xs.iter().zip(&got).zip(&formula) {
+        assert_eq!(a.to_bits(), b.to_bits(), "sigmoid({x}) = {a}, formula {b}");
+    }
+    // tanh's exponential branch (|x| >= 0.625): 1 - 2 / (e^{2x} + 1).
+    let xs = linspace(0.625, 44.0, 200_003);
+    let formula = jit_expr(&xs, |k, x| {
+        let x2 = binary(k, BinaryOp::Add, x, x);
+        let e = k.push(Inst::Unary { op: UnaryOp::Exp, dtype: DType::F32, x: x2 });
+        let one = constant(k, 1.0);
+        let two = constant(k, 2.0);
+        let d = binary(k, BinaryOp::Add, e, one);
+        let q = binary(k, BinaryOp::Div, two, d);
+        binary(k, BinaryOp::Sub, one, q)
+    });
+    let got = jit(UnaryOp::Tanh, &xs);
+    for ((x, a), b) in xs.iter().zip(&got).zip(&formula) {
+        assert_eq!(a.to_bits(), b.to_bits(), "tanh({x}) = {a}, formula {b}");
+    }
 }
