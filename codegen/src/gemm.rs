@@ -26,6 +26,8 @@ const KC: usize = 256;
 const MC: usize = 120;
 /// A multiple of every kernel's `nr` (16 and 32).
 const NC: usize = 2048;
+/// A blocks of at most this many values (32 KB: in L1) are not packed.
+const DIRECT_A: usize = 8192;
 /// Below this many multiply-adds, a direct loop beats packing.
 pub const SMALL: usize = 4096;
 /// Below this many multiply-adds per thread, one thread does it all.
@@ -241,11 +243,14 @@ unsafe fn sgemm_with(kern: Kernel, m: usize, n: usize, k: usize, a: MatRef<'_>, 
 unsafe fn multiply_block(m: usize, nc: usize, kc: usize, a: MatRef<'_>, b: &[f32], c: MatMut, load_c: bool, a_buf: &mut [f32], kern: Kernel) {
     let (mr, nr) = (kern.mr, kern.nr);
     // A block is reused across column panels; with a single panel (narrow
-    // C) packing it would cost as much as the product, so the micro-kernel
-    // reads a plain strided A directly.
-    let direct_a = nc <= nr && a.rows.is_none() && a.cols.is_none();
+    // C) packing it would cost as much as the product, and a block that
+    // fits in L1 (attention's 64 x 64 per head, a recurrent step's 32 x
+    // 256) is read from there at any strides as fast as packed, so the
+    // micro-kernel reads a plain strided A directly.
+    let plain = a.rows.is_none() && a.cols.is_none();
     for ic in (0..m).step_by(MC) {
         let mc = MC.min(m - ic);
+        let direct_a = plain && (nc <= nr || mc * kc <= DIRECT_A);
         if !direct_a {
             unsafe { pack_a(mc, kc, a.shifted(ic, 0), a_buf.as_mut_ptr(), mr) };
         }
@@ -814,7 +819,8 @@ mod tests {
     #[test]
     fn matches_a_reference_on_edges_and_transposes() {
         let pool = crate::pool::pool();
-        for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70), (37, 10, 300), (41, 16, 90), (610, 530, 420)] {
+        // Packed and direct (L1-sized) A blocks, one or several column panels.
+        for &(m, n, k) in &[(1, 1, 1), (7, 17, 5), (13, 33, 300), (130, 20, 260), (6, 16, 256), (250, 300, 70), (37, 10, 300), (41, 16, 90), (610, 530, 420), (64, 64, 64), (32, 1024, 256), (70, 100, 117)] {
             for a_t in [false, true] {
                 let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
                 let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
