@@ -10,7 +10,7 @@ use std::time::Instant;
 use d2l_ir::{DType, Graph};
 use d2l_passes::fusion::{self, Affine};
 use rand::SeedableRng;
-use rand::rngs::StdRng;
+use rand_chacha::ChaCha12Rng;
 
 use crate::clif::{Compiled, Jit, JitError, KernelFn};
 use crate::conv;
@@ -77,7 +77,9 @@ pub struct Program {
     /// pads its input this way, the copy's (row-major) map.
     padded: UnsafeCell<Vec<Line>>,
     padded_maps: Vec<Option<Affine>>,
-    rng: StdRng,
+    /// `StdRng`'s generator, named so that uniform draws can be split
+    /// over threads by word position (`routines::rand`).
+    rng: ChaCha12Rng,
     pool: &'static Pool,
     /// Node descriptions for errors, by node index.
     names: Vec<String>,
@@ -280,7 +282,7 @@ impl Program {
             table,
             _arena: arena,
             status,
-            rng: StdRng::seed_from_u64(seed),
+            rng: ChaCha12Rng::seed_from_u64(seed),
             pool,
             names,
             times,
@@ -461,7 +463,7 @@ impl Program {
             let dst = Buf { ptr: self.table[*out], dtype: self.plan.slots[*out].dtype };
             let n = self.plan.slots[*out].numel;
             // SAFETY: the output slot holds `n` elements of its dtype.
-            unsafe { routines::rand(&mut self.rng, *dist, dst, n) };
+            unsafe { routines::rand(&mut self.rng, *dist, dst, n, self.pool) };
             return Ok(());
         }
         unsafe { self.step_shared(s) }

@@ -10,8 +10,10 @@
 use d2l_ir::{DType, PoolKind, RandDist};
 use d2l_passes::fusion::Affine;
 use rand::Rng;
-use rand::rngs::StdRng;
+use rand_chacha::ChaCha12Rng;
 use rand_distr::{Distribution, StandardNormal};
+
+use crate::pool::Pool;
 
 /// A typed view of raw buffer memory.
 #[derive(Clone, Copy, Debug)]
@@ -410,23 +412,64 @@ fn x_as<T>(b: Buf) -> *mut T {
     b.ptr as *mut T
 }
 
-/// Fresh random numbers, drawn exactly as the interpreter draws them (same
-/// generator, same order), so equal seeds give equal dropout masks.
+/// Below this many numbers, one thread draws them all.
+const PARALLEL_RAND: usize = 1 << 16;
+
+/// Fresh random numbers, drawn exactly as the interpreter draws them (the
+/// same generator: `StdRng` is ChaCha12; same order), so equal seeds give
+/// equal dropout masks. A uniform number is one 32-bit word of the stream
+/// per f32 (two per f64), so each thread fills its own range from the word
+/// that range starts at (ChaCha is a counter: `set_word_pos` jumps there),
+/// and the numbers do not depend on the thread count. Normal draws use a
+/// varying number of words: one thread.
 ///
 /// # Safety
 /// `dst` holds `n` elements of its (float) dtype.
-pub unsafe fn rand(rng: &mut StdRng, dist: RandDist, dst: Buf, n: usize) {
-    for i in 0..n {
+pub unsafe fn rand(rng: &mut ChaCha12Rng, dist: RandDist, dst: Buf, n: usize, pool: &Pool) {
+    let words = match (dist, dst.dtype) {
+        (RandDist::Uniform, DType::F32) => 1,
+        (RandDist::Uniform, DType::F64) => 2,
+        _ => {
+            for i in 0..n {
+                unsafe {
+                    match dst.dtype {
+                        DType::F32 => *dst.at::<f32>(i) = StandardNormal.sample(rng),
+                        DType::F64 => *dst.at::<f64>(i) = StandardNormal.sample(rng),
+                        _ => {}
+                    }
+                }
+            }
+            return;
+        }
+    };
+    let start = rng.get_word_pos();
+    let parts = if n >= PARALLEL_RAND { pool.threads() } else { 1 };
+    let chunk = n.div_ceil(parts).max(1);
+    let shared = &*rng;
+    let dst_addr = dst.ptr as usize;
+    pool.run(n.div_ceil(chunk), &|part, _| {
+        let (lo, hi) = (part * chunk, ((part + 1) * chunk).min(n));
+        let mut r = shared.clone();
+        r.set_word_pos(start + (lo * words) as u128);
+        // SAFETY: parts write disjoint ranges of `dst`, which holds `n` values.
         unsafe {
-            match (dist, dst.dtype) {
-                (RandDist::Uniform, DType::F32) => *dst.at::<f32>(i) = rng.random::<f32>(),
-                (RandDist::Uniform, DType::F64) => *dst.at::<f64>(i) = rng.random::<f64>(),
-                (RandDist::Normal, DType::F32) => *dst.at::<f32>(i) = StandardNormal.sample(rng),
-                (RandDist::Normal, DType::F64) => *dst.at::<f64>(i) = StandardNormal.sample(rng),
-                _ => {}
+            if words == 1 {
+                // The words in bulk, then f32 exactly as `random::<f32>()`
+                // makes one: the top 24 bits, scaled into [0, 1).
+                let out = std::slice::from_raw_parts_mut((dst_addr as *mut u32).add(lo), hi - lo);
+                r.fill(out);
+                for x in out.iter_mut() {
+                    *x = ((*x >> 8) as f32 * (1.0 / (1u32 << 24) as f32)).to_bits();
+                }
+            } else {
+                let out = std::slice::from_raw_parts_mut((dst_addr as *mut f64).add(lo), hi - lo);
+                for x in out {
+                    *x = r.random::<f64>();
+                }
             }
         }
-    }
+    });
+    rng.set_word_pos(start + (n * words) as u128);
 }
 
 /// f64 `C[m, n] = A·B` by direct loops (gradient checks run in f64; speed
