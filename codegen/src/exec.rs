@@ -18,6 +18,7 @@ use crate::gemm::{self, MatMut, MatRef, Scratches};
 use crate::lower::{self, CopySource, FeedSlot, LowerError, OutputFill, OutputSlot, Place, Plan, Routine, Step};
 use crate::pool::{Pool, pool};
 use crate::routines::{self, Buf};
+use crate::wide::WideKernel;
 
 /// Elementwise loops below this many elements stay on one thread.
 const PARALLEL_LOOP: usize = 1 << 15;
@@ -99,6 +100,9 @@ pub struct Program {
     /// the table of their addresses it is called with (filled before each
     /// call).
     kernel_code: Vec<usize>,
+    /// Per function of `code`, the kernel as a wide one, run instead of the
+    /// function by `run_loop` (same values; 8 or 16 lanes instead of 4).
+    wide: Vec<Option<WideKernel>>,
     kernel_slots: Vec<Vec<(usize, i64, usize)>>,
     kernel_tables: Vec<UnsafeCell<Vec<*mut u8>>>,
 }
@@ -182,6 +186,8 @@ impl Program {
         // repeat the same kernels on other buffers.
         let mut jit = Jit::new()?;
         let mut functions: HashMap<String, usize> = HashMap::new();
+        // Per function, the same kernel run wide, when it is one (see `wide`).
+        let mut wide = Vec::new();
         let (mut kernel_code, mut kernel_slots) = (Vec::new(), Vec::new());
         for k in &plan.kernels {
             let (canonical, slots) = k.canonical();
@@ -189,6 +195,7 @@ impl Program {
             let f = match functions.get(&key) {
                 Some(&f) => f,
                 None => {
+                    wide.push(WideKernel::new(&canonical));
                     let f = jit.add(&crate::kernel::LoopKernel { name: k.name.clone(), ..canonical })?;
                     functions.insert(key, f);
                     f
@@ -270,6 +277,7 @@ impl Program {
             packed,
             packed_of,
             kernel_code,
+            wide,
             kernel_slots,
             kernel_tables,
             gemm: Scratches::new(threads, max_n.max(1)),
@@ -318,7 +326,10 @@ impl Program {
 
     fn step_name(&self, step: &Step) -> String {
         match step {
-            Step::Loop { kernel } => format!("loop k{} {:?} over {}", kernel, self.plan.kernels[*kernel].extents, self.names[self.plan.kernel_nodes[*kernel].index()]),
+            Step::Loop { kernel } => {
+                let wide = if self.wide[self.kernel_code[*kernel]].is_some() { "wide " } else { "" };
+                format!("{wide}loop k{} {:?} over {}", kernel, self.plan.kernels[*kernel].extents, self.names[self.plan.kernel_nodes[*kernel].index()])
+            }
             Step::MatMul { node, m, n, k, batch, .. } => format!("matmul {batch:?}{m}x{k}x{n} {}", self.names[node.index()]),
             Step::Conv2d { node, x_dims, w_dims, .. } => format!("conv2d {x_dims:?}*{w_dims:?} {}", self.names[node.index()]),
             Step::Routine { node, .. } => format!("routine {}", self.names[node.index()]),
@@ -409,17 +420,20 @@ impl Program {
         // fewer elements than light ones.
         let work = kernel.numel().saturating_mul(kernel.body_cost().max(8) / 8);
         let parts = if kernel.splittable() && work >= PARALLEL_LOOP { self.pool.threads().min(extent) } else { 1 };
+        let wide = self.wide[self.kernel_code[k]].as_ref();
+        // SAFETY: the kernel reads and writes its slots only, which the table holds.
+        let run = |lo: usize, hi: usize| unsafe {
+            match wide {
+                Some(w) => w.run(table as *const *mut u8, lo, hi),
+                None => f(table as *const *mut u8, lo as i64, hi as i64),
+            }
+        };
         if parts <= 1 {
-            // SAFETY: the kernel reads and writes its slots only.
-            unsafe { f(table as *const *mut u8, 0, extent as i64) };
+            run(0, extent);
         } else {
             let chunk = extent.div_ceil(parts);
-            self.pool.run(parts, &|p, _| {
-                let lo = (p * chunk).min(extent);
-                let hi = ((p + 1) * chunk).min(extent);
-                // SAFETY: parts cover disjoint ranges of loop 0, which no store reduces over.
-                unsafe { f(table as *const *mut u8, lo as i64, hi as i64) };
-            });
+            // Parts cover disjoint ranges of loop 0, which no store reduces over.
+            self.pool.run(parts, &|p, _| run((p * chunk).min(extent), ((p + 1) * chunk).min(extent)));
         }
         self.check_status(k)
     }

@@ -21,6 +21,7 @@ pub mod lower;
 pub mod math;
 pub mod pool;
 pub mod routines;
+pub mod wide;
 
 pub use exec::{CompileError, ExecError, Program};
 

@@ -312,7 +312,8 @@ pub fn render(r: &BenchReport, peak: f64) -> String {
             out.push_str(&format!("      {:>10} {:>5.1}%  {name}\n", duration(*t), 100.0 * t / m.timing.median));
         }
         if !m.profile.is_empty() {
-            // Every step, by kind (a name's first word: conv2d, matmul, loop, routine; epilogues under loop).
+            // Every step, by kind (a name's first word: conv2d, matmul, loop, wide (a
+            // loop run 8 or 16 lanes wide), routine; epilogues under loop).
             let mut kinds: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
             for (name, t) in &m.profile {
                 let kind = match name.split_whitespace().next() {

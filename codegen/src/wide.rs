@@ -1,0 +1,479 @@
+//! Wide loops: elementwise f32 kernels heavy with exp, log, tanh or
+//! sigmoid (an LSTM or GRU cell, five or three of them per value) run 8 or
+//! 16 values at a time instead of Cranelift's 4 (its x64 vectors are 128
+//! bits). A small interpreter walks the kernel's instructions over chunks
+//! of the innermost loop; each instruction is a loop over [`CHUNK`] values
+//! compiled by rustc for AVX2+FMA or AVX-512, chosen at run time. The
+//! values are the Cranelift code's, bit for bit: the same operations in the
+//! same order (`math.rs`'s polynomials, its fused multiply-adds, its
+//! selects), each rounded by IEEE rules, so a model trains to the same
+//! figures whichever code runs its cells (`tests/wide.rs` checks it).
+//!
+//! Kernels with anything else (reductions, integers, indices, bool
+//! buffers, calls) stay with Cranelift, as do light ones, where a chunk's
+//! copies would cost more than the width saves.
+
+use d2l_ir::{BinaryOp, CmpOp, DType, UnaryOp};
+
+use crate::kernel::{Inst, LoopKernel};
+
+/// Values per chunk: every instruction's result for a chunk stays in L1.
+const CHUNK: usize = 128;
+/// Most instructions a wide kernel may have (its values live on the stack).
+const MAX_VALUES: usize = 96;
+/// Most loops a wide kernel may have (its indices live on the stack).
+const MAX_LOOPS: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Avx2,
+    Avx512,
+}
+
+impl Level {
+    /// Whether this CPU has the features of `self`.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            match self {
+                Level::Avx2 => avx2,
+                Level::Avx512 => avx2 && std::is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// The widest level this CPU runs, unless `D2L_WIDE` says `off` or
+    /// `avx2` (for comparisons).
+    pub fn detect() -> Option<Level> {
+        static LEVEL: std::sync::OnceLock<Option<Level>> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let (avx2, avx512) = (Level::Avx2.supported(), Level::Avx512.supported());
+                match std::env::var("D2L_WIDE").ok().as_deref() {
+                    Some("off") => None,
+                    Some("avx2") => avx2.then_some(Level::Avx2),
+                    _ if avx512 => Some(Level::Avx512),
+                    _ => avx2.then_some(Level::Avx2),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            None
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// f32 at `slot + offset + Σ strides·i`.
+    Load { slot: usize, offset: i64, strides: Vec<i64> },
+    Const(f32),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    /// A lane mask: all ones where true.
+    Compare(CmpOp, usize, usize),
+    /// `cond ? a : b`, by bits, as Cranelift's `bitselect`.
+    Select(usize, usize, usize),
+}
+
+#[derive(Clone, Debug)]
+struct WideStore {
+    value: usize,
+    slot: usize,
+    offset: i64,
+    strides: Vec<i64>,
+}
+
+/// A loop kernel in the form the wide interpreter runs.
+#[derive(Clone, Debug)]
+pub struct WideKernel {
+    extents: Vec<usize>,
+    ops: Vec<Op>,
+    stores: Vec<WideStore>,
+    level: Level,
+}
+
+impl WideKernel {
+    /// The kernel as a wide one, when it is all f32 elementwise work with at
+    /// least one transcendental and its innermost loop is long enough to
+    /// fill chunks; else None (Cranelift runs it).
+    pub fn new(kernel: &LoopKernel) -> Option<WideKernel> {
+        let level = Level::detect()?;
+        let inner = *kernel.extents.last()?;
+        if inner < 16 || kernel.extents.len() > MAX_LOOPS || kernel.insts.len() > MAX_VALUES || kernel.stores.is_empty() {
+            return None;
+        }
+        let f32_only = |d: DType| d == DType::F32;
+        let mut heavy = false;
+        let mut ops = Vec::with_capacity(kernel.insts.len());
+        for inst in &kernel.insts {
+            ops.push(match inst {
+                Inst::Load { dtype, access } if f32_only(*dtype) => Op::Load { slot: access.slot, offset: access.offset, strides: access.strides.clone() },
+                Inst::Const { dtype, value } if f32_only(*dtype) => Op::Const(*value as f32),
+                Inst::Unary { op, dtype, x } if f32_only(*dtype) => {
+                    match op {
+                        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid => heavy = true,
+                        UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt => {}
+                        UnaryOp::Sin | UnaryOp::Cos => return None,
+                    }
+                    Op::Unary(*op, x.0 as usize)
+                }
+                Inst::Binary { op, dtype, a, b } if f32_only(*dtype) && *op != BinaryOp::Pow => Op::Binary(*op, a.0 as usize, b.0 as usize),
+                Inst::Compare { op, dtype, a, b } if f32_only(*dtype) => Op::Compare(*op, a.0 as usize, b.0 as usize),
+                Inst::Select { dtype, cond, a, b } if f32_only(*dtype) => Op::Select(cond.0 as usize, a.0 as usize, b.0 as usize),
+                _ => return None,
+            });
+        }
+        let mut stores = Vec::with_capacity(kernel.stores.len());
+        for s in &kernel.stores {
+            if s.reduce.is_some() || s.dtype != DType::F32 {
+                return None;
+            }
+            stores.push(WideStore { value: s.value.0 as usize, slot: s.access.slot, offset: s.access.offset, strides: s.access.strides.clone() });
+        }
+        heavy.then(|| WideKernel { extents: kernel.extents.clone(), ops, stores, level })
+    }
+
+    /// The same kernel run at `level` (which this CPU must support: see
+    /// [`Level::supported`]), for tests and comparisons.
+    pub fn at_level(self, level: Level) -> WideKernel {
+        assert!(level.supported(), "{level:?} needs CPU features this machine lacks");
+        WideKernel { level, ..self }
+    }
+
+    /// Runs loop 0 over `lo..hi` (the other loops whole), as the Cranelift
+    /// function of the kernel does when called with the same table.
+    ///
+    /// # Safety
+    /// `table` holds the address of every slot the kernel reads or writes,
+    /// each valid for the accesses of the whole iteration space.
+    pub unsafe fn run(&self, table: *const *mut u8, lo: usize, hi: usize) {
+        // SAFETY: `detect` found the features each level needs.
+        unsafe {
+            match self.level {
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx512 => self.run_avx512(table, lo, hi),
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx2 => self.run_avx2(table, lo, hi),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => self.run_generic(table, lo, hi),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn run_avx512(&self, table: *const *mut u8, lo: usize, hi: usize) {
+        unsafe { self.run_generic(table, lo, hi) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, table: *const *mut u8, lo: usize, hi: usize) {
+        unsafe { self.run_generic(table, lo, hi) }
+    }
+
+    /// The interpreter, inlined into each level's function so that its
+    /// chunk loops compile for that level's vectors.
+    #[inline(always)]
+    unsafe fn run_generic(&self, table: *const *mut u8, lo: usize, hi: usize) {
+        use std::mem::MaybeUninit;
+        let r = self.extents.len();
+        let inner = self.extents[r - 1];
+        // Each value's chunk: its register, or for a contiguous load of a
+        // whole chunk the buffer itself (no copy). Every register read was
+        // first written in full (loads pad a partial chunk with zeros).
+        let mut regs = [const { MaybeUninit::<[f32; CHUNK]>::uninit() }; MAX_VALUES];
+        let mut src = [std::ptr::null::<[f32; CHUNK]>(); MAX_VALUES];
+        for (i, op) in self.ops.iter().enumerate() {
+            if let Op::Const(v) = op {
+                src[i] = regs[i].write([*v; CHUNK]);
+            }
+        }
+        // The outer loops' indices (loop 0 from `lo`), an odometer; with one
+        // loop, `lo..hi` is the inner range itself.
+        let (inner_lo, inner_hi) = if r == 1 { (lo, hi) } else { (0, inner) };
+        let mut index_store = [0usize; MAX_LOOPS];
+        let index = &mut index_store[..r - 1];
+        if r > 1 {
+            if lo >= hi {
+                return;
+            }
+            index[0] = lo;
+        }
+        loop {
+            let outer = |strides: &[i64], offset: i64| offset + index.iter().zip(strides).map(|(&i, &s)| i as i64 * s).sum::<i64>();
+            let mut j0 = inner_lo;
+            while j0 < inner_hi {
+                let len = CHUNK.min(inner_hi - j0);
+                for (i, op) in self.ops.iter().enumerate() {
+                    // SAFETY: operands come earlier (SSA order) and were
+                    // written in full this chunk, or are constants or buffers.
+                    let arg = |x: &usize| unsafe { &*src[*x] };
+                    let out = regs[i].as_mut_ptr();
+                    // SAFETY (out): `out` is this value's register, which no
+                    // operand is; it is written in full before `src` points at it.
+                    let out_ref = unsafe { &mut *out };
+                    match op {
+                        Op::Load { slot, offset, strides } => {
+                            let step = strides[r - 1];
+                            let start = outer(strides, *offset) + step * j0 as i64;
+                            // SAFETY: the caller's table covers the kernel's accesses.
+                            let at = unsafe { (*table.add(*slot) as *const f32).offset(start as isize) };
+                            if step == 1 && len == CHUNK {
+                                src[i] = at as *const [f32; CHUNK];
+                                continue;
+                            }
+                            load(out_ref, at, step, len);
+                        }
+                        Op::Const(_) => continue,
+                        Op::Unary(u, x) => unary(*u, arg(x), out_ref),
+                        Op::Binary(b, x, y) => binary(*b, arg(x), arg(y), out_ref),
+                        Op::Compare(c, x, y) => compare(*c, arg(x), arg(y), out_ref),
+                        Op::Select(c, x, y) => select(arg(c), arg(x), arg(y), out_ref),
+                    }
+                    src[i] = out;
+                }
+                for s in &self.stores {
+                    let step = s.strides[r - 1];
+                    let start = outer(&s.strides, s.offset) + step * j0 as i64;
+                    // SAFETY: as for loads; the value was computed this chunk.
+                    unsafe {
+                        let at = (*table.add(s.slot) as *mut f32).offset(start as isize);
+                        store(&*src[s.value], at, step, len);
+                    }
+                }
+                j0 += len;
+            }
+            // Next outer index (loop 0 stops at `hi`).
+            let mut d = index.len();
+            loop {
+                if d == 0 {
+                    return;
+                }
+                d -= 1;
+                index[d] += 1;
+                let end = if d == 0 { hi } else { self.extents[d] };
+                if index[d] < end {
+                    break;
+                }
+                if d == 0 {
+                    return;
+                }
+                index[d] = 0;
+            }
+        }
+    }
+}
+
+/// A chunk of `len` values `step` apart from `at` (a broadcast when 0),
+/// padded with zeros to the whole chunk.
+#[inline(always)]
+fn load(out: &mut [f32; CHUNK], at: *const f32, step: i64, len: usize) {
+    // SAFETY (both): the kernel's accesses stay inside its buffers.
+    unsafe {
+        if step == 0 {
+            *out = [*at; CHUNK];
+            return;
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = if j < len { *at.offset(step as isize * j as isize) } else { 0.0 };
+        }
+    }
+}
+
+#[inline(always)]
+fn store(value: &[f32; CHUNK], at: *mut f32, step: i64, len: usize) {
+    // SAFETY: as for `load`; a stored value's stride is never 0 here
+    // (reductions stay with Cranelift).
+    unsafe {
+        if step == 1 && len == CHUNK {
+            *(at as *mut [f32; CHUNK]) = *value;
+        } else {
+            for (j, v) in value.iter().enumerate().take(len) {
+                *at.offset(step as isize * j as isize) = *v;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn map(x: &[f32; CHUNK], out: &mut [f32; CHUNK], f: impl Fn(f32) -> f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f(v);
+    }
+}
+
+#[inline(always)]
+fn zip(a: &[f32; CHUNK], b: &[f32; CHUNK], out: &mut [f32; CHUNK], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = f(x, y);
+    }
+}
+
+#[inline(always)]
+fn unary(op: UnaryOp, x: &[f32; CHUNK], out: &mut [f32; CHUNK]) {
+    match op {
+        UnaryOp::Neg => map(x, out, |v| -v),
+        UnaryOp::Abs => map(x, out, f32::abs),
+        UnaryOp::Sqrt => map(x, out, f32::sqrt),
+        UnaryOp::Exp => map(x, out, exp),
+        UnaryOp::Log => map(x, out, log),
+        UnaryOp::Tanh => map(x, out, tanh),
+        UnaryOp::Sigmoid => map(x, out, sigmoid),
+        UnaryOp::Sin | UnaryOp::Cos => unreachable!("not wide"),
+    }
+}
+
+#[inline(always)]
+fn binary(op: BinaryOp, a: &[f32; CHUNK], b: &[f32; CHUNK], out: &mut [f32; CHUNK]) {
+    match op {
+        BinaryOp::Add => zip(a, b, out, |x, y| x + y),
+        BinaryOp::Sub => zip(a, b, out, |x, y| x - y),
+        BinaryOp::Mul => zip(a, b, out, |x, y| x * y),
+        BinaryOp::Div => zip(a, b, out, |x, y| x / y),
+        // The interpreter's (and Cranelift's): b if strictly better, NaN if b is.
+        BinaryOp::Max => zip(a, b, out, |x, y| if y.is_nan() || y > x { y } else { x }),
+        BinaryOp::Min => zip(a, b, out, |x, y| if y.is_nan() || y < x { y } else { x }),
+        BinaryOp::Pow => unreachable!("not wide"),
+    }
+}
+
+const TRUE: f32 = f32::from_bits(u32::MAX);
+
+#[inline(always)]
+fn compare(op: CmpOp, a: &[f32; CHUNK], b: &[f32; CHUNK], out: &mut [f32; CHUNK]) {
+    let mask = |c: bool| if c { TRUE } else { 0.0 };
+    match op {
+        CmpOp::Eq => zip(a, b, out, |x, y| mask(x == y)),
+        // Unordered or not equal, as Cranelift's `NotEqual`.
+        CmpOp::Ne => zip(a, b, out, |x, y| mask(x != y)),
+        CmpOp::Lt => zip(a, b, out, |x, y| mask(x < y)),
+        CmpOp::Le => zip(a, b, out, |x, y| mask(x <= y)),
+        CmpOp::Gt => zip(a, b, out, |x, y| mask(x > y)),
+        CmpOp::Ge => zip(a, b, out, |x, y| mask(x >= y)),
+    }
+}
+
+#[inline(always)]
+fn select(c: &[f32; CHUNK], a: &[f32; CHUNK], b: &[f32; CHUNK], out: &mut [f32; CHUNK]) {
+    for (((o, &m), &x), &y) in out.iter_mut().zip(c).zip(a).zip(b) {
+        let m = m.to_bits();
+        *o = f32::from_bits((x.to_bits() & m) | (y.to_bits() & !m));
+    }
+}
+
+// `math.rs`'s functions, operation for operation (see there for why each
+// step is what it is).
+
+const EXP_LOWEST: f32 = -87.336_54;
+const MAGIC: f32 = 12_582_912.0;
+
+#[inline(always)]
+fn poly(x: f32, c: &[f32]) -> f32 {
+    let mut acc = c[0];
+    for &k in &c[1..] {
+        acc = acc.mul_add(x, k);
+    }
+    acc
+}
+
+#[inline(always)]
+fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
+    let x = if x > hi { hi } else { x };
+    if x < lo { lo } else { x }
+}
+
+#[inline(always)]
+fn exp_parts(x: f32) -> (f32, i32) {
+    let t = x.mul_add(std::f32::consts::LOG2_E, MAGIC);
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = n.mul_add(-0.693_359_4, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let p = poly(r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1]);
+    let r2 = r * r;
+    let y = p.mul_add(r2, r);
+    (y + 1.0, ni)
+}
+
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let underflows = x < EXP_LOWEST;
+    let x = clamp(x, EXP_LOWEST, 88.8);
+    let (p, ni) = exp_parts(x);
+    let half = ni >> 1;
+    let rest = ni.wrapping_sub(half);
+    let s1 = f32::from_bits((half.wrapping_add(127) << 23) as u32);
+    let s2 = f32::from_bits((rest.wrapping_add(127) << 23) as u32);
+    let y = p * s1 * s2;
+    if underflows { 0.0 } else { y }
+}
+
+#[inline(always)]
+fn exp_bounded(x: f32) -> f32 {
+    let (p, ni) = exp_parts(x);
+    p * f32::from_bits((ni.wrapping_add(127) << 23) as u32)
+}
+
+#[inline(always)]
+fn log(x: f32) -> f32 {
+    let is_tiny = x < f32::MIN_POSITIVE;
+    let xs = if is_tiny { x * 8_388_608.0 } else { x };
+    let adjust = if is_tiny { 23.0 } else { 0.0 };
+    let bits = xs.to_bits() as i32;
+    let expo = ((bits as u32) >> 23) as i32;
+    let e = expo.wrapping_sub(126);
+    let m = f32::from_bits(((bits & 0x807f_ffff_u32 as i32) | 0x3f00_0000) as u32);
+    let e = e as f32 - adjust;
+    let below = m < std::f32::consts::FRAC_1_SQRT_2;
+    let e_minus = e - 1.0;
+    let e = if below { e_minus } else { e };
+    let m2 = m + m;
+    let m = if below { m2 } else { m };
+    let f = m - 1.0;
+    let z = f * f;
+    let p = poly(f, &[7.037_683_6e-2, -1.151_461_e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1, -2.499_999_4e-1, 3.333_333e-1]);
+    let y = p * f;
+    let y = y * z;
+    let y = e.mul_add(-2.121_944_4e-4, y);
+    let y = z.mul_add(-0.5, y);
+    let r = f + y;
+    let r = e.mul_add(0.693_359_4, r);
+    let r = if x == 0.0 { f32::NEG_INFINITY } else { r };
+    let r = if x == f32::INFINITY { f32::INFINITY } else { r };
+    // NaN or below zero: ordered `x >= 0` is false for both.
+    if x >= 0.0 { r } else { f32::NAN }
+}
+
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    let ax = x.abs();
+    let z = x * x;
+    let p = poly(z, &[-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1]);
+    let pz = p * z;
+    let small = pz.mul_add(x, x);
+    let ax2 = ax + ax;
+    let ax2 = if ax2 > 88.0 { 88.0 } else { ax2 };
+    let e = exp_bounded(ax2);
+    let d = e + 1.0;
+    let q = 2.0 / d;
+    let large = 1.0 - q;
+    let large = f32::from_bits(large.to_bits() | (x.to_bits() & 0x8000_0000));
+    if ax < 0.625 { small } else { large }
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let nx = -x;
+    let vanishes = nx > 88.0;
+    let nx = if vanishes { 88.0 } else { nx };
+    let nx = if nx < EXP_LOWEST { EXP_LOWEST } else { nx };
+    let e = exp_bounded(nx);
+    let d = 1.0 + e;
+    let s = 1.0 / d;
+    if vanishes { 0.0 } else { s }
+}
