@@ -76,13 +76,14 @@ pub enum DataError {
     CsvFile { path: PathBuf, msg: String },
 
     #[error(
-        "{}: SHA-256 checksum mismatch{}: expected {expected}, found {actual} \
+        "{}: {algorithm} checksum mismatch{}: expected {expected}, found {actual} \
          (the file is corrupt, truncated or a different version; delete it and fetch again)",
         path.display(),
         if *decompressed { " of the decompressed contents" } else { "" }
     )]
     Checksum {
         path: PathBuf,
+        algorithm: &'static str,
         expected: String,
         actual: String,
         decompressed: bool,
