@@ -18,6 +18,10 @@
 //!   feature maps (a 3x3 map padded to 5x5: 9 pixels instead of 25).
 //! - Sums of products: `A1 B1 + A2 B2` → `[A1 A2] [B1; B2]`, one product
 //!   over the concatenated inner dimension (`merge_matmul_sum`).
+//! - One-hot products: `one_hot(i) @ W` → `take(W, i)` and
+//!   `one_hot(i)ᵀ @ D` → `scatter_add(i, D)` (`one_hot_product`).
+//! - Sums of zero pads that tile their result along one axis → the concat
+//!   of the pieces (`pads_as_concat`).
 //! - Algebra: `x+0`, `0+x`, `x-0`, `x*1`, `1*x`, `x/1`, `x^1` → `x`;
 //!   `x*0` → `0` (not IEEE-exact for infinities and NaN, which is acceptable
 //!   in training graphs); `neg(neg x)` → `x`; `select(c, x, x)` → `x`;
@@ -30,7 +34,7 @@
 
 use std::collections::HashMap;
 
-use d2l_ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
+use d2l_ir::{BinaryOp, CmpOp, DType, Graph, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
 
 /// For each node of the original graph (by `NodeId::index()`), the node that
 /// computes its value in the simplified graph, or `None` if it was dead.
@@ -92,6 +96,14 @@ fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
         }
         if let Some(merged) = merge_matmul_sum(&mut out, graph, id, &map, &users)? {
             map[id.index()] = Some(merged);
+            continue;
+        }
+        if let Some(taken) = one_hot_product(&mut out, &node.op, &args)? {
+            map[id.index()] = Some(taken);
+            continue;
+        }
+        if let Some(joined) = pads_as_concat(&mut out, &node.op, &args)? {
+            map[id.index()] = Some(joined);
             continue;
         }
         let new = match rewrite(&out, &node.op, &args, node.dtype) {
@@ -234,6 +246,141 @@ fn merge_matmul_sum(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, u
     let x = out.concat(&xs, 1)?;
     let y = out.concat(&ys, 0)?;
     Ok(Some(out.matmul(x, y)?))
+}
+
+/// The class indices `idx` (shape `[.., 1]`) and class count of a one-hot
+/// matrix `[M, n]`: `cast(idx == iota)` over `n` classes, flattened to
+/// `[M, n]` by reshapes (the `one_hot` builtin's expansion).
+fn one_hot_indices(g: &Graph, x: NodeId) -> Option<(NodeId, usize)> {
+    let mut x = x;
+    while g.node(x).op == Op::Reshape {
+        x = g.node(x).args[0];
+    }
+    let cast = g.node(x);
+    if cast.op != Op::Cast || !cast.dtype.is_float() {
+        return None;
+    }
+    let eq = g.node(cast.args[0]);
+    if eq.op != Op::Compare(CmpOp::Eq) {
+        return None;
+    }
+    let rank = eq.shape.rank();
+    let n = *eq.shape.dims().last()?;
+    let is_iota = |a: NodeId| g.node(a).op == Op::Iota { axis: rank - 1 };
+    let spread = |a: NodeId| {
+        let b = g.node(a);
+        (b.op == Op::Broadcast && g.shape(b.args[0]).rank() == rank && g.shape(b.args[0]).dims().last() == Some(&1)).then(|| b.args[0])
+    };
+    match (eq.args[0], eq.args[1]) {
+        (i, c) | (c, i) if is_iota(c) && spread(i).is_some() => Some((spread(i)?, n)),
+        _ => None,
+    }
+}
+
+/// A product with a one-hot matrix picks rows instead of multiplying:
+/// `one_hot(i) @ W` → `take(W, i)`, and the gradient autodiff makes of it,
+/// `one_hot(i)ᵀ @ D` → `scatter_add(i, D)`. The language models feed
+/// one-hot characters to their recurrent layers as the course does, and the
+/// products cost V times the work of the rows they select. The values are
+/// the product's (for the forward pass exactly; the gradient adds the same
+/// rows in another order). An index outside `0..n` is an error afterwards,
+/// as for `take`, where the product would have given a zero row.
+fn one_hot_product(out: &mut Graph, op: &Op, args: &[NodeId]) -> Result<Option<NodeId>, ShapeError> {
+    let (&[a, b], Op::MatMul) = (args, op) else { return Ok(None) };
+    if out.shape(a).rank() != 2 || out.shape(b).rank() != 2 {
+        return Ok(None);
+    }
+    let flat = |out: &mut Graph, idx: NodeId, m: usize| out.reshape(idx, Shape(vec![m]));
+    if let Some((idx, n)) = one_hot_indices(out, a) {
+        let m = out.shape(a).dims()[0];
+        if out.shape(a).dims()[1] == n && out.shape(idx).numel() == m {
+            let idx = flat(out, idx, m)?;
+            return out.gather(b, idx, 0).map(Some);
+        }
+    }
+    let transposed = out.node(a);
+    if transposed.op == (Op::Permute { perm: vec![1, 0] }) {
+        let x = transposed.args[0];
+        if let Some((idx, n)) = one_hot_indices(out, x) {
+            let m = out.shape(x).dims()[0];
+            if out.shape(x).dims()[1] == n && out.shape(idx).numel() == m {
+                let idx = flat(out, idx, m)?;
+                let g = out.shape(b).dims()[1];
+                return out.scatter_add(idx, b, Shape(vec![n, g]), 0).map(Some);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The nonzero pieces of a float value that is zero except for blocks
+/// along one axis: `(axis, [(start, node)])`, sorted and disjoint. A zero
+/// pad along one axis is one block; a concat is its operands; a sum of such
+/// values along the same axis with disjoint blocks is the union.
+fn blocks(g: &Graph, x: NodeId, depth: usize) -> Option<(usize, Vec<(usize, NodeId)>)> {
+    let node = g.node(x);
+    match &node.op {
+        Op::Pad { lo, hi, interior, value } if *value == 0.0 && interior.iter().all(|&i| i == 0) => {
+            let mut padded = (0..lo.len()).filter(|&i| lo[i] + hi[i] > 0);
+            let axis = padded.next()?;
+            padded.next().is_none().then(|| (axis, vec![(lo[axis], node.args[0])]))
+        }
+        Op::Concat { axis } => {
+            let mut at = 0;
+            let pieces = node.args.iter().map(|&p| {
+                let start = at;
+                at += g.shape(p).dims()[*axis];
+                (start, p)
+            });
+            Some((*axis, pieces.collect()))
+        }
+        Op::Binary(BinaryOp::Add) if depth > 0 => {
+            let (axis, mut pieces) = blocks(g, node.args[0], depth - 1)?;
+            let (other, more) = blocks(g, node.args[1], depth - 1)?;
+            if other != axis {
+                return None;
+            }
+            pieces.extend(more);
+            pieces.sort_by_key(|&(start, _)| start);
+            let disjoint = pieces.windows(2).all(|w| w[0].0 + g.shape(w[0].1).dims()[axis] <= w[1].0);
+            disjoint.then_some((axis, pieces))
+        }
+        _ => None,
+    }
+}
+
+/// A sum of zero pads whose blocks tile the result along one axis → the
+/// concat of the blocks. Autodiff makes these: the gradient of slices of
+/// one value (a GRU's three gates of one product, a sequence's steps) is
+/// each slice's gradient padded to the whole and summed. A concat copies
+/// each block once; the pads filled whole buffers with zeros and the sums
+/// read them back.
+fn pads_as_concat(out: &mut Graph, op: &Op, args: &[NodeId]) -> Result<Option<NodeId>, ShapeError> {
+    let (&[x, y], Op::Binary(BinaryOp::Add)) = (args, op) else { return Ok(None) };
+    if !out.dtype(x).is_float() {
+        return Ok(None);
+    }
+    // Deep enough for a sequence's steps, bounded so a long chain of
+    // additions is not walked from every node of it.
+    const DEPTH: usize = 256;
+    let (Some((axis, mut pieces)), Some((other, more))) = (blocks(out, x, DEPTH), blocks(out, y, DEPTH)) else { return Ok(None) };
+    if axis != other {
+        return Ok(None);
+    }
+    pieces.extend(more);
+    pieces.sort_by_key(|&(start, _)| start);
+    let mut at = 0;
+    for &(start, p) in &pieces {
+        if start != at {
+            return Ok(None);
+        }
+        at += out.shape(p).dims()[axis];
+    }
+    if at != out.shape(x).dims()[axis] {
+        return Ok(None);
+    }
+    let parts: Vec<NodeId> = pieces.into_iter().map(|(_, p)| p).collect();
+    out.concat(&parts, axis).map(Some)
 }
 
 /// Builds `op` unless an identical node already exists.

@@ -1,6 +1,6 @@
 //! Simplification: what goes, what merges, what folds, what must survive.
 
-use d2l_ir::{BinaryOp, DType, Graph, Init, Op, RandDist, ReduceOp, Shape, UnaryOp, text};
+use d2l_ir::{BinaryOp, CmpOp, DType, Graph, Init, NodeId, Op, RandDist, ReduceOp, Shape, UnaryOp, text};
 use d2l_passes::{promote_f64, simplify, try_simplify};
 
 fn shape(dims: &[usize]) -> Shape {
@@ -259,4 +259,88 @@ fn products_read_elsewhere_are_not_merged() {
     g.set_output("p", p);
     let simplified = simplify(&g);
     assert_eq!(simplified.node(simplified.output("s").unwrap()).op, Op::Binary(BinaryOp::Add));
+}
+
+/// `one_hot(idx, n)` as the language's builtin expands it: [m] -> [m, n].
+fn one_hot(g: &mut Graph, idx: NodeId, n: usize) -> NodeId {
+    let m = g.shape(idx).dims()[0];
+    let iota = g.iota(shape(&[m, n]), 1, DType::I64).unwrap();
+    let col = g.reshape(idx, shape(&[m, 1])).unwrap();
+    let col = g.broadcast(col, shape(&[m, n])).unwrap();
+    let eq = g.compare(CmpOp::Eq, col, iota).unwrap();
+    g.cast(eq, DType::F32)
+}
+
+#[test]
+fn one_hot_products_become_a_gather_and_a_scatter_add() {
+    // A language model's input layer and the gradient autodiff makes of it.
+    let mut g = Graph::new("t");
+    let idx = g.input("idx", DType::I64, shape(&[3]));
+    let w = g.input("W", DType::F32, shape(&[4, 2]));
+    let d = g.input("D", DType::F32, shape(&[3, 2]));
+    let x = one_hot(&mut g, idx, 4);
+    let y = g.matmul(x, w).unwrap();
+    let xt = g.permute(x, &[1, 0]).unwrap();
+    let dw = g.matmul(xt, d).unwrap();
+    // A product with any other matrix stays one.
+    let other = g.input("X", DType::F32, shape(&[3, 4]));
+    let z = g.matmul(other, w).unwrap();
+    g.set_output("y", y);
+    g.set_output("dW", dw);
+    g.set_output("z", z);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: i64[3] = input "idx"
+      %1: f32[4, 2] = input "W"
+      %2: f32[3, 2] = input "D"
+      %3: f32[3, 2] = gather %1, %0 axis=0
+      %4: f32[4, 2] = scatter_add %0, %2 axis=0
+      %5: f32[3, 4] = input "X"
+      %6: f32[3, 2] = matmul %5, %1
+      output y = %3
+      output dW = %4
+      output z = %6
+    "#);
+}
+
+#[test]
+fn sums_of_zero_pads_that_tile_an_axis_become_a_concat() {
+    // The gradient of a GRU's three gate slices of one [2, 6] product, and
+    // sums that do not tile: a gap, an overlap, pads along two axes.
+    let mut g = Graph::new("t");
+    let parts: Vec<_> = (0..3).map(|i| g.input(&format!("p{i}"), DType::F32, shape(&[2, 2]))).collect();
+    let pad = |g: &mut Graph, x, lo: usize, hi: usize| g.pad(x, &[0, lo], &[0, hi], &[0, 0], 0.0).unwrap();
+    let a = pad(&mut g, parts[2], 4, 0);
+    let b = pad(&mut g, parts[1], 2, 2);
+    let c = pad(&mut g, parts[0], 0, 4);
+    let ab = g.binary(BinaryOp::Add, a, b).unwrap();
+    let tiled = g.binary(BinaryOp::Add, ab, c).unwrap();
+    let gap = g.binary(BinaryOp::Add, a, c).unwrap();
+    let overlap = g.binary(BinaryOp::Add, b, b).unwrap();
+    let down = g.pad(parts[0], &[2, 0], &[0, 4], &[0, 0], 0.0).unwrap();
+    let up = g.pad(parts[1], &[0, 0], &[2, 4], &[0, 0], 0.0).unwrap();
+    let two_axes = g.binary(BinaryOp::Add, down, up).unwrap();
+    g.set_output("tiled", tiled);
+    g.set_output("gap", gap);
+    g.set_output("overlap", overlap);
+    g.set_output("two_axes", two_axes);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: f32[2, 2] = input "p0"
+      %1: f32[2, 2] = input "p1"
+      %2: f32[2, 2] = input "p2"
+      %3: f32[2, 6] = pad %2 lo=[0, 4] hi=[0, 0] value=0
+      %4: f32[2, 6] = pad %1 lo=[0, 2] hi=[0, 2] value=0
+      %5: f32[2, 6] = pad %0 lo=[0, 0] hi=[0, 4] value=0
+      %6: f32[2, 6] = concat %0, %1, %2 axis=1
+      %7: f32[2, 6] = add %3, %5
+      %8: f32[2, 6] = add %4, %4
+      %9: f32[4, 6] = pad %0 lo=[2, 0] hi=[0, 4] value=0
+      %10: f32[4, 6] = pad %1 lo=[0, 0] hi=[2, 4] value=0
+      %11: f32[4, 6] = add %9, %10
+      output tiled = %6
+      output gap = %7
+      output overlap = %8
+      output two_axes = %11
+    "#);
 }

@@ -4,8 +4,10 @@
 //! dropout, bidirectional) and of `embedding`, one GRU and one LSTM step
 //! against PyTorch's published equations computed here in plain Rust, the
 //! backward direction of a bidirectional layer reading the sequence
-//! reversed, the language-model loss's alignment, and recurrent state fed
-//! back between two calls giving the outputs of one long call.
+//! reversed, the language-model loss's alignment, recurrent state fed
+//! back between two calls giving the outputs of one long call, and the
+//! simplifier's rewrites of the language models' gradients computing the
+//! values of the graphs they rewrite.
 
 use std::collections::HashMap;
 
@@ -437,4 +439,46 @@ fn state_fed_back_continues_the_sequence() {
     assert_close("logits", &logits, &all["logits"].to_f64_vec(), 1e-6);
     assert_close("state", &feeds["state"].to_f64_vec(), &all["state"].to_f64_vec(), 1e-6);
     assert_ne!(feeds["state"].to_f64_vec(), vec![0.0; 1024]);
+}
+
+// Simplification rewrites the language models' one-hot products into a
+// gather and a scatter-add, and the sums of zero pads autodiff makes of
+// slices (gates of one product, steps of one sequence) into concats: the
+// simplified training gradients are the unsimplified graph's, in f64.
+#[test]
+fn simplified_language_model_gradients_equal_the_unsimplified_ones() {
+    use d2l::train::{TrainOptions, graphs, sources};
+    for (file, model) in [("rnn.d2l", "rnn_scratch"), ("gru.d2l", "gru_concise"), ("lstm.d2l", "lstm_concise")] {
+        let program = d2l_tests::load_edited(file, "steps=35", "steps=4");
+        let config = program.train_config(model).unwrap();
+        let schema = sources::schema(&program, &config.data, &TrainOptions::default()).unwrap();
+        let binding = graphs::bind(&program, model, &schema).unwrap();
+        let forward = graphs::forward_with_loss(&program, model, &config.loss, &schema, &binding, 3, true).unwrap();
+        let forward = promote_f64(&forward).unwrap();
+        let grads = differentiate_params(&forward, "loss", &DiffOptions::default()).unwrap();
+        let simplified = d2l_passes::simplify(&grads.graph);
+        let ops: Vec<&str> = simplified.ids().map(|id| simplified.node(id).op.mnemonic()).collect();
+        for (op, present) in [("gather", true), ("scatter_add", true), ("concat", true), ("pad", false)] {
+            assert_eq!(ops.contains(&op), present, "{model}: {op} in the simplified gradients");
+        }
+        let mut rng = Rng(11);
+        let mut feeds = init_params(&forward, 3);
+        for name in binding.fields.iter().chain(&binding.state) {
+            let Some(id) = forward.input_named(name) else { continue };
+            let dims = forward.shape(id).dims().to_vec();
+            let n: usize = dims.iter().product();
+            let t = match forward.dtype(id) {
+                DType::I64 => Tensor::from_i64(&dims, (0..n).map(|_| (rng.next_f64() * 28.0) as i64).collect()),
+                _ => Tensor::from_f64(&dims, (0..n).map(|_| rng.uniform(-0.5, 0.5)).collect()),
+            };
+            feeds.insert(name.clone(), t);
+        }
+        let want = run(&grads.graph, &feeds);
+        let got = run(&simplified, &feeds);
+        for (name, w) in &want {
+            let w = w.to_f64_vec();
+            let scale = w.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            assert_close(&format!("{model} {name}"), &got[name].to_f64_vec(), &w, 1e-12 * scale);
+        }
+    }
 }
