@@ -602,15 +602,35 @@ impl Program {
                             Ok(())
                         }
                         Routine::Concat { parts, outer, stride } => {
-                            let mut at = 0;
-                            for &(slot, row) in parts {
-                                routines::concat_part(buf(slot), *outer, row, dst, at, *stride);
-                                at += row;
-                            }
+                            // Units of work: one operand's row each, operand by
+                            // operand, so a thread's share reads memory in order.
+                            let outer = *outer;
+                            let starts: Vec<usize> = parts.iter().scan(0, |at, &(_, row)| Some(std::mem::replace(at, *at + row))).collect();
+                            let slots = Slots(&self.table, &self.plan.slots);
+                            let units = parts.len() * outer;
+                            self.split(&[units], outer * stride / dst.dtype.size_bytes(), |range| {
+                                for (p, &(slot, row)) in parts.iter().enumerate() {
+                                    let rows = range.start.clamp(p * outer, (p + 1) * outer) - p * outer..range.end.clamp(p * outer, (p + 1) * outer) - p * outer;
+                                    if !rows.is_empty() {
+                                        routines::concat_part(slots.buf(slot), rows, row, dst, starts[p], *stride);
+                                    }
+                                }
+                            });
                             Ok(())
                         }
-                        Routine::Gather { x, split, idx, m } => routines::gather(buf(*x), *split, buf(*idx), *m, dst),
-                        Routine::ScatterAdd { idx, m, updates, split } => routines::scatter_add(buf(*idx), *m, buf(*updates), *split, dst),
+                        Routine::Gather { x, split, idx, m } => {
+                            let (x, idx, split, m) = (buf(*x), buf(*idx), *split, *m);
+                            routines::check_indices(idx, m, split.1).map(|()| {
+                                self.split(&[m], split.0 * m * split.2, |rows| routines::gather(x, split, idx, m, dst, rows));
+                            })
+                        }
+                        Routine::ScatterAdd { idx, m, updates, split } => {
+                            let (idx, updates, split, m) = (buf(*idx), buf(*updates), *split, *m);
+                            // Split by columns: every thread adds the rows in order.
+                            routines::check_indices(idx, m, split.1).map(|()| {
+                                self.split(&[split.2], split.0 * m * split.2, |cols| routines::scatter_add(idx, m, updates, split, dst, cols));
+                            })
+                        }
                         Routine::Pool2d { kind, x, dims, window, stride } => {
                             let (kind, x, dims, window, stride) = (*kind, buf(*x), *dims, *window, *stride);
                             let planes = [dims[0] * dims[1]];

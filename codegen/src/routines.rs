@@ -202,14 +202,14 @@ pub fn pad_map(dims: &[usize], lo: &[usize], hi: &[usize], interior: &[usize]) -
     (map, out_dims.iter().product())
 }
 
-/// Appends `outer` rows of `row_bytes` from `src` to `dst` at `at` bytes,
-/// interleaved with the other operands of a concat (`stride` bytes per
-/// output row).
+/// Copies rows `rows` (of `outer`) of `row_bytes` from `src` to `dst` at
+/// `at` bytes, interleaved with the other operands of a concat (`stride`
+/// bytes per output row).
 ///
 /// # Safety
 /// `src` holds `outer · row_bytes` bytes; `dst` `outer · stride`.
-pub unsafe fn concat_part(src: Buf, outer: usize, row_bytes: usize, dst: Buf, at: usize, stride: usize) {
-    for o in 0..outer {
+pub unsafe fn concat_part(src: Buf, rows: std::ops::Range<usize>, row_bytes: usize, dst: Buf, at: usize, stride: usize) {
+    for o in rows {
         unsafe { std::ptr::copy_nonoverlapping(src.ptr.add(o * row_bytes), dst.ptr.add(o * stride + at), row_bytes) };
     }
 }
@@ -223,52 +223,66 @@ unsafe fn index_at(idx: Buf, i: usize, size: usize) -> Result<usize, i64> {
     }
 }
 
-/// `out[o, i, :] = x[o, idx[i], :]` with `x` viewed as `[outer, n, inner]`.
-/// Returns `Err((index, size))` for an index outside `0..n`.
+/// `Err((index, n))` for the first of the `m` indices outside `0..n`.
 ///
 /// # Safety
-/// Buffers hold their shapes: `x` `outer·n·inner`, `idx` `m` i64s, `dst` `outer·m·inner`.
-pub unsafe fn gather(x: Buf, (outer, n, inner): (usize, usize, usize), idx: Buf, m: usize, dst: Buf) -> Result<(), (i64, usize)> {
-    let size = size_of(x.dtype);
-    let row = inner * size;
+/// `idx` holds `m` i64s.
+pub unsafe fn check_indices(idx: Buf, m: usize, n: usize) -> Result<(), (i64, usize)> {
     for i in 0..m {
         unsafe { index_at(idx, i, n) }.map_err(|v| (v, n))?;
-    }
-    for o in 0..outer {
-        for i in 0..m {
-            let r = unsafe { index_at(idx, i, n) }.unwrap_or(0);
-            unsafe { std::ptr::copy_nonoverlapping(x.ptr.add((o * n + r) * row), dst.ptr.add((o * m + i) * row), row) };
-        }
     }
     Ok(())
 }
 
-/// Zeros, then `out[o, idx[i], :] += updates[o, i, :]` (i64 wraps, bool ors).
+/// `out[o, i, :] = x[o, idx[i], :]` for `i` in `rows`, with `x` viewed as
+/// `[outer, n, inner]`; the indices were checked ([`check_indices`]).
+///
+/// # Safety
+/// Buffers hold their shapes: `x` `outer·n·inner`, `idx` `m` i64s, `dst` `outer·m·inner`.
+pub unsafe fn gather(x: Buf, (outer, n, inner): (usize, usize, usize), idx: Buf, m: usize, dst: Buf, rows: std::ops::Range<usize>) {
+    let size = size_of(x.dtype);
+    let row = inner * size;
+    for o in 0..outer {
+        for i in rows.clone() {
+            let r = unsafe { index_at(idx, i, n) }.unwrap_or(0);
+            unsafe { std::ptr::copy_nonoverlapping(x.ptr.add((o * n + r) * row), dst.ptr.add((o * m + i) * row), row) };
+        }
+    }
+}
+
+/// Columns `cols` of the inner axis: zeros, then `out[o, idx[i], :] +=
+/// updates[o, i, :]` in the order of `i` (i64 wraps, bool ors), so any
+/// split of the columns gives the same sums; the indices were checked
+/// ([`check_indices`]).
 ///
 /// # Safety
 /// As [`gather`], with `updates` `outer·m·inner` and `dst` `outer·n·inner`.
-pub unsafe fn scatter_add(idx: Buf, m: usize, updates: Buf, (outer, n, inner): (usize, usize, usize), dst: Buf) -> Result<(), (i64, usize)> {
-    for i in 0..m {
-        unsafe { index_at(idx, i, n) }.map_err(|v| (v, n))?;
+pub unsafe fn scatter_add(idx: Buf, m: usize, updates: Buf, (outer, n, inner): (usize, usize, usize), dst: Buf, cols: std::ops::Range<usize>) {
+    let width = cols.len();
+    for row in 0..outer * n {
+        unsafe { fill(Buf { ptr: dst.ptr.add((row * inner + cols.start) * size_of(dst.dtype)), dtype: dst.dtype }, width, 0.0) };
     }
-    unsafe { fill(dst, outer * n * inner, 0.0) };
+    /// `d[j] op= u[j]` over the columns, typed once per row so it vectorises.
+    unsafe fn rows<T: Copy>(d: *mut T, u: *const T, width: usize, op: impl Fn(T, T) -> T) {
+        let (d, u) = unsafe { (std::slice::from_raw_parts_mut(d, width), std::slice::from_raw_parts(u, width)) };
+        for (d, &u) in d.iter_mut().zip(u) {
+            *d = op(*d, u);
+        }
+    }
     for o in 0..outer {
         for i in 0..m {
             let r = unsafe { index_at(idx, i, n) }.unwrap_or(0);
-            let (d, u) = ((o * n + r) * inner, (o * m + i) * inner);
-            for j in 0..inner {
-                unsafe {
-                    match updates.dtype {
-                        DType::F32 => *dst.at::<f32>(d + j) += *updates.at::<f32>(u + j),
-                        DType::F64 => *dst.at::<f64>(d + j) += *updates.at::<f64>(u + j),
-                        DType::I64 => *dst.at::<i64>(d + j) = (*dst.at::<i64>(d + j)).wrapping_add(*updates.at::<i64>(u + j)),
-                        DType::Bool => *dst.at::<u8>(d + j) |= *updates.at::<u8>(u + j),
-                    }
+            let (d, u) = ((o * n + r) * inner + cols.start, (o * m + i) * inner + cols.start);
+            unsafe {
+                match updates.dtype {
+                    DType::F32 => rows(dst.at::<f32>(d), updates.at::<f32>(u), width, |a, b| a + b),
+                    DType::F64 => rows(dst.at::<f64>(d), updates.at::<f64>(u), width, |a, b| a + b),
+                    DType::I64 => rows(dst.at::<i64>(d), updates.at::<i64>(u), width, i64::wrapping_add),
+                    DType::Bool => rows(dst.at::<u8>(d), updates.at::<u8>(u), width, |a, b| a | b),
                 }
             }
         }
     }
-    Ok(())
 }
 
 /// Max or average pooling over the last two axes of `[n, c, h, w]`, no padding.
