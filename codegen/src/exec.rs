@@ -602,20 +602,26 @@ impl Program {
                             Ok(())
                         }
                         Routine::Concat { parts, outer, stride } => {
-                            // Units of work: one operand's row each, operand by
-                            // operand, so a thread's share reads memory in order.
                             let outer = *outer;
                             let starts: Vec<usize> = parts.iter().scan(0, |at, &(_, row)| Some(std::mem::replace(at, *at + row))).collect();
                             let slots = Slots(&self.table, &self.plan.slots);
-                            let units = parts.len() * outer;
-                            self.split(&[units], outer * stride / dst.dtype.size_bytes(), |range| {
-                                for (p, &(slot, row)) in parts.iter().enumerate() {
-                                    let rows = range.start.clamp(p * outer, (p + 1) * outer) - p * outer..range.end.clamp(p * outer, (p + 1) * outer) - p * outer;
-                                    if !rows.is_empty() {
-                                        routines::concat_part(slots.buf(slot), rows, row, dst, starts[p], *stride);
+                            let numel = outer * stride / dst.dtype.size_bytes();
+                            if outer >= self.pool.threads() {
+                                // By output rows, every operand's share of each
+                                // (where a loop split by rows left them).
+                                self.split(&[outer], numel, |rows| {
+                                    for (p, &(slot, row)) in parts.iter().enumerate() {
+                                        routines::concat_part(slots.buf(slot), rows.clone(), row, dst, starts[p], *stride);
                                     }
-                                }
-                            });
+                                });
+                            } else {
+                                // By operands: one row (often the whole operand) each.
+                                self.split(&[parts.len()], numel, |range| {
+                                    for p in range {
+                                        routines::concat_part(slots.buf(parts[p].0), 0..outer, parts[p].1, dst, starts[p], *stride);
+                                    }
+                                });
+                            }
                             Ok(())
                         }
                         Routine::Gather { x, split, idx, m } => {
