@@ -144,22 +144,22 @@ fn a_recurrent_cell_matches_cranelift_bit_for_bit() {
 
 #[test]
 fn light_integer_and_reducing_kernels_stay_with_cranelift() {
-    let mut k = LoopKernel::new("light", vec![4, 64]);
-    let x = load(&mut k, 1, 0, vec![64, 1]);
+    let mut k = LoopKernel::new("light", vec![4, 128]);
+    let x = load(&mut k, 1, 0, vec![128, 1]);
     let y = k.push(Inst::Binary { op: BinaryOp::Mul, dtype: DType::F32, a: x, b: x });
-    store(&mut k, y, 2, vec![64, 1]);
+    store(&mut k, y, 2, vec![128, 1]);
     assert!(WideKernel::new(&k).is_none(), "no transcendental: Cranelift's 4 lanes suffice");
     let e = k.push(Inst::Unary { op: UnaryOp::Exp, dtype: DType::F32, x: y });
     k.stores.push(Store { value: e, dtype: DType::F32, access: Access { slot: 3, offset: 0, strides: vec![1, 0] }, reduce: Some(d2l_ir::ReduceOp::Sum) });
     assert!(WideKernel::new(&k).is_none(), "a reduction");
     k.stores.pop();
-    store(&mut k, e, 3, vec![64, 1]);
+    store(&mut k, e, 3, vec![128, 1]);
     if !levels().is_empty() {
         assert!(WideKernel::new(&k).is_some());
     }
-    let mut short = LoopKernel::new("short", vec![64, 8]);
-    let x = load(&mut short, 1, 0, vec![8, 1]);
+    let mut short = LoopKernel::new("short", vec![64, 32]);
+    let x = load(&mut short, 1, 0, vec![32, 1]);
     let e = short.push(Inst::Unary { op: UnaryOp::Exp, dtype: DType::F32, x });
-    store(&mut short, e, 2, vec![8, 1]);
-    assert!(WideKernel::new(&short).is_none(), "an inner loop of 8 fills no chunk");
+    store(&mut short, e, 2, vec![32, 1]);
+    assert!(WideKernel::new(&short).is_none(), "rows of 32 fill no chunk");
 }
