@@ -334,19 +334,21 @@ fn blocks(g: &Graph, x: NodeId, depth: usize) -> Option<(usize, Vec<(usize, Node
             });
             Some((*axis, pieces.collect()))
         }
-        Op::Binary(BinaryOp::Add) if depth > 0 => {
-            let (axis, mut pieces) = blocks(g, node.args[0], depth - 1)?;
-            let (other, more) = blocks(g, node.args[1], depth - 1)?;
-            if other != axis {
-                return None;
-            }
-            pieces.extend(more);
-            pieces.sort_by_key(|&(start, _)| start);
-            let disjoint = pieces.windows(2).all(|w| w[0].0 + g.shape(w[0].1).dims()[axis] <= w[1].0);
-            disjoint.then_some((axis, pieces))
-        }
+        Op::Binary(BinaryOp::Add) if depth > 0 => union(g, blocks(g, node.args[0], depth - 1)?, blocks(g, node.args[1], depth - 1)?),
         _ => None,
     }
+}
+
+/// The blocks of a sum of two values of [`blocks`]: both along one axis,
+/// none overlapping.
+fn union(g: &Graph, (axis, mut pieces): (usize, Vec<(usize, NodeId)>), (other, more): (usize, Vec<(usize, NodeId)>)) -> Option<(usize, Vec<(usize, NodeId)>)> {
+    if other != axis {
+        return None;
+    }
+    pieces.extend(more);
+    pieces.sort_by_key(|&(start, _)| start);
+    let disjoint = pieces.windows(2).all(|w| w[0].0 + g.shape(w[0].1).dims()[axis] <= w[1].0);
+    disjoint.then_some((axis, pieces))
 }
 
 /// A sum of zero pads whose blocks tile the result along one axis → the
@@ -363,20 +365,10 @@ fn pads_as_concat(out: &mut Graph, op: &Op, args: &[NodeId]) -> Result<Option<No
     // Deep enough for a sequence's steps, bounded so a long chain of
     // additions is not walked from every node of it.
     const DEPTH: usize = 256;
-    let (Some((axis, mut pieces)), Some((other, more))) = (blocks(out, x, DEPTH), blocks(out, y, DEPTH)) else { return Ok(None) };
-    if axis != other {
-        return Ok(None);
-    }
-    pieces.extend(more);
-    pieces.sort_by_key(|&(start, _)| start);
-    let mut at = 0;
-    for &(start, p) in &pieces {
-        if start != at {
-            return Ok(None);
-        }
-        at += out.shape(p).dims()[axis];
-    }
-    if at != out.shape(x).dims()[axis] {
+    let Some((axis, pieces)) = blocks(out, x, DEPTH).zip(blocks(out, y, DEPTH)).and_then(|(a, b)| union(out, a, b)) else { return Ok(None) };
+    // Disjoint; they tile the axis when they also leave no gap.
+    let covered: usize = pieces.iter().map(|&(_, p)| out.shape(p).dims()[axis]).sum();
+    if covered != out.shape(x).dims()[axis] {
         return Ok(None);
     }
     let parts: Vec<NodeId> = pieces.into_iter().map(|(_, p)| p).collect();
