@@ -603,24 +603,25 @@ impl Program {
                         }
                         Routine::Concat { parts, outer, stride } => {
                             let outer = *outer;
-                            let starts: Vec<usize> = parts.iter().scan(0, |at, &(_, row)| Some(std::mem::replace(at, *at + row))).collect();
                             let slots = Slots(&self.table, &self.plan.slots);
                             let numel = outer * stride / dst.dtype.size_bytes();
+                            // Operands `range` (all rows of each, or `rows` of each).
+                            let copy = |range: std::ops::Range<usize>, rows: std::ops::Range<usize>| {
+                                let mut at = 0;
+                                for (p, &(slot, row)) in parts.iter().enumerate() {
+                                    if range.contains(&p) {
+                                        routines::concat_part(slots.buf(slot), rows.clone(), row, dst, at, *stride);
+                                    }
+                                    at += row;
+                                }
+                            };
                             if outer >= self.pool.threads() {
                                 // By output rows, every operand's share of each
                                 // (where a loop split by rows left them).
-                                self.split(&[outer], numel, |rows| {
-                                    for (p, &(slot, row)) in parts.iter().enumerate() {
-                                        routines::concat_part(slots.buf(slot), rows.clone(), row, dst, starts[p], *stride);
-                                    }
-                                });
+                                self.split(&[outer], numel, |rows| copy(0..parts.len(), rows));
                             } else {
                                 // By operands: one row (often the whole operand) each.
-                                self.split(&[parts.len()], numel, |range| {
-                                    for p in range {
-                                        routines::concat_part(slots.buf(parts[p].0), 0..outer, parts[p].1, dst, starts[p], *stride);
-                                    }
-                                });
+                                self.split(&[parts.len()], numel, |range| copy(range, 0..outer));
                             }
                             Ok(())
                         }

@@ -80,7 +80,8 @@ fn a_compiled_training_step_allocates_nothing() {
     // Matmul and convolution GEMMs (split over threads), epilogues,
     // reductions, routines (pad, pooling), random numbers (dropout), the
     // direct convolution kernels (LeNets), convolutions batched over images
-    // and by phase (ResNet).
+    // and by phase (ResNet), wide loops, gather, scatter_add and concats
+    // split over threads (the GRU language model).
     let models = [
         ("mlp.d2l", "mlp", 64),
         ("mlp.d2l", "mlp_dropout", 32),
@@ -88,6 +89,7 @@ fn a_compiled_training_step_allocates_nothing() {
         ("batchnorm_lenet.d2l", "batchnorm_lenet_concise", 16),
         ("resnet.d2l", "resnet18", 2),
         ("softmax_regression.d2l", "softmax_regression", 256),
+        ("gru.d2l", "gru_concise", 32),
     ];
     for (file, model, batch) in models {
         let program = load(file);
