@@ -263,7 +263,7 @@ pub unsafe fn scatter_add(idx: Buf, m: usize, updates: Buf, (outer, n, inner): (
         unsafe { fill(Buf { ptr: dst.ptr.add((row * inner + cols.start) * size_of(dst.dtype)), dtype: dst.dtype }, width, 0.0) };
     }
     /// `d[j] op= u[j]` over the columns, typed once per row so it vectorises.
-    unsafe fn rows<T: Copy>(d: *mut T, u: *const T, width: usize, op: impl Fn(T, T) -> T) {
+    unsafe fn combine<T: Copy>(d: *mut T, u: *const T, width: usize, op: impl Fn(T, T) -> T) {
         let (d, u) = unsafe { (std::slice::from_raw_parts_mut(d, width), std::slice::from_raw_parts(u, width)) };
         for (d, &u) in d.iter_mut().zip(u) {
             *d = op(*d, u);
@@ -275,10 +275,10 @@ pub unsafe fn scatter_add(idx: Buf, m: usize, updates: Buf, (outer, n, inner): (
             let (d, u) = ((o * n + r) * inner + cols.start, (o * m + i) * inner + cols.start);
             unsafe {
                 match updates.dtype {
-                    DType::F32 => rows(dst.at::<f32>(d), updates.at::<f32>(u), width, |a, b| a + b),
-                    DType::F64 => rows(dst.at::<f64>(d), updates.at::<f64>(u), width, |a, b| a + b),
-                    DType::I64 => rows(dst.at::<i64>(d), updates.at::<i64>(u), width, i64::wrapping_add),
-                    DType::Bool => rows(dst.at::<u8>(d), updates.at::<u8>(u), width, |a, b| a | b),
+                    DType::F32 => combine(dst.at::<f32>(d), updates.at::<f32>(u), width, |a, b| a + b),
+                    DType::F64 => combine(dst.at::<f64>(d), updates.at::<f64>(u), width, |a, b| a + b),
+                    DType::I64 => combine(dst.at::<i64>(d), updates.at::<i64>(u), width, i64::wrapping_add),
+                    DType::Bool => combine(dst.at::<u8>(d), updates.at::<u8>(u), width, |a, b| a | b),
                 }
             }
         }
