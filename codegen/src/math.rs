@@ -8,8 +8,30 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_frontend::FunctionBuilder;
 
+// The constants of these functions, shared with `wide.rs`, which repeats
+// them operation for operation in Rust.
+
 /// ln(f32::MIN_POSITIVE): below it, e^x is denormal.
-const EXP_LOWEST: f32 = -87.336_54;
+pub(crate) const EXP_LOWEST: f32 = -87.336_54;
+/// Above this, e^x is +inf in f32 (exp clamps to it, keeping n small).
+pub(crate) const EXP_HIGHEST: f32 = 88.8;
+/// Where tanh and sigmoid clamp the argument of their exponential: one
+/// power-of-two scale suffices there (see `exp_bounded`).
+pub(crate) const EXP_BOUNDED_HIGHEST: f32 = 88.0;
+/// 1.5·2^23: adding it rounds to an integer and leaves it in the low
+/// mantissa bits (no float-to-int conversion).
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+/// ln 2 in two parts (Cephes' C1, C2), the first with few mantissa bits,
+/// so that `x - n·ln 2` is exact.
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+/// e^r - 1 - r = r²·EXP_POLY(r) on the reduced range.
+pub(crate) const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1];
+/// log(1 + f) = f - f²/2 + f³·LOG_POLY(f) for m = 1 + f in [sqrt(1/2), sqrt(2)).
+pub(crate) const LOG_POLY: [f32; 9] = [7.037_683_6e-2, -1.151_461_e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1, -2.499_999_4e-1, 3.333_333e-1];
+/// tanh x = x + x·x²·TANH_POLY(x²) below TANH_SMALL.
+pub(crate) const TANH_POLY: [f32; 5] = [-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1];
+pub(crate) const TANH_SMALL: f32 = 0.625;
 
 /// Emits f32 math for one lane shape: scalar `f32` or vector `f32x4`.
 pub struct Math {
@@ -96,22 +118,20 @@ impl Math {
     /// `(p, n)` with `e^x = p · 2^n` and `p` near 1 (within [0.7, 1.42]),
     /// for `x` already limited to [-87.34, 88.8]; `n` as an integer.
     fn exp_parts(&self, b: &mut FunctionBuilder, x: Value) -> (Value, Value) {
-        // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer and
-        // leaves it in the low mantissa bits (no float-to-int conversion).
-        const MAGIC: f32 = 12_582_912.0;
+        // n = round(x·log2 e), by ROUND_MAGIC.
         let log2e = self.f(b, std::f32::consts::LOG2_E);
-        let magic = self.f(b, MAGIC);
+        let magic = self.f(b, ROUND_MAGIC);
         let t = b.ins().fma(x, log2e, magic);
         let n = b.ins().fsub(t, magic);
         let tbits = self.to_int(b, t);
-        let mbits = self.i(b, MAGIC.to_bits() as i32);
+        let mbits = self.i(b, ROUND_MAGIC.to_bits() as i32);
         let ni = b.ins().isub(tbits, mbits);
         // r = x - n·ln2, in two parts so the subtraction is exact.
-        let c1 = self.f(b, -0.693_359_4);
-        let c2 = self.f(b, 2.121_944_4e-4);
+        let c1 = self.f(b, -LN2_HI);
+        let c2 = self.f(b, -LN2_LO);
         let r = b.ins().fma(n, c1, x);
         let r = b.ins().fma(n, c2, r);
-        let p = self.poly(b, r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1]);
+        let p = self.poly(b, r, &EXP_POLY);
         let r2 = b.ins().fmul(r, r);
         let one = self.f(b, 1.0);
         let y = b.ins().fma(p, r2, r);
@@ -125,8 +145,7 @@ impl Math {
         // scores made its whole backward pass slow on them.
         let lowest = self.f(b, EXP_LOWEST);
         let underflows = b.ins().fcmp(FloatCC::LessThan, x, lowest);
-        // Above this, exp is +inf in f32; clamping keeps n small.
-        let x = self.clamp(b, x, EXP_LOWEST, 88.8);
+        let x = self.clamp(b, x, EXP_LOWEST, EXP_HIGHEST);
         let (p, ni) = self.exp_parts(b, x);
         let y = self.scale(b, p, ni);
         let zero = self.f(b, 0.0);
@@ -178,19 +197,15 @@ impl Math {
         let m = self.select(b, below, m2, m);
         let f = b.ins().fsub(m, one);
         let z = b.ins().fmul(f, f);
-        let p = self.poly(
-            b,
-            f,
-            &[7.037_683_6e-2, -1.151_461_e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1, -2.499_999_4e-1, 3.333_333e-1],
-        );
+        let p = self.poly(b, f, &LOG_POLY);
         let y = b.ins().fmul(p, f);
         let y = b.ins().fmul(y, z);
-        let q1 = self.f(b, -2.121_944_4e-4);
+        let q1 = self.f(b, LN2_LO);
         let y = b.ins().fma(e, q1, y);
         let mhalf = self.f(b, -0.5);
         let y = b.ins().fma(z, mhalf, y);
         let r = b.ins().fadd(f, y);
-        let q2 = self.f(b, 0.693_359_4);
+        let q2 = self.f(b, LN2_HI);
         let r = b.ins().fma(e, q2, r);
         // Special values: log(0) = -inf, log(+inf) = +inf, log(<0 or NaN) = NaN.
         let is_zero = b.ins().fcmp(FloatCC::Equal, x, zero_f);
@@ -208,13 +223,13 @@ impl Math {
         // Small |x|: odd polynomial; else 1 - 2/(e^{2|x|} + 1) with x's sign.
         let ax = b.ins().fabs(x);
         let z = b.ins().fmul(x, x);
-        let p = self.poly(b, z, &[-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1]);
+        let p = self.poly(b, z, &TANH_POLY);
         let pz = b.ins().fmul(p, z);
         let small = b.ins().fma(pz, x, x);
         let ax2 = b.ins().fadd(ax, ax);
         // Past 88, e^{2|x|} + 1 is still above 2^126 and the quotient
         // rounds to 1 as it does at +inf (and NaN stays NaN).
-        let limit = self.f(b, 88.0);
+        let limit = self.f(b, EXP_BOUNDED_HIGHEST);
         let above = b.ins().fcmp(FloatCC::GreaterThan, ax2, limit);
         let ax2 = self.select(b, above, limit, ax2);
         let e = self.exp_bounded(b, ax2);
@@ -230,7 +245,7 @@ impl Math {
         let lbits = self.to_int(b, large);
         let lbits = b.ins().bor(lbits, xsign);
         let large = self.to_float(b, lbits);
-        let limit = self.f(b, 0.625);
+        let limit = self.f(b, TANH_SMALL);
         let is_small = b.ins().fcmp(FloatCC::LessThan, ax, limit);
         self.select(b, is_small, small, large)
     }
@@ -241,7 +256,7 @@ impl Math {
         // Past -x = 88 sigmoid is a denormal, 0 here as after flushing;
         // below -x = -87.3, e^{-x} is below 2^-126 and 1 + it rounds to 1,
         // as it does at the limit.
-        let big = self.f(b, 88.0);
+        let big = self.f(b, EXP_BOUNDED_HIGHEST);
         let vanishes = b.ins().fcmp(FloatCC::GreaterThan, nx, big);
         let nx = self.select(b, vanishes, big, nx);
         let lowest = self.f(b, EXP_LOWEST);

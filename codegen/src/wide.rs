@@ -17,6 +17,7 @@
 use d2l_ir::{BinaryOp, CmpOp, DType, UnaryOp};
 
 use crate::kernel::{Inst, LoopKernel};
+use crate::math::{EXP_BOUNDED_HIGHEST, EXP_HIGHEST, EXP_LOWEST, EXP_POLY, LN2_HI, LN2_LO, LOG_POLY, ROUND_MAGIC, TANH_POLY, TANH_SMALL};
 
 /// Values per chunk: every instruction's result for a chunk stays in L1.
 const CHUNK: usize = 128;
@@ -372,11 +373,8 @@ fn select(c: &[f32; CHUNK], a: &[f32; CHUNK], b: &[f32; CHUNK], out: &mut [f32; 
     }
 }
 
-// `math.rs`'s functions, operation for operation (see there for why each
-// step is what it is).
-
-const EXP_LOWEST: f32 = -87.336_54;
-const MAGIC: f32 = 12_582_912.0;
+// `math.rs`'s functions, operation for operation, on its constants (see
+// there for why each step is what it is).
 
 #[inline(always)]
 fn poly(x: f32, c: &[f32]) -> f32 {
@@ -395,12 +393,12 @@ fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
 
 #[inline(always)]
 fn exp_parts(x: f32) -> (f32, i32) {
-    let t = x.mul_add(std::f32::consts::LOG2_E, MAGIC);
-    let n = t - MAGIC;
-    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = n.mul_add(-0.693_359_4, x);
-    let r = n.mul_add(2.121_944_4e-4, r);
-    let p = poly(r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1]);
+    let t = x.mul_add(std::f32::consts::LOG2_E, ROUND_MAGIC);
+    let n = t - ROUND_MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let p = poly(r, &EXP_POLY);
     let r2 = r * r;
     let y = p.mul_add(r2, r);
     (y + 1.0, ni)
@@ -409,7 +407,7 @@ fn exp_parts(x: f32) -> (f32, i32) {
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     let underflows = x < EXP_LOWEST;
-    let x = clamp(x, EXP_LOWEST, 88.8);
+    let x = clamp(x, EXP_LOWEST, EXP_HIGHEST);
     let (p, ni) = exp_parts(x);
     let half = ni >> 1;
     let rest = ni.wrapping_sub(half);
@@ -442,13 +440,13 @@ fn log(x: f32) -> f32 {
     let m = if below { m2 } else { m };
     let f = m - 1.0;
     let z = f * f;
-    let p = poly(f, &[7.037_683_6e-2, -1.151_461_e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1, -2.499_999_4e-1, 3.333_333e-1]);
+    let p = poly(f, &LOG_POLY);
     let y = p * f;
     let y = y * z;
-    let y = e.mul_add(-2.121_944_4e-4, y);
+    let y = e.mul_add(LN2_LO, y);
     let y = z.mul_add(-0.5, y);
     let r = f + y;
-    let r = e.mul_add(0.693_359_4, r);
+    let r = e.mul_add(LN2_HI, r);
     let r = if x == 0.0 { f32::NEG_INFINITY } else { r };
     let r = if x == f32::INFINITY { f32::INFINITY } else { r };
     // NaN or below zero: ordered `x >= 0` is false for both.
@@ -459,24 +457,24 @@ fn log(x: f32) -> f32 {
 fn tanh(x: f32) -> f32 {
     let ax = x.abs();
     let z = x * x;
-    let p = poly(z, &[-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1]);
+    let p = poly(z, &TANH_POLY);
     let pz = p * z;
     let small = pz.mul_add(x, x);
     let ax2 = ax + ax;
-    let ax2 = if ax2 > 88.0 { 88.0 } else { ax2 };
+    let ax2 = if ax2 > EXP_BOUNDED_HIGHEST { EXP_BOUNDED_HIGHEST } else { ax2 };
     let e = exp_bounded(ax2);
     let d = e + 1.0;
     let q = 2.0 / d;
     let large = 1.0 - q;
     let large = f32::from_bits(large.to_bits() | (x.to_bits() & 0x8000_0000));
-    if ax < 0.625 { small } else { large }
+    if ax < TANH_SMALL { small } else { large }
 }
 
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     let nx = -x;
-    let vanishes = nx > 88.0;
-    let nx = if vanishes { 88.0 } else { nx };
+    let vanishes = nx > EXP_BOUNDED_HIGHEST;
+    let nx = if vanishes { EXP_BOUNDED_HIGHEST } else { nx };
     let nx = if nx < EXP_LOWEST { EXP_LOWEST } else { nx };
     let e = exp_bounded(nx);
     let d = 1.0 + e;
