@@ -23,6 +23,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::DataError;
+use super::wiki::{WIKI_DATASET, WIKI_FILES};
 
 /// A file's expected digest, in hex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,10 +246,11 @@ pub const KNOWN_DATASETS: &[KnownDataset<'static>] = &[
         note: "",
     },
     KnownDataset {
-        name: "wikitext-2",
+        name: WIKI_DATASET,
+        // The loader's names: the zip's, then the workspace copy's.
         files: &[DatasetFile {
-            name: "wiki.train.tokens",
-            also: &["train.txt"],
+            name: WIKI_FILES[0],
+            also: &[WIKI_FILES[1]],
             // The dataset's author's mirror, then the course's URL (whose
             // bucket has answered 403 since 2024).
             urls: &["https://wikitext.smerity.com/wikitext-2-v1.zip", "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip"],
