@@ -248,10 +248,12 @@ fn merge_matmul_sum(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, u
     Ok(Some(out.matmul(x, y)?))
 }
 
-/// The class indices `idx` (shape `[.., 1]`) and class count of a one-hot
-/// matrix `[M, n]`: `cast(idx == iota)` over `n` classes, flattened to
-/// `[M, n]` by reshapes (the `one_hot` builtin's expansion).
+/// The class indices `idx` (shape `[.., 1]`, M of them) and class count
+/// `n` of a one-hot matrix `x` of shape `[M, n]`: `cast(idx == iota)` over
+/// `n` classes, flattened to `[M, n]` by reshapes (the `one_hot` builtin's
+/// expansion).
 fn one_hot_indices(g: &Graph, x: NodeId) -> Option<(NodeId, usize)> {
+    let &[m, n] = g.shape(x).dims() else { return None };
     let mut x = x;
     while g.node(x).op == Op::Reshape {
         x = g.node(x).args[0];
@@ -265,14 +267,16 @@ fn one_hot_indices(g: &Graph, x: NodeId) -> Option<(NodeId, usize)> {
         return None;
     }
     let rank = eq.shape.rank();
-    let n = *eq.shape.dims().last()?;
+    if eq.shape.dims().last() != Some(&n) {
+        return None;
+    }
     let is_iota = |a: NodeId| g.node(a).op == Op::Iota { axis: rank - 1 };
     let spread = |a: NodeId| {
         let b = g.node(a);
         (b.op == Op::Broadcast && g.shape(b.args[0]).rank() == rank && g.shape(b.args[0]).dims().last() == Some(&1)).then(|| b.args[0])
     };
     match (eq.args[0], eq.args[1]) {
-        (i, c) | (c, i) if is_iota(c) && spread(i).is_some() => Some((spread(i)?, n)),
+        (i, c) | (c, i) if is_iota(c) && spread(i).is_some_and(|idx| g.shape(idx).numel() == m) => Some((spread(i)?, n)),
         _ => None,
     }
 }
@@ -290,25 +294,22 @@ fn one_hot_product(out: &mut Graph, op: &Op, args: &[NodeId]) -> Result<Option<N
     if out.shape(a).rank() != 2 || out.shape(b).rank() != 2 {
         return Ok(None);
     }
-    let flat = |out: &mut Graph, idx: NodeId, m: usize| out.reshape(idx, Shape(vec![m]));
-    if let Some((idx, n)) = one_hot_indices(out, a) {
-        let m = out.shape(a).dims()[0];
-        if out.shape(a).dims()[1] == n && out.shape(idx).numel() == m {
-            let idx = flat(out, idx, m)?;
-            return out.gather(b, idx, 0).map(Some);
-        }
+    // The M indices as a vector.
+    let flat = |out: &mut Graph, idx: NodeId| {
+        let m = out.shape(idx).numel();
+        out.reshape(idx, Shape(vec![m]))
+    };
+    if let Some((idx, _)) = one_hot_indices(out, a) {
+        let idx = flat(out, idx)?;
+        return out.gather(b, idx, 0).map(Some);
     }
     let transposed = out.node(a);
-    if transposed.op == (Op::Permute { perm: vec![1, 0] }) {
-        let x = transposed.args[0];
-        if let Some((idx, n)) = one_hot_indices(out, x) {
-            let m = out.shape(x).dims()[0];
-            if out.shape(x).dims()[1] == n && out.shape(idx).numel() == m {
-                let idx = flat(out, idx, m)?;
-                let g = out.shape(b).dims()[1];
-                return out.scatter_add(idx, b, Shape(vec![n, g]), 0).map(Some);
-            }
-        }
+    if transposed.op == (Op::Permute { perm: vec![1, 0] })
+        && let Some((idx, n)) = one_hot_indices(out, transposed.args[0])
+    {
+        let idx = flat(out, idx)?;
+        let g = out.shape(b).dims()[1];
+        return out.scatter_add(idx, b, Shape(vec![n, g]), 0).map(Some);
     }
     Ok(None)
 }
