@@ -482,3 +482,19 @@ fn simplified_language_model_gradients_equal_the_unsimplified_ones() {
         }
     }
 }
+
+// After the one-hot rewrite a character id outside the vocabulary is an
+// error naming the product's source line on both backends (as PyTorch's
+// `F.one_hot` refuses it), where the unsimplified product gives a zero row.
+#[test]
+fn an_out_of_range_one_hot_id_in_a_simplified_graph_is_a_clear_error() {
+    let p = program("model m(x: i64[4]) -> f32[4, 3] {\n    param W: f32[5, 3] = normal(0, 1)\n    return one_hot(x, 5) @ W\n}\n");
+    let graph = d2l_passes::simplify(&lower_at(&p, "m", &[]));
+    let mut feeds = init_params(&graph, 1);
+    feeds.insert("x".into(), Tensor::from_i64(&[4], vec![0, 2, 7, 1]));
+    let interp = Interpreter::new(5).run(&graph, &feeds).expect_err("index 7 of 5").to_string();
+    let jit = d2l_runtime::Backend::Jit.compile(&graph, 0).unwrap().run(&feeds).expect_err("index 7 of 5").to_string();
+    for text in [interp, jit] {
+        assert!(text.contains('7') && text.contains("sequences.d2l:3"), "{text}");
+    }
+}
