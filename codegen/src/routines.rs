@@ -103,10 +103,29 @@ fn size_of(dtype: DType) -> usize {
 /// # Safety
 /// Every mapped offset must be inside `src`; `dst` holds `numel(dims)` elements.
 pub unsafe fn gather_strided(src: Buf, map: &Affine, dims: &[usize], dst: Buf) {
-    let size = size_of(src.dtype);
-    for_each_offset(dims, map, |flat, off| unsafe {
-        std::ptr::copy_nonoverlapping(src.ptr.offset(off as isize * size as isize), dst.ptr.add(flat * size), size);
-    });
+    // A row at a time, each element moved as its own type: one call per
+    // element made a training step's permuted [64, 10, 201] output copy
+    // cost a tenth of seq2seq's step.
+    unsafe fn rows<T: Copy>(src: *const T, map: &Affine, dims: &[usize], dst: *mut T) {
+        for_each_row(dims, map.offset, &map.strides, |flat, off, len, step| unsafe {
+            let (from, to) = (src.offset(off as isize), dst.add(flat));
+            if step == 1 {
+                std::ptr::copy_nonoverlapping(from, to, len);
+            } else {
+                for j in 0..len {
+                    *to.add(j) = *from.offset(j as isize * step as isize);
+                }
+            }
+        });
+    }
+    unsafe {
+        match size_of(src.dtype) {
+            1 => rows(src.ptr as *const u8, map, dims, dst.ptr),
+            4 => rows(src.ptr as *const u32, map, dims, dst.ptr as *mut u32),
+            8 => rows(src.ptr as *const u64, map, dims, dst.ptr as *mut u64),
+            size => unreachable!("no dtype is {size} bytes"),
+        }
+    }
 }
 
 /// Fills `n` elements of `dst` with `value` converted to its dtype (as the
