@@ -11,8 +11,9 @@
 //!
 //! Kernels with anything else (reductions, integers, indices, bool
 //! buffers, calls) stay with Cranelift, as do light ones, where a chunk's
-//! copies would cost more than the width saves, and short rows (hidden 32),
-//! where dispatching each instruction would.
+//! copies would cost more than the width saves. Rows shorter than a chunk
+//! (hidden 32) are packed several to a chunk, so that each instruction's
+//! dispatch still pays for a whole chunk of lanes.
 
 use d2l_ir::{BinaryOp, CmpOp, DType, UnaryOp};
 
@@ -21,11 +22,10 @@ use crate::math::{EXP_BOUNDED_HIGHEST, EXP_HIGHEST, EXP_LOWEST, EXP_POLY, LN2_HI
 
 /// Values per chunk: every instruction's result for a chunk stays in L1.
 const CHUNK: usize = 128;
-/// Shortest innermost loop run wide: each instruction's dispatch costs
-/// about as much as the arithmetic of a few dozen values, so rows shorter
-/// than a chunk run slower than Cranelift's 4 lanes (seq2seq's [64, 32] GRU
-/// cells took 39 µs each wide; its step 3.7 ms, 3.0 with Cranelift's).
-const MIN_INNER: usize = CHUNK;
+/// Shortest innermost loop run wide. Rows shorter than a chunk share one
+/// (4 rows of 32: seq2seq's GRU cells); a row's copy in and out costs about
+/// what its arithmetic would at Cranelift's 4 lanes when rows are shorter.
+const MIN_INNER: usize = 16;
 /// Most instructions a wide kernel may have (its values live on the stack).
 const MAX_VALUES: usize = 96;
 /// Most loops a wide kernel may have (its indices live on the stack).
@@ -203,23 +203,72 @@ impl WideKernel {
         // The outer loops' indices (loop 0 from `lo`), an odometer; with one
         // loop, `lo..hi` is the inner range itself.
         let (inner_lo, inner_hi) = if r == 1 { (lo, hi) } else { (0, inner) };
-        let mut index_store = [0usize; MAX_LOOPS];
-        let index = &mut index_store[..r - 1];
+        let mut index = [0usize; MAX_LOOPS];
         if r > 1 {
             if lo >= hi {
                 return;
             }
             index[0] = lo;
         }
+        // Rows shorter than a chunk share one: a chunk is `rows` whole rows
+        // (the odometer's next ones), each `inner` lanes at lane k·inner.
+        let rows_per_chunk = if r > 1 && inner < CHUNK { CHUNK / inner } else { 1 };
+        let mut rows = [[0usize; MAX_LOOPS - 1]; CHUNK];
+        let outer = |index: &[usize], strides: &[i64], offset: i64| offset + index.iter().zip(&strides[..r - 1]).map(|(&i, &s)| i as i64 * s).sum::<i64>();
         loop {
-            let outer = |strides: &[i64], offset: i64| offset + index.iter().zip(strides).map(|(&i, &s)| i as i64 * s).sum::<i64>();
+            if rows_per_chunk > 1 {
+                // Gather the chunk's rows.
+                let mut n = 0;
+                let mut more = true;
+                while n < rows_per_chunk && more {
+                    rows[n][..r - 1].copy_from_slice(&index[..r - 1]);
+                    n += 1;
+                    more = advance(&mut index[..r - 1], &self.extents, hi);
+                }
+                let len = n * inner;
+                for (i, op) in self.ops.iter().enumerate() {
+                    let out = regs[i].as_mut_ptr();
+                    // SAFETY (out): as below.
+                    let out_ref = unsafe { &mut *out };
+                    match op {
+                        Op::Load { slot, offset, strides } => {
+                            let step = strides[r - 1];
+                            for (k, row) in rows[..n].iter().enumerate() {
+                                // SAFETY: the caller's table covers the kernel's accesses.
+                                unsafe {
+                                    let at = (*table.add(*slot) as *const f32).offset(outer(&row[..r - 1], strides, *offset) as isize);
+                                    load_row(&mut out_ref[k * inner..(k + 1) * inner], at, step);
+                                }
+                            }
+                            out_ref[len..].fill(0.0);
+                        }
+                        Op::Const(_) => continue,
+                        // SAFETY: operands come earlier (SSA order) and were written this chunk.
+                        _ => unsafe { self.compute(op, &src, out_ref) },
+                    }
+                    src[i] = out;
+                }
+                for s in &self.stores {
+                    let step = s.strides[r - 1];
+                    // SAFETY: the value was computed this chunk, and the
+                    // kernel's accesses stay inside its buffers.
+                    let value = unsafe { &*src[s.value] };
+                    for (k, row) in rows[..n].iter().enumerate() {
+                        unsafe {
+                            let at = (*table.add(s.slot) as *mut f32).offset(outer(&row[..r - 1], &s.strides, s.offset) as isize);
+                            store_row(&value[k * inner..(k + 1) * inner], at, step);
+                        }
+                    }
+                }
+                if !more {
+                    return;
+                }
+                continue;
+            }
             let mut j0 = inner_lo;
             while j0 < inner_hi {
                 let len = CHUNK.min(inner_hi - j0);
                 for (i, op) in self.ops.iter().enumerate() {
-                    // SAFETY: operands come earlier (SSA order) and were
-                    // written in full this chunk, or are constants or buffers.
-                    let arg = |x: &usize| unsafe { &*src[*x] };
                     let out = regs[i].as_mut_ptr();
                     // SAFETY (out): `out` is this value's register, which no
                     // operand is; it is written in full before `src` points at it.
@@ -227,7 +276,7 @@ impl WideKernel {
                     match op {
                         Op::Load { slot, offset, strides } => {
                             let step = strides[r - 1];
-                            let start = outer(strides, *offset) + step * j0 as i64;
+                            let start = outer(&index[..r - 1], strides, *offset) + step * j0 as i64;
                             // SAFETY: the caller's table covers the kernel's accesses.
                             let at = unsafe { (*table.add(*slot) as *const f32).offset(start as isize) };
                             if step == 1 && len == CHUNK {
@@ -237,16 +286,15 @@ impl WideKernel {
                             load(out_ref, at, step, len);
                         }
                         Op::Const(_) => continue,
-                        Op::Unary(u, x) => unary(*u, arg(x), out_ref),
-                        Op::Binary(b, x, y) => binary(*b, arg(x), arg(y), out_ref),
-                        Op::Compare(c, x, y) => compare(*c, arg(x), arg(y), out_ref),
-                        Op::Select(c, x, y) => select(arg(c), arg(x), arg(y), out_ref),
+                        // SAFETY: operands come earlier (SSA order) and were
+                        // written in full this chunk, or are constants or buffers.
+                        _ => unsafe { self.compute(op, &src, out_ref) },
                     }
                     src[i] = out;
                 }
                 for s in &self.stores {
                     let step = s.strides[r - 1];
-                    let start = outer(&s.strides, s.offset) + step * j0 as i64;
+                    let start = outer(&index[..r - 1], &s.strides, s.offset) + step * j0 as i64;
                     // SAFETY: as for loads; the value was computed this chunk.
                     unsafe {
                         let at = (*table.add(s.slot) as *mut f32).offset(start as isize);
@@ -255,23 +303,89 @@ impl WideKernel {
                 }
                 j0 += len;
             }
-            // Next outer index (loop 0 stops at `hi`).
-            let mut d = index.len();
-            loop {
-                if d == 0 {
-                    return;
-                }
-                d -= 1;
-                index[d] += 1;
-                let end = if d == 0 { hi } else { self.extents[d] };
-                if index[d] < end {
-                    break;
-                }
-                if d == 0 {
-                    return;
-                }
-                index[d] = 0;
+            if r == 1 || !advance(&mut index[..r - 1], &self.extents, hi) {
+                return;
             }
+        }
+    }
+
+    /// One arithmetic instruction over a chunk.
+    ///
+    /// # Safety
+    /// Every operand's `src` points at a chunk written in full.
+    #[inline(always)]
+    unsafe fn compute(&self, op: &Op, src: &[*const [f32; CHUNK]; MAX_VALUES], out: &mut [f32; CHUNK]) {
+        let arg = |x: &usize| unsafe { &*src[*x] };
+        match op {
+            Op::Unary(u, x) => unary(*u, arg(x), out),
+            Op::Binary(b, x, y) => binary(*b, arg(x), arg(y), out),
+            Op::Compare(c, x, y) => compare(*c, arg(x), arg(y), out),
+            Op::Select(c, x, y) => select(arg(c), arg(x), arg(y), out),
+            Op::Load { .. } | Op::Const(_) => unreachable!("loads and constants are not computed"),
+        }
+    }
+}
+
+/// Steps the outer loops' odometer `index` (loop 0 stops at `hi`, loop d at
+/// `extents[d]`); false when it has run out.
+#[inline(always)]
+fn advance(index: &mut [usize], extents: &[usize], hi: usize) -> bool {
+    let mut d = index.len();
+    while d > 0 {
+        d -= 1;
+        index[d] += 1;
+        let end = if d == 0 { hi } else { extents[d] };
+        if index[d] < end {
+            return true;
+        }
+        if d == 0 {
+            return false;
+        }
+        index[d] = 0;
+    }
+    false
+}
+
+/// Copies `len` values in vectors of 16: rows are short (32 values), and
+/// a call to `memcpy` per row cost more than the copy.
+#[inline(always)]
+unsafe fn copy_row(from: *const f32, to: *mut f32, len: usize) {
+    // SAFETY: the caller's ranges hold `len` values and do not overlap.
+    unsafe {
+        let mut j = 0;
+        while j + 16 <= len {
+            std::ptr::write_unaligned(to.add(j) as *mut [f32; 16], std::ptr::read_unaligned(from.add(j) as *const [f32; 16]));
+            j += 16;
+        }
+        while j < len {
+            *to.add(j) = *from.add(j);
+            j += 1;
+        }
+    }
+}
+
+/// One row of `out.len()` values `step` apart from `at` (a broadcast when 0).
+#[inline(always)]
+unsafe fn load_row(out: &mut [f32], at: *const f32, step: i64) {
+    // SAFETY (all): the kernel's accesses stay inside its buffers.
+    unsafe {
+        match step {
+            0 => out.fill(*at),
+            1 => copy_row(at, out.as_mut_ptr(), out.len()),
+            _ => out.iter_mut().enumerate().for_each(|(j, o)| *o = *at.offset(step as isize * j as isize)),
+        }
+    }
+}
+
+/// One row of `value` stored `step` apart from `at`.
+#[inline(always)]
+unsafe fn store_row(value: &[f32], at: *mut f32, step: i64) {
+    // SAFETY: as for `load_row`; a stored value's stride is never 0 here.
+    unsafe {
+        if step == 1 {
+            copy_row(value.as_ptr(), at, value.len());
+        } else {
+            value.iter().enumerate().for_each(|(j, v)| *at.offset(step as isize * j as isize) = *v);
         }
     }
 }
