@@ -483,18 +483,26 @@ fn simplified_language_model_gradients_equal_the_unsimplified_ones() {
     }
 }
 
-// After the one-hot rewrite a character id outside the vocabulary is an
-// error naming the product's source line on both backends (as PyTorch's
-// `F.one_hot` refuses it), where the unsimplified product gives a zero row.
+// A character id outside the vocabulary is an error naming the `one_hot`
+// call on both backends, as PyTorch's `F.one_hot` refuses it, before the
+// simplifier (`d2l run`) and after it (training), where the product has
+// become a row lookup; negative ids too.
 #[test]
-fn an_out_of_range_one_hot_id_in_a_simplified_graph_is_a_clear_error() {
+fn an_out_of_range_one_hot_id_is_a_clear_error_on_every_path() {
     let p = program("model m(x: i64[4]) -> f32[4, 3] {\n    param W: f32[5, 3] = normal(0, 1)\n    return one_hot(x, 5) @ W\n}\n");
-    let graph = d2l_passes::simplify(&lower_at(&p, "m", &[]));
-    let mut feeds = init_params(&graph, 1);
-    feeds.insert("x".into(), Tensor::from_i64(&[4], vec![0, 2, 7, 1]));
-    let interp = Interpreter::new(5).run(&graph, &feeds).expect_err("index 7 of 5").to_string();
-    let jit = d2l_runtime::Backend::Jit.compile(&graph, 0).unwrap().run(&feeds).expect_err("index 7 of 5").to_string();
-    for text in [interp, jit] {
-        assert!(text.contains('7') && text.contains("sequences.d2l:3"), "{text}");
+    let plain = lower_at(&p, "m", &[]);
+    let simplified = d2l_passes::simplify(&plain);
+    for graph in [plain, simplified] {
+        let mut feeds = init_params(&graph, 1);
+        for (ids, bad) in [(vec![0, 2, 7, 1], "index 7 "), (vec![0, -1, 3, 1], "index -1 ")] {
+            feeds.insert("x".into(), Tensor::from_i64(&[4], ids));
+            let interp = Interpreter::new(5).run(&graph, &feeds).expect_err(bad).to_string();
+            let jit = d2l_runtime::Backend::Jit.compile(&graph, 0).unwrap().run(&feeds).expect_err(bad).to_string();
+            for text in [interp, jit] {
+                assert!(text.contains(bad) && text.contains("sequences.d2l:3:12") && text.contains("size 5"), "{text}");
+            }
+        }
+        feeds.insert("x".into(), Tensor::from_i64(&[4], vec![0, 2, 4, 1]));
+        Interpreter::new(5).run(&graph, &feeds).expect("ids in range");
     }
 }

@@ -423,6 +423,13 @@ pub(super) fn call(lw: &mut Lowerer, name: &str, args: Vec<ArgVal>, span: Span) 
                 return Err(a.wrong(lw, 1, "a positive int"));
             }
             let dtype = a.dtype_or(lw, 2, DType::F32)?;
+            // An index outside 0..n is an error, as in PyTorch's F.one_hot,
+            // on every backend and before or after the simplifier: taking
+            // the indices from arange(n) checks them (take's error names
+            // this call) and leaves them as they are. The comparison below
+            // stays a loop a loss can fuse, never an [.., n] matrix.
+            let classes = lw.graph.iota(Shape(vec![n as usize]), 0, DType::I64).map_err(shape_err)?;
+            let idx = lw.graph.gather(classes, idx, 0).map_err(shape_err)?;
             let mut dims = lw.graph.shape(idx).0.clone();
             dims.push(n as usize);
             let shape = Shape(dims);
