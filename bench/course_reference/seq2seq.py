@@ -11,7 +11,7 @@ models.
     VENV/bin/python bench/course_reference/seq2seq.py --seeds 0-3 --threads 1 \
         --json bench/course_reference/seq2seq_results.json
     VENV/bin/python bench/course_reference/seq2seq.py --model transformer \
-        --seeds 0-3 --threads 1 --json bench/course_reference/transformer_results.json
+        --seeds 0-7 --threads 1 --json bench/course_reference/transformer_results.json
 
 Setup as the course: load_data_nmt(batch_size=64, num_steps=10,
 num_examples=600); embed 32, hidden 32, 2 layers, dropout 0.1; Adam lr 0.005,
