@@ -20,6 +20,8 @@
 //!   over the concatenated inner dimension (`merge_matmul_sum`).
 //! - One-hot products: `one_hot(i) @ W` → `take(W, i)` and
 //!   `one_hot(i)ᵀ @ D` → `scatter_add(i, D)` (`one_hot_product`).
+//! - Biases of picked rows: `take(W, i) + b` → `take(W + b, i)`
+//!   (`bias_into_table`).
 //! - Sums of zero pads that tile their result along one axis → the concat
 //!   of the pieces (`pads_as_concat`).
 //! - Algebra: `x+0`, `0+x`, `x-0`, `x*1`, `1*x`, `x/1`, `x^1` → `x`;
@@ -99,6 +101,10 @@ fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
             continue;
         }
         if let Some(taken) = one_hot_product(&mut out, &node.op, &args)? {
+            map[id.index()] = Some(taken);
+            continue;
+        }
+        if let Some(taken) = bias_into_table(&mut out, graph, id, &map, &users)? {
             map[id.index()] = Some(taken);
             continue;
         }
@@ -310,6 +316,45 @@ fn one_hot_product(out: &mut Graph, op: &Op, args: &[NodeId]) -> Result<Option<N
         let idx = flat(out, idx)?;
         let g = out.shape(b).dims()[1];
         return out.scatter_add(idx, b, Shape(vec![n, g]), 0).map(Some);
+    }
+    Ok(None)
+}
+
+/// `take(W, i) + b` → `take(W + b, i)`, for a table `W` of `n` rows of `K`
+/// and a bias `b` of `K` broadcast over the picked rows, when no more rows
+/// are in the table than are picked: a language model's input projection
+/// (after `one_hot_product`) adds its bias to 28 rows instead of 1,120,
+/// and the picked rows are written once instead of written, read and
+/// written again. Each value is the same single addition, bit for bit.
+fn bias_into_table(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, users: &[usize]) -> Result<Option<NodeId>, ShapeError> {
+    let node = graph.node(id);
+    if node.op != Op::Binary(BinaryOp::Add) || !node.dtype.is_float() {
+        return Ok(None);
+    }
+    for (x, y) in [(node.args[0], node.args[1]), (node.args[1], node.args[0])] {
+        // x: rows taken from a table (through reshapes) that nothing else reads.
+        let mut taken = x;
+        while users[taken.index()] == 1 && graph.node(taken).op == Op::Reshape {
+            taken = graph.node(taken).args[0];
+        }
+        let (Some(taken_new), Some(bias_new)) = (map[taken.index()], map[y.index()]) else { continue };
+        if users[taken.index()] != 1 || out.node(taken_new).op != (Op::Gather { axis: 0 }) {
+            continue;
+        }
+        let (table, idx) = (out.node(taken_new).args[0], out.node(taken_new).args[1]);
+        let &[n, k] = out.shape(table).dims() else { continue };
+        // y: a bias of K broadcast over every leading axis.
+        let spread = out.node(bias_new);
+        if spread.op != Op::Broadcast || out.shape(spread.args[0]).dims() != [k] || node.shape.dims().last() != Some(&k) {
+            continue;
+        }
+        if n > out.shape(idx).numel() {
+            continue;
+        }
+        let bias = out.broadcast(spread.args[0], Shape(vec![n, k]))?;
+        let biased = out.binary(BinaryOp::Add, table, bias)?;
+        let picked = out.gather(biased, idx, 0)?;
+        return out.reshape(picked, node.shape.clone()).map(Some);
     }
     Ok(None)
 }

@@ -304,6 +304,68 @@ fn one_hot_products_become_a_gather_and_a_scatter_add() {
 }
 
 #[test]
+fn a_bias_on_picked_rows_moves_into_the_table() {
+    // A language model's input projection: one_hot(idx) @ W + b over [2, 3]
+    // steps, and rewrites that must not happen: a table with more rows than
+    // are picked, picked rows something else also reads, a bias per row.
+    let mut g = Graph::new("t");
+    let idx = g.input("idx", DType::I64, shape(&[6]));
+    let w = g.input("W", DType::F32, shape(&[4, 2]));
+    let b = g.input("b", DType::F32, shape(&[2]));
+    let x = one_hot(&mut g, idx, 4);
+    let picked = g.matmul(x, w).unwrap();
+    let steps = g.reshape(picked, shape(&[2, 3, 2])).unwrap();
+    let bias = g.broadcast(b, shape(&[2, 3, 2])).unwrap();
+    let xw = g.binary(BinaryOp::Add, bias, steps).unwrap();
+    g.set_output("xw", xw);
+    let few = g.input("few", DType::I64, shape(&[3]));
+    let few_rows = g.gather(w, few, 0).unwrap();
+    let few_bias = g.broadcast(b, shape(&[3, 2])).unwrap();
+    let few_xw = g.binary(BinaryOp::Add, few_rows, few_bias).unwrap();
+    g.set_output("few", few_xw);
+    let idx2 = g.input("idx2", DType::I64, shape(&[6]));
+    let shared = g.gather(w, idx2, 0).unwrap();
+    let bias6 = g.broadcast(b, shape(&[6, 2])).unwrap();
+    let shared_xw = g.binary(BinaryOp::Add, shared, bias6).unwrap();
+    g.set_output("shared", shared_xw);
+    g.set_output("rows", shared);
+    let c = g.input("c", DType::F32, shape(&[6, 1]));
+    let idx3 = g.input("idx3", DType::I64, shape(&[6]));
+    let rows3 = g.gather(w, idx3, 0).unwrap();
+    let per_row = g.broadcast(c, shape(&[6, 2])).unwrap();
+    let row_bias = g.binary(BinaryOp::Add, rows3, per_row).unwrap();
+    g.set_output("per_row", row_bias);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: i64[6] = input "idx"
+      %1: f32[4, 2] = input "W"
+      %2: f32[2] = input "b"
+      %3: f32[4, 2] = broadcast %2
+      %4: f32[4, 2] = add %1, %3
+      %5: f32[6, 2] = gather %4, %0 axis=0
+      %6: f32[2, 3, 2] = reshape %5
+      %7: i64[3] = input "few"
+      %8: f32[3, 2] = gather %1, %7 axis=0
+      %9: f32[3, 2] = broadcast %2
+      %10: f32[3, 2] = add %8, %9
+      %11: i64[6] = input "idx2"
+      %12: f32[6, 2] = gather %1, %11 axis=0
+      %13: f32[6, 2] = broadcast %2
+      %14: f32[6, 2] = add %12, %13
+      %15: f32[6, 1] = input "c"
+      %16: i64[6] = input "idx3"
+      %17: f32[6, 2] = gather %1, %16 axis=0
+      %18: f32[6, 2] = broadcast %15
+      %19: f32[6, 2] = add %17, %18
+      output xw = %6
+      output few = %10
+      output shared = %14
+      output rows = %12
+      output per_row = %19
+    "#);
+}
+
+#[test]
 fn sums_of_zero_pads_that_tile_an_axis_become_a_concat() {
     // The gradient of a GRU's three gate slices of one [2, 6] product, and
     // sums that do not tile: a gap, an overlap, pads along two axes.
