@@ -616,12 +616,8 @@ impl Program {
                             let numel = outer * stride / dst.dtype.size_bytes();
                             // Operands `range` (all rows of each, or `rows` of each).
                             let copy = |range: std::ops::Range<usize>, rows: std::ops::Range<usize>| {
-                                let mut at = 0;
-                                for (p, &(slot, row)) in parts.iter().enumerate() {
-                                    if range.contains(&p) {
-                                        routines::concat_part(slots.buf(slot), rows.clone(), row, dst, at, *stride);
-                                    }
-                                    at += row;
+                                for &(slot, row, at) in &parts[range] {
+                                    routines::concat_part(slots.buf(slot), rows.clone(), row, dst, at, *stride);
                                 }
                             };
                             if outer >= self.pool.threads() {

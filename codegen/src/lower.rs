@@ -80,8 +80,9 @@ pub struct OutputSlot {
 #[derive(Clone, Debug)]
 pub enum Routine {
     Pad { src: usize, dims: Vec<usize>, write: Affine, out_numel: usize, value: f64 },
-    /// Per operand: slot, rows of `row_bytes` at byte `at` of each `stride`-byte output row.
-    Concat { parts: Vec<(usize, usize)>, outer: usize, stride: usize },
+    /// Per operand: slot, rows of `row_bytes` at byte `at` of each
+    /// `stride`-byte output row (operands already in place are left out).
+    Concat { parts: Vec<(usize, usize, usize)>, outer: usize, stride: usize },
     Gather { x: usize, split: (usize, usize, usize), idx: usize, m: usize },
     ScatterAdd { idx: usize, m: usize, updates: usize, split: (usize, usize, usize) },
     Pool2d { kind: PoolKind, x: usize, dims: [usize; 4], window: [usize; 2], stride: [usize; 2] },
@@ -175,7 +176,7 @@ pub fn plan(graph: &Graph, fusion: &Fusion) -> Result<Plan, LowerError> {
             slots.push(Slot { node: Some(id), dtype: node.dtype, numel: node.shape.numel(), place: Place::Arena(offset) });
         }
     }
-    let mut lower = Lower { graph, fusion, slot_of, kernels: Vec::new(), kernel_nodes: Vec::new() };
+    let mut lower = Lower { graph, fusion, memory: &memory, slot_of, kernels: Vec::new(), kernel_nodes: Vec::new() };
     // Copied outputs read their source after every kernel has run.
     for out in outputs.iter_mut() {
         if lower.slot_of.get(&out.node) != Some(&out.slot) {
@@ -191,12 +192,14 @@ pub fn plan(graph: &Graph, fusion: &Fusion) -> Result<Plan, LowerError> {
     for k in 0..fusion.kernels.len() {
         steps.push(lower.step(k)?);
     }
-    Ok(Plan { name: graph.name.clone(), slots, kernels: lower.kernels, steps, feeds, outputs, memory, kernel_nodes: lower.kernel_nodes })
+    let (kernels, kernel_nodes) = (lower.kernels, lower.kernel_nodes);
+    Ok(Plan { name: graph.name.clone(), slots, kernels, steps, feeds, outputs, memory, kernel_nodes })
 }
 
 struct Lower<'a> {
     graph: &'a Graph,
     fusion: &'a Fusion,
+    memory: &'a MemoryPlan,
     slot_of: HashMap<NodeId, usize>,
     kernels: Vec<LoopKernel>,
     kernel_nodes: Vec<NodeId>,
@@ -301,8 +304,19 @@ impl Lower<'_> {
                 let outer: usize = node.shape.dims()[..*axis].iter().product();
                 let row = |d: &[usize]| d[*axis..].iter().product::<usize>() * size;
                 let mut parts = Vec::new();
+                let mut at = 0;
                 for &a in &node.args {
-                    parts.push((self.contiguous(root, a)?, row(self.graph.shape(a).dims())));
+                    let row = row(self.graph.shape(a).dims());
+                    // Operands the memory plan put in place are there already.
+                    let base = match self.fusion.source(self.graph, a) {
+                        Source::Buffer { base, .. } => Some(base),
+                        _ => None,
+                    };
+                    let in_place = base.and_then(|b| self.memory.stored_into.get(&b)).is_some_and(|into| into.iter().any(|(c, _, _)| *c == root));
+                    if !in_place {
+                        parts.push((self.contiguous(root, a)?, row, at));
+                    }
+                    at += row;
                 }
                 Routine::Concat { parts, outer, stride: row(node.shape.dims()) }
             }
@@ -383,7 +397,16 @@ impl Lower<'_> {
             };
             vals.insert(m, v);
             if matches!(self.fusion.value(m), Value::Loop { stored: true, .. }) {
-                lk.stores.push(Store { value: v, dtype: node.dtype, access: Access { slot: self.slot(m)?, offset: 0, strides: contiguous.clone() }, reduce: None });
+                match self.memory.stored_into.get(&m) {
+                    // Straight into the concats that alone read it.
+                    Some(into) => {
+                        for (concat, offset, strides) in into {
+                            let access = Access { slot: self.slot(*concat)?, offset: *offset, strides: strides.clone() };
+                            lk.stores.push(Store { value: v, dtype: node.dtype, access, reduce: None });
+                        }
+                    }
+                    None => lk.stores.push(Store { value: v, dtype: node.dtype, access: Access { slot: self.slot(m)?, offset: 0, strides: contiguous.clone() }, reduce: None }),
+                }
             }
         }
         lk.normalize();

@@ -4,12 +4,22 @@
 //! overlap share memory, so a step's footprint is its peak live set, not the
 //! sum of its intermediates, and nothing is allocated while it runs.
 //!
+//! A value that only concats read, computed by a loop over its own shape,
+//! is stored by that loop straight into each concat, at its block's
+//! strides, and the concats' routines copy nothing for it: a GRU's three
+//! gate gradients side by side in each step's gradient (70 copies per
+//! language-model step). Planning bigger operands inside their concats
+//! (each step's gradient inside the stack of all steps) saved the copies
+//! too, but was no faster on one core here: the consumers of the stack
+//! then read what was written piecemeal long before, instead of what the
+//! copy has just brought into cache.
+//!
 //! Fed values (inputs, parameters) and graph outputs live in the caller's
 //! tensors and are not planned here.
 
 use std::collections::HashMap;
 
-use d2l_ir::{Graph, NodeId};
+use d2l_ir::{Graph, NodeId, Op};
 
 use crate::fusion::{Fusion, Source, Value};
 
@@ -25,6 +35,11 @@ pub struct MemoryPlan {
     pub size: usize,
     /// Sum of the planned buffers' sizes (what no reuse would need).
     pub unshared: usize,
+    /// Operands their loop stores straight into the concats that read them
+    /// (see the module doc): operand → per concat, the element offset of its
+    /// block and the strides of its elements there. They have no buffer of
+    /// their own, and the concats' routines skip them.
+    pub stored_into: HashMap<NodeId, Vec<(NodeId, i64, Vec<i64>)>>,
 }
 
 /// A buffer's size and the kernels (by position) it must survive.
@@ -69,11 +84,64 @@ pub fn plan(graph: &Graph, fusion: &Fusion) -> MemoryPlan {
             l.last = usize::MAX;
         }
     }
+    let unshared = life.values().fold(0usize, |n, l| n.saturating_add(aligned(l.bytes)));
+    // Operands stored into their concats: no buffer of their own; each
+    // concat's lives from the first kernel that writes into it.
+    let stored_into = stored_into_concats(graph, fusion, &life);
+    for (part, into) in &stored_into {
+        let first = life[part].first;
+        for (concat, _, _) in into {
+            let c = life.get_mut(concat).expect("planned concats");
+            c.first = c.first.min(first);
+        }
+    }
+    for part in stored_into.keys() {
+        life.remove(part);
+    }
     let mut ids: Vec<NodeId> = life.keys().copied().collect();
     ids.sort();
     let lifetimes: Vec<Lifetime> = ids.iter().map(|id| life[id]).collect();
     let (offsets, size) = assign(&lifetimes);
-    MemoryPlan { offsets: ids.into_iter().zip(offsets).collect(), size, unshared: lifetimes.iter().fold(0, |n, l| n.saturating_add(aligned(l.bytes))) }
+    MemoryPlan { offsets: ids.into_iter().zip(offsets).collect(), size, unshared, stored_into }
+}
+
+/// The operands their loops can store straight into the concats that read
+/// them (see the module doc): values a loop computes over their own shape,
+/// read by planned concats alone, once each (a GRU's reset and update gate
+/// gradients are in two, the gradients of the step's input and hidden
+/// projections). Operand → per concat, the element offset of its block and
+/// the strides of its elements there.
+fn stored_into_concats(graph: &Graph, fusion: &Fusion, life: &HashMap<NodeId, Lifetime>) -> HashMap<NodeId, Vec<(NodeId, i64, Vec<i64>)>> {
+    let outputs: Vec<NodeId> = graph.outputs().iter().map(|o| o.node).collect();
+    let planned_concat = |id: NodeId| matches!(graph.node(id).op, Op::Concat { .. }) && life.contains_key(&id) && matches!(fusion.value(id), Value::Root { .. });
+    let mut stored_into = HashMap::new();
+    for a in graph.ids() {
+        let stored_by_own_loop = match fusion.value(a) {
+            Value::Loop { kernel, stored: true } => fusion.kernels[*kernel].shape == *graph.shape(a) && !matches!(graph.node(a).op, Op::Reduce { .. }),
+            _ => false,
+        };
+        if !stored_by_own_loop || outputs.contains(&a) || !life.contains_key(&a) {
+            continue;
+        }
+        let users = graph.users(a);
+        let once = |c: NodeId| graph.node(c).args.iter().filter(|&&x| x == a).count() == 1;
+        if !users.iter().all(|&c| planned_concat(c) && once(c)) {
+            continue;
+        }
+        let into = users
+            .iter()
+            .map(|&c| {
+                let node = graph.node(c);
+                let Op::Concat { axis } = node.op else { unreachable!("a concat") };
+                let strides = crate::fusion::Affine::contiguous(node.shape.dims()).strides;
+                let p = node.args.iter().position(|&x| x == a).expect("an operand");
+                let at: usize = node.args[..p].iter().map(|&x| graph.shape(x).dims()[axis]).sum();
+                (c, at as i64 * strides[axis], strides)
+            })
+            .collect();
+        stored_into.insert(a, into);
+    }
+    stored_into
 }
 
 /// `bytes` rounded up to [`ALIGN`], saturating.
