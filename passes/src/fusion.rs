@@ -26,11 +26,17 @@
 //! reading, through another kernel, a value it computes itself), or would
 //! read a reduction's result in the loop that is still computing it.
 //!
+//! After the sweep, a cheap value that a loop computes only for one later
+//! loop (a gradient's factor such as `1 - tanh(c)^2`, placed beside
+//! `tanh(c)` in the forward loop) moves into that loop, which recomputes it
+//! from the value it reads anyway: one buffer fewer written and read back
+//! (`sink_cheap_values`).
+//!
 //! [`text`] prints the result (`d2l ir --stage fused`).
 
 use std::fmt::Write;
 
-use d2l_ir::{BinaryOp, DType, Graph, NodeId, Op, Shape};
+use d2l_ir::{BinaryOp, DType, Graph, NodeId, Op, Shape, UnaryOp};
 
 /// `offset + Σ strides[d] · i[d]` over the indices `i` of a node's shape: the
 /// element a strided view reads, or the value an index expression (iota)
@@ -530,6 +536,7 @@ pub fn fuse(graph: &Graph) -> Fusion {
                 fuser.place(id);
             }
         }
+        fuser.sink_cheap_values();
         if let Some(fusion) = fuser.finish() {
             return fusion;
         }
@@ -695,6 +702,88 @@ impl Fuser<'_> {
                     }
                 }
                 self.new_group(node.shape.clone(), None, vec![id]);
+            }
+        }
+    }
+
+    /// Moves cheap values that a loop computes only for one later loop into
+    /// that loop, where they are recomputed from a value the first loop
+    /// stores anyway. The sweep puts a gradient's factor where its operand
+    /// is (`1 - tanh(c)^2` in the forward LSTM cell, beside `tanh(c)`), and
+    /// the forward loop then stores the factor for the backward one: one
+    /// more buffer written per step and read back much later, which the
+    /// backward loop can compute from `tanh(c)`, which it loads anyway (or
+    /// in its place). Moved: a value whose readers are all members of one
+    /// other loop of its shape, with the chain of cheap values only it
+    /// reads; what the chain reads from the first loop must be one value
+    /// stored anyway (its other reads constants).
+    fn sink_cheap_values(&mut self) {
+        let graph = self.graph;
+        let cheap = |id: NodeId| match &graph.node(id).op {
+            Op::Binary(op) => *op != BinaryOp::Pow,
+            Op::Unary(op) => matches!(op, UnaryOp::Neg | UnaryOp::Abs),
+            Op::Compare(_) | Op::Select | Op::Cast => true,
+            _ => false,
+        };
+        let outputs: Vec<NodeId> = graph.outputs().iter().map(|o| o.node).collect();
+        let live_users = |id: NodeId| graph.users(id).into_iter().filter(|u| self.live[u.index()]).collect::<Vec<_>>();
+        for g in 0..self.groups.len() {
+            if self.groups[g].dead {
+                continue;
+            }
+            let members = self.groups[g].body.clone();
+            for &n in members.iter().rev() {
+                if self.group_of[n.index()] != Some(g) || !cheap(n) || outputs.contains(&n) || self.views[n.index()].is_some() {
+                    continue;
+                }
+                // Every reader: a member of one other loop of this shape.
+                let users = live_users(n);
+                let mut target = None;
+                let readers_ok = !users.is_empty()
+                    && users.iter().all(|&u| {
+                        let Some(h) = self.group_of[u.index()] else { return false };
+                        let group = &self.groups[h];
+                        let ok = h != g && target.is_none_or(|t| t == h) && group.body.contains(&u) && group.shape == *graph.shape(n) && self.views[u.index()].is_none();
+                        target = Some(h);
+                        ok
+                    });
+                let Some(h) = target.filter(|_| readers_ok) else { continue };
+                // The chain: cheap members of `g` read by the chain alone.
+                let mut chain = vec![n];
+                let mut leaves: Vec<NodeId> = Vec::new();
+                let mut stack = vec![n];
+                let mut ok = true;
+                while let Some(x) = stack.pop() {
+                    for &a in &graph.node(x).args {
+                        if chain.contains(&a) || leaves.contains(&a) {
+                            continue;
+                        }
+                        let in_g = self.group_of[a.index()] == Some(g);
+                        if in_g && cheap(a) && !outputs.contains(&a) && live_users(a) == [x] {
+                            chain.push(a);
+                            stack.push(a);
+                        } else if in_g {
+                            leaves.push(a);
+                        } else if !matches!(self.views[a.index()], Some(Source::Const(_) | Source::Index(_))) {
+                            ok = false;
+                        }
+                    }
+                }
+                // One leaf, stored anyway: read outside `g` by more than the chain.
+                let stored_anyway = |a: NodeId| {
+                    self.is_reduce(a)
+                        || outputs.contains(&a)
+                        || live_users(a).iter().any(|&u| !chain.contains(&u) && (self.group_of[u.index()] != Some(g) || self.views[u.index()].is_some()))
+                };
+                if !ok || leaves.len() != 1 || !stored_anyway(leaves[0]) {
+                    continue;
+                }
+                for &m in &chain {
+                    self.group_of[m.index()] = Some(h);
+                }
+                self.groups[g].body.retain(|m| !chain.contains(m));
+                self.groups[h].body.extend(&chain);
+                self.groups[h].body.sort();
             }
         }
     }
