@@ -210,13 +210,13 @@ impl WideKernel {
             }
             index[0] = lo;
         }
+        let outer = |index: &[usize], strides: &[i64], offset: i64| offset + index.iter().zip(&strides[..r - 1]).map(|(&i, &s)| i as i64 * s).sum::<i64>();
         // Rows shorter than a chunk share one: a chunk is `rows` whole rows
         // (the odometer's next ones), each `inner` lanes at lane k·inner.
         let rows_per_chunk = if r > 1 && inner < CHUNK { CHUNK / inner } else { 1 };
-        let mut rows = [[0usize; MAX_LOOPS - 1]; CHUNK];
-        let outer = |index: &[usize], strides: &[i64], offset: i64| offset + index.iter().zip(&strides[..r - 1]).map(|(&i, &s)| i as i64 * s).sum::<i64>();
-        loop {
-            if rows_per_chunk > 1 {
+        if rows_per_chunk > 1 {
+            let mut rows = [[0usize; MAX_LOOPS - 1]; CHUNK];
+            loop {
                 // Gather the chunk's rows.
                 let mut n = 0;
                 let mut more = true;
@@ -226,28 +226,18 @@ impl WideKernel {
                     more = advance(&mut index[..r - 1], &self.extents, hi);
                 }
                 let len = n * inner;
-                for (i, op) in self.ops.iter().enumerate() {
-                    let out = regs[i].as_mut_ptr();
-                    // SAFETY (out): as below.
-                    let out_ref = unsafe { &mut *out };
-                    match op {
-                        Op::Load { slot, offset, strides } => {
-                            let step = strides[r - 1];
-                            for (k, row) in rows[..n].iter().enumerate() {
-                                // SAFETY: the caller's table covers the kernel's accesses.
-                                unsafe {
-                                    let at = (*table.add(*slot) as *const f32).offset(outer(&row[..r - 1], strides, *offset) as isize);
-                                    load_row(&mut out_ref[k * inner..(k + 1) * inner], at, step);
-                                }
-                            }
-                            out_ref[len..].fill(0.0);
+                // SAFETY: the caller's table covers the kernel's accesses.
+                unsafe {
+                    self.run_chunk(&mut regs, &mut src, |slot, offset, strides, out| {
+                        let step = strides[r - 1];
+                        for (k, row) in rows[..n].iter().enumerate() {
+                            let at = (*table.add(slot) as *const f32).offset(outer(&row[..r - 1], strides, offset) as isize);
+                            load_row(&mut out[k * inner..(k + 1) * inner], at, step);
                         }
-                        Op::Const(_) => continue,
-                        // SAFETY: operands come earlier (SSA order) and were written this chunk.
-                        _ => unsafe { self.compute(op, &src, out_ref) },
-                    }
-                    src[i] = out;
-                }
+                        out[len..].fill(0.0);
+                        None
+                    })
+                };
                 for s in &self.stores {
                     let step = s.strides[r - 1];
                     // SAFETY: the value was computed this chunk, and the
@@ -263,35 +253,25 @@ impl WideKernel {
                 if !more {
                     return;
                 }
-                continue;
             }
+        }
+        loop {
             let mut j0 = inner_lo;
             while j0 < inner_hi {
                 let len = CHUNK.min(inner_hi - j0);
-                for (i, op) in self.ops.iter().enumerate() {
-                    let out = regs[i].as_mut_ptr();
-                    // SAFETY (out): `out` is this value's register, which no
-                    // operand is; it is written in full before `src` points at it.
-                    let out_ref = unsafe { &mut *out };
-                    match op {
-                        Op::Load { slot, offset, strides } => {
-                            let step = strides[r - 1];
-                            let start = outer(&index[..r - 1], strides, *offset) + step * j0 as i64;
-                            // SAFETY: the caller's table covers the kernel's accesses.
-                            let at = unsafe { (*table.add(*slot) as *const f32).offset(start as isize) };
-                            if step == 1 && len == CHUNK {
-                                src[i] = at as *const [f32; CHUNK];
-                                continue;
-                            }
-                            load(out_ref, at, step, len);
+                // SAFETY: the caller's table covers the kernel's accesses.
+                unsafe {
+                    self.run_chunk(&mut regs, &mut src, |slot, offset, strides, out| {
+                        let step = strides[r - 1];
+                        let start = outer(&index[..r - 1], strides, offset) + step * j0 as i64;
+                        let at = (*table.add(slot) as *const f32).offset(start as isize);
+                        if step == 1 && len == CHUNK {
+                            return Some(at as *const [f32; CHUNK]);
                         }
-                        Op::Const(_) => continue,
-                        // SAFETY: operands come earlier (SSA order) and were
-                        // written in full this chunk, or are constants or buffers.
-                        _ => unsafe { self.compute(op, &src, out_ref) },
-                    }
-                    src[i] = out;
-                }
+                        load(out, at, step, len);
+                        None
+                    })
+                };
                 for s in &self.stores {
                     let step = s.strides[r - 1];
                     let start = outer(&index[..r - 1], &s.strides, s.offset) + step * j0 as i64;
@@ -309,19 +289,42 @@ impl WideKernel {
         }
     }
 
-    /// One arithmetic instruction over a chunk.
+    /// Runs the instructions over one chunk. `load(slot, offset, strides,
+    /// register)` fills a load's register, or returns the buffer itself
+    /// when the chunk can be read in place.
     ///
     /// # Safety
-    /// Every operand's `src` points at a chunk written in full.
+    /// `load` reads inside the kernel's buffers and fills what it does not
+    /// return in full; constants' registers were written beforehand.
     #[inline(always)]
-    unsafe fn compute(&self, op: &Op, src: &[*const [f32; CHUNK]; MAX_VALUES], out: &mut [f32; CHUNK]) {
-        let arg = |x: &usize| unsafe { &*src[*x] };
-        match op {
-            Op::Unary(u, x) => unary(*u, arg(x), out),
-            Op::Binary(b, x, y) => binary(*b, arg(x), arg(y), out),
-            Op::Compare(c, x, y) => compare(*c, arg(x), arg(y), out),
-            Op::Select(c, x, y) => select(arg(c), arg(x), arg(y), out),
-            Op::Load { .. } | Op::Const(_) => unreachable!("loads and constants are not computed"),
+    unsafe fn run_chunk(
+        &self,
+        regs: &mut [std::mem::MaybeUninit<[f32; CHUNK]>; MAX_VALUES],
+        src: &mut [*const [f32; CHUNK]; MAX_VALUES],
+        mut load: impl FnMut(usize, i64, &[i64], &mut [f32; CHUNK]) -> Option<*const [f32; CHUNK]>,
+    ) {
+        for (i, op) in self.ops.iter().enumerate() {
+            let out = regs[i].as_mut_ptr();
+            // SAFETY: `out` is this value's register, which no operand is; it
+            // is written in full before `src` points at it. Operands come
+            // earlier (SSA order) and were written in full this chunk, or are
+            // constants or buffers.
+            let out_ref = unsafe { &mut *out };
+            let arg = |x: &usize| unsafe { &*src[*x] };
+            match op {
+                Op::Load { slot, offset, strides } => {
+                    if let Some(buffer) = load(*slot, *offset, strides, out_ref) {
+                        src[i] = buffer;
+                        continue;
+                    }
+                }
+                Op::Const(_) => continue,
+                Op::Unary(u, x) => unary(*u, arg(x), out_ref),
+                Op::Binary(b, x, y) => binary(*b, arg(x), arg(y), out_ref),
+                Op::Compare(c, x, y) => compare(*c, arg(x), arg(y), out_ref),
+                Op::Select(c, x, y) => select(arg(c), arg(x), arg(y), out_ref),
+            }
+            src[i] = out;
         }
     }
 }
