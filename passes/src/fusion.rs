@@ -738,16 +738,11 @@ impl Fuser<'_> {
                 }
                 // Every reader: a member of one other loop of this shape.
                 let users = live_users(n);
-                let mut target = None;
-                let readers_ok = !users.is_empty()
-                    && users.iter().all(|&u| {
-                        let Some(h) = self.group_of[u.index()] else { return false };
-                        let group = &self.groups[h];
-                        let ok = h != g && target.is_none_or(|t| t == h) && group.body.contains(&u) && group.shape == *graph.shape(n) && self.views[u.index()].is_none();
-                        target = Some(h);
-                        ok
-                    });
-                let Some(h) = target.filter(|_| readers_ok) else { continue };
+                let Some(h) = users.first().and_then(|u| self.group_of[u.index()]) else { continue };
+                let reads_in_h = |u: &NodeId| self.group_of[u.index()] == Some(h) && self.groups[h].body.contains(u) && self.views[u.index()].is_none();
+                if h == g || self.groups[h].shape != *graph.shape(n) || !users.iter().all(reads_in_h) {
+                    continue;
+                }
                 // The chain: cheap members of `g` read by the chain alone.
                 let mut chain = vec![n];
                 let mut leaves: Vec<NodeId> = Vec::new();
