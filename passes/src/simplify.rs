@@ -22,6 +22,8 @@
 //!   `one_hot(i)ᵀ @ D` → `scatter_add(i, D)` (`one_hot_product`).
 //! - Biases of picked rows: `take(W, i) + b` → `take(W + b, i)`
 //!   (`bias_into_table`).
+//! - Slices of picked rows: `take(W, i)[a..b]` → `take(W, i[a..b])` when
+//!   only slices read the rows (`slice_of_taken_rows`).
 //! - Sums of zero pads that tile their result along one axis → the concat
 //!   of the pieces (`pads_as_concat`).
 //! - Algebra: `x+0`, `0+x`, `x-0`, `x*1`, `1*x`, `x/1`, `x^1` → `x`;
@@ -59,8 +61,11 @@ pub fn simplify(graph: &Graph) -> Graph {
 /// that hold node ids (gradients, optimizer state).
 pub fn try_simplify(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
     let (mut current, mut map) = sweep(graph)?;
-    // Folding can orphan the constants it folded (`x*1` leaves the 1 dead);
-    // sweep again until nothing more goes. Each sweep only shrinks the graph.
+    // Folding can orphan the constants it folded (`x*1` leaves the 1 dead),
+    // and a rewrite can expose another to the next sweep; sweep again until
+    // the size stops changing. Every rule but one shrinks the graph; that
+    // one (`slice_of_taken_rows`) moves a slice closer to the inputs, which
+    // it can do only finitely often.
     loop {
         let (next, step) = sweep(&current)?;
         if next.len() == current.len() {
@@ -78,6 +83,7 @@ pub fn try_simplify(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
 fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
     let live = live_nodes(graph);
     let users = user_counts(graph);
+    let sliced = read_only_by_slices(graph);
     let mut out = Graph::new(graph.name.clone());
     let mut map: NodeMap = vec![None; graph.len()];
     let mut built: HashMap<String, NodeId> = HashMap::new();
@@ -105,6 +111,10 @@ fn sweep(graph: &Graph) -> Result<(Graph, NodeMap), ShapeError> {
             continue;
         }
         if let Some(taken) = bias_into_table(&mut out, graph, id, &map, &users)? {
+            map[id.index()] = Some(taken);
+            continue;
+        }
+        if let Some(taken) = slice_of_taken_rows(&mut out, graph, id, &map, &sliced)? {
             map[id.index()] = Some(taken);
             continue;
         }
@@ -357,6 +367,64 @@ fn bias_into_table(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, us
         return out.reshape(picked, node.shape.clone()).map(Some);
     }
     Ok(None)
+}
+
+/// For each node, whether it is read, and read only by slices (directly or
+/// through reshapes that only slices read); outputs are read whole.
+fn read_only_by_slices(graph: &Graph) -> Vec<bool> {
+    let mut readers: Vec<Vec<NodeId>> = vec![Vec::new(); graph.len()];
+    for id in graph.ids() {
+        for a in &graph.node(id).args {
+            readers[a.index()].push(id);
+        }
+    }
+    let mut whole = vec![false; graph.len()];
+    for o in graph.outputs() {
+        whole[o.node.index()] = true;
+    }
+    let mut sliced = vec![false; graph.len()];
+    for id in (0..graph.len()).rev() {
+        sliced[id] = !whole[id]
+            && !readers[id].is_empty()
+            && readers[id].iter().all(|r| match graph.node(*r).op {
+                Op::Slice { .. } => true,
+                Op::Reshape => sliced[r.index()],
+                _ => false,
+            });
+    }
+    sliced
+}
+
+/// `take(W, i)[s]` → `take(W, i[s])` for a table `W` of rows of `K`, a
+/// slice `s` that keeps whole rows (through reshapes that keep the last
+/// axis), when only slices read the taken rows. A language model's input
+/// projection is taken for all steps at once and each step reads its
+/// slice: taken per step instead, each step's rows are written into a
+/// buffer the step's cell reads while it is still in cache, and the block
+/// of all steps' rows is never written. The values are the same copies.
+fn slice_of_taken_rows(out: &mut Graph, graph: &Graph, id: NodeId, map: &NodeMap, sliced: &[bool]) -> Result<Option<NodeId>, ShapeError> {
+    let node = graph.node(id);
+    let Op::Slice { starts, ends, steps } = &node.op else { return Ok(None) };
+    let dims = graph.shape(node.args[0]).dims();
+    let Some(&k) = dims.last() else { return Ok(None) };
+    let last = dims.len() - 1;
+    if starts[last] != 0 || ends[last] != k || steps[last] != 1 {
+        return Ok(None);
+    }
+    // Through reshapes that keep rows of K whole, to a take that only
+    // slices read.
+    let mut taken = node.args[0];
+    while graph.node(taken).op == Op::Reshape && graph.shape(taken).dims().last() == Some(&k) {
+        taken = graph.node(taken).args[0];
+    }
+    let t = graph.node(taken);
+    if t.op != (Op::Gather { axis: 0 }) || graph.shape(t.args[0]).rank() != 2 || graph.shape(taken).dims().last() != Some(&k) || !sliced[taken.index()] {
+        return Ok(None);
+    }
+    let (Some(table), Some(idx)) = (map[t.args[0].index()], map[t.args[1].index()]) else { return Ok(None) };
+    let rows = out.reshape(idx, Shape(dims[..last].to_vec()))?;
+    let picked = out.slice(rows, &starts[..last], &ends[..last], &steps[..last])?;
+    out.gather(table, picked, 0).map(Some)
 }
 
 /// The nonzero pieces of a float value that is zero except for blocks
