@@ -5,7 +5,7 @@ For every model the PyTorch step (timed by `bench_d2l.py`'s own
 `bench_model`, in a fresh subprocess with N threads) and the d2l step
 (`d2l bench --json`, N worker threads) run one after the other, in
 alternating order over several rounds, so both see the same machine load.
-Then `torch.mm` and d2l's SGEMM (`cargo bench -p d2l-codegen --bench gemm`)
+Then `torch.mm` and d2l's SGEMM (`cargo bench -p d2l-cpu --bench gemm`)
 at 1024^2 and 2048^2 on 1 and N threads. Prints a Markdown report of the
 ratios (d2l time / PyTorch time: below 1 means d2l is faster) against the
 targets of issue 4, and writes every raw figure to --out.
@@ -118,7 +118,7 @@ def d2l_run(args, name, threads, tmp):
 def d2l_gemm(threads, tmp):
     out = os.path.join(tmp, 'd2l-gemm.json')
     env = dict(os.environ, D2L_THREADS=str(threads))
-    subprocess.run(['cargo', 'bench', '-q', '-p', 'd2l-codegen', '--bench', 'gemm', '--', '--json', out],
+    subprocess.run(['cargo', 'bench', '-q', '-p', 'd2l-cpu', '--bench', 'gemm', '--', '--json', out],
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
         return json.load(f)

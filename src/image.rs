@@ -131,7 +131,7 @@ pub fn classify(compiled: &Compiled, model: &str, spec: &str, params: Option<&Pa
     let picture = load(&source, channels, height, width, None)?;
     let classes = picture.classes.unwrap_or(if trained_on_mnist { &DIGITS } else { &FASHION_MNIST_CLASSES });
 
-    let mut session = compiled.session(Device::Cpu)?;
+    let mut session = compiled.session(Device::JIT)?;
     if let Some(p) = params {
         session.load_params(p)?;
     }

@@ -1,13 +1,18 @@
 //! d2l: a compiler for the Dive-into-Deep-Learning model zoo.
 //!
 //! This crate is the facade over the pipeline crates (`d2l-dsl` → `d2l-ir`
-//! → `d2l-passes` → `d2l-codegen` → `d2l-runtime` → `d2l-train`) and the
-//! home of the `d2l` command.
+//! → `d2l-passes` → `d2l-kernels` → `d2l-cpu`, with `d2l-runtime` beneath
+//! the backends, `d2l-device` choosing one, then `d2l-train`) and the home
+//! of the `d2l` command.
+//!
+//! A [`Device`] says where a session runs: [`Device::JIT`] (the host's
+//! cores through the Cranelift JIT, the default) or
+//! [`Device::INTERPRETER`] (the reference interpreter).
 //!
 //! ```no_run
 //! use d2l::{Device, Options, Tensor};
 //! let program = d2l::compile_file("models/mlp.d2l", &Options::default())?;
-//! let mut session = program.session(Device::Cpu)?;
+//! let mut session = program.session(Device::JIT)?;
 //! let batch = Tensor::zeros(d2l::DType::F32, &[4, 1, 28, 28]);
 //! let outputs = session.run("mlp", &[("x", &batch)])?;
 //! # Ok::<(), d2l::Error>(())
@@ -28,7 +33,7 @@ use std::path::Path;
 
 pub use d2l_dsl::{LowerOptions, Lowered, Program};
 pub use d2l_ir::{DType, Graph, Shape};
-use d2l_runtime::Interpreter;
+pub use d2l_device::{CpuBackend, Device};
 pub use d2l_runtime::Tensor;
 
 /// Anything that can go wrong between source text and results.
@@ -56,14 +61,6 @@ pub struct Options {
     pub seed: u64,
 }
 
-/// Where a session executes. Only the CPU so far (the Cranelift JIT, or the
-/// reference interpreter with [`Session::set_backend`]); the PTX backend is
-/// not written yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-}
-
 /// A parsed and name-checked program, ready to be instantiated.
 pub struct Compiled {
     pub program: Program,
@@ -81,10 +78,9 @@ pub fn compile_str(name: &str, text: &str, options: &Options) -> Result<Compiled
 }
 
 impl Compiled {
+    /// A session that runs this program's models on `device`.
     pub fn session(&self, device: Device) -> Result<Session<'_>, Error> {
-        match device {
-            Device::Cpu => Ok(Session { compiled: self, params: HashMap::new(), graphs: HashMap::new(), interp: Interpreter::new(self.options.seed), backend: d2l_runtime::Backend::Jit, executables: HashMap::new() }),
-        }
+        Ok(Session { compiled: self, params: HashMap::new(), graphs: HashMap::new(), device, executables: HashMap::new() })
     }
 
     /// Prepares `model` for training as its `train` block says (data,
@@ -104,9 +100,8 @@ pub struct Session<'c> {
     compiled: &'c Compiled,
     params: HashMap<String, Tensor>,
     graphs: HashMap<GraphKey, Graph>,
-    interp: Interpreter,
-    /// What runs the graphs; compiled backends keep one executable per graph.
-    backend: d2l_runtime::Backend,
+    /// Where the graphs run; one executable per graph, compiled at its first run.
+    device: Device,
     executables: HashMap<GraphKey, Box<dyn d2l_runtime::Executable>>,
 }
 
@@ -128,9 +123,9 @@ impl Session<'_> {
         &self.params
     }
 
-    /// Runs graphs with `backend` from now on (default: the JIT).
-    pub fn set_backend(&mut self, backend: d2l_runtime::Backend) {
-        self.backend = backend;
+    /// Runs graphs on `device` from now on.
+    pub fn set_device(&mut self, device: Device) {
+        self.device = device;
         self.executables.clear();
     }
 
@@ -173,12 +168,9 @@ impl Session<'_> {
             }
             feeds.insert(name.to_string(), (*t).clone());
         }
-        if self.backend == d2l_runtime::Backend::Interpreter {
-            return Ok(self.interp.run(graph, &feeds)?);
-        }
         let exe = match self.executables.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.backend.compile(graph, self.compiled.options.seed)?),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.device.compile(graph, self.compiled.options.seed)?),
         };
         Ok(exe.run(&feeds)?)
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use d2l::{Compiled, Device, Error, LowerOptions, Options, Tensor};
+use d2l::{Compiled, Error, LowerOptions, Options, Tensor};
 
 #[derive(Parser)]
 #[command(name = "d2l", version, about = "A compiler for the Dive-into-Deep-Learning model zoo", long_about = "\
@@ -241,11 +241,11 @@ enum BackendArg {
     Jit,
 }
 
-impl From<BackendArg> for d2l_runtime::Backend {
+impl From<BackendArg> for d2l::Device {
     fn from(b: BackendArg) -> Self {
         match b {
-            BackendArg::Interp => d2l_runtime::Backend::Interpreter,
-            BackendArg::Jit => d2l_runtime::Backend::Jit,
+            BackendArg::Interp => d2l::Device::INTERPRETER,
+            BackendArg::Jit => d2l::Device::JIT,
         }
     }
 }
@@ -318,7 +318,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Summary(args) => summary(&args),
         Command::Ir { model, stage, locs } => ir(&model, stage, locs),
         Command::Train { model, epochs, steps, lr, data, out, seed, resume, batch, limit, backend } => {
-            let opts = d2l::TrainOptions { data_dir: data, epochs, steps, lr, limit, seed, backend: backend.into(), batch };
+            let opts = d2l::TrainOptions { data_dir: data, epochs, steps, lr, limit, seed, device: backend.into(), batch };
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target } => emit(&model, target),
@@ -326,7 +326,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Bench { model, backend, batch, steps, seconds, peak, profile, json } => {
             let compiled = load(&model, 0)?;
             let name = pick_model(&compiled, &model)?;
-            let opts = d2l::train::bench::BenchOptions { backend: backend.into(), batch, min_steps: steps, min_seconds: seconds, profile, ..Default::default() };
+            let opts = d2l::train::bench::BenchOptions { device: backend.into(), batch, min_steps: steps, min_seconds: seconds, profile, ..Default::default() };
             let report = d2l::train::bench::bench(&compiled.program, &name, &opts)?;
             let peak = peak.unwrap_or_else(d2l::train::bench::measured_peak_gflops);
             print!("{}", d2l::train::bench::render(&report, peak));
@@ -499,7 +499,7 @@ fn step_or_forward(args: &ModelArgs) -> Result<d2l::Graph, Error> {
 fn emit(args: &ModelArgs, target: Target) -> Result<(), Error> {
     let graph = step_or_forward(args)?;
     match target {
-        Target::Clif => print!("{}", d2l_codegen::clif_listing(&graph).map_err(|e| Error::Usage(e.to_string()))?),
+        Target::Clif => print!("{}", d2l_cpu::clif_listing(&graph).map_err(|e| Error::Usage(e.to_string()))?),
     }
     Ok(())
 }
@@ -586,7 +586,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
         return train_k_fold(&compiled.program, &run, opts);
     }
     if run.steps.is_some() {
-        return train_steps(&compiled.program, &model, &mut run, log, out, opts.backend);
+        return train_steps(&compiled.program, &model, &mut run, log, out, opts.device);
     }
     let style = indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
         .expect("valid template")
@@ -624,14 +624,14 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
     let trained = || -> std::collections::BTreeMap<String, Tensor> { params.iter().map(|(n, t)| (n.clone(), (*t).clone())).collect() };
     // Language models show what they write, as the course does.
     if let Some((vocab, kind)) = run.source.vocab() {
-        let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &trained(), vocab.clone(), kind, opts.backend)?;
+        let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &trained(), vocab.clone(), kind, opts.device)?;
         for prefix in PREFIXES {
             println!("{prefix:?} -> {:?}", generator.generate(prefix, 50)?);
         }
     }
     // A translation model translates the course's test sentences.
     if let Some(pairs) = run.source.pairs() {
-        let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &trained(), pairs.clone(), opts.backend)?;
+        let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &trained(), pairs.clone(), opts.device)?;
         let tests: Vec<(&str, Option<&str>)> = TRANSLATIONS.iter().map(|&(s, r)| (s, Some(r))).collect();
         for beam in [1, 3] {
             println!("{}:", if beam == 1 { "greedy".to_string() } else { format!("beam search, k = {beam}") });
@@ -640,7 +640,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
     }
     // A time series: the course's one-step and k-step predictions.
     if let Some((series, tau)) = run.source.series() {
-        let predictions = d2l::train::series::predict(&compiled.program, &model, &trained(), series, tau, run.source.train_len() + tau, opts.backend)?;
+        let predictions = d2l::train::series::predict(&compiled.program, &model, &trained(), series, tau, run.source.train_len() + tau, opts.device)?;
         let base = out.join(format!("{model}-predictions"));
         let (csv, svg) = (base.with_extension("csv"), base.with_extension("svg"));
         d2l::train::series::write(&predictions, series, &csv, &svg).map_err(|e| Error::Usage(format!("cannot write the predictions: {e}")))?;
@@ -650,7 +650,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
     }
     // §64: predictions at the test inputs and the attention weights.
     if let Some(data) = run.source.kernel_regression() {
-        let predictions = d2l::train::kernel_regression::predict(&compiled.program, &model, &trained(), data, opts.backend)?;
+        let predictions = d2l::train::kernel_regression::predict(&compiled.program, &model, &trained(), data, opts.device)?;
         let base = out.join(format!("{model}-predictions"));
         let (csv, svg, heat) = (base.with_extension("csv"), base.with_extension("svg"), out.join(format!("{model}-attention.svg")));
         d2l::train::kernel_regression::write(&predictions, data, &csv, &svg, &heat).map_err(|e| Error::Usage(format!("cannot write the predictions: {e}")))?;
@@ -665,7 +665,7 @@ fn train(args: &ModelArgs, opts: &d2l::TrainOptions, out: &Path, resume: bool) -
 /// A run counted in optimizer steps (the course's `train_bert`): a line per
 /// step; a BERT then encodes the course's sentences; last, the means over
 /// the steps, as `train_bert` prints them.
-fn train_steps(program: &d2l::Program, model: &str, run: &mut d2l::Training, mut log: Vec<d2l::train::EpochLog>, out: &Path, backend: d2l_runtime::Backend) -> Result<(), Error> {
+fn train_steps(program: &d2l::Program, model: &str, run: &mut d2l::Training, mut log: Vec<d2l::train::EpochLog>, out: &Path, device: d2l::Device) -> Result<(), Error> {
     let style = indicatif::ProgressStyle::with_template("step {pos:>4}/{len} [{bar:30}] {msg} (eta {eta})").expect("valid template").progress_chars("=> ");
     let bar = indicatif::ProgressBar::new(0).with_style(style);
     let printer = bar.clone();
@@ -679,7 +679,7 @@ fn train_steps(program: &d2l::Program, model: &str, run: &mut d2l::Training, mut
     println!("wrote {}, {}, {}, {}", files.checkpoint.display(), files.csv.display(), files.json.display(), files.plot.display());
     if let Some((vocab, max_len)) = run.source.bert_vocab() {
         let params = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
-        let encoder = d2l::train::bert::Encoder { program, model, params: &params, vocab, max_len, backend };
+        let encoder = d2l::train::bert::Encoder { program, model, params: &params, vocab, max_len, device };
         print_encodings(&encoder, &[])?;
     }
     let taken = &log[log.len().min(done as usize)..];
@@ -760,7 +760,7 @@ fn epoch_line(e: &d2l::train::EpochLog) -> String {
 }
 
 /// `d2l generate`: text from a trained language model.
-fn generate(args: &ModelArgs, params: &Path, prefix: &str, len: usize, backend: d2l_runtime::Backend) -> Result<(), Error> {
+fn generate(args: &ModelArgs, params: &Path, prefix: &str, len: usize, device: d2l::Device) -> Result<(), Error> {
     let compiled = load(args, 0)?;
     let model = pick_model(&compiled, args)?;
     let config = compiled.program.train_config(&model)?;
@@ -769,13 +769,13 @@ fn generate(args: &ModelArgs, params: &Path, prefix: &str, len: usize, backend: 
         return Err(Error::Usage(format!("model `{model}` trains on {}, which has no vocabulary to generate text with", source.describe())));
     };
     let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
-    let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &tensors, vocab.clone(), kind, backend)?;
+    let mut generator = d2l::train::generate::Generator::new(&compiled.program, &model, &tensors, vocab.clone(), kind, device)?;
     println!("{}", generator.generate(prefix, len)?);
     Ok(())
 }
 
 /// `d2l translate`: sentences through a trained encoder-decoder.
-fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: &[String], beam: usize, attention: Option<&Path>, backend: d2l_runtime::Backend) -> Result<(), Error> {
+fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: &[String], beam: usize, attention: Option<&Path>, device: d2l::Device) -> Result<(), Error> {
     if !references.is_empty() && references.len() != sentences.len() {
         return Err(Error::Usage(format!("{} sentences but {} references: give one --reference per sentence, or none", sentences.len(), references.len())));
     }
@@ -787,7 +787,7 @@ fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: 
         return Err(Error::Usage(format!("model `{model}` trains on {}, which has no sentence pairs to translate with", source.describe())));
     };
     let (tensors, _) = d2l_runtime::checkpoint::load(params)?;
-    let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &tensors, pairs.clone(), backend)?;
+    let mut translator = d2l::train::translate::Translator::new(&compiled.program, &model, &tensors, pairs.clone(), device)?;
     let pairs: Vec<(&str, Option<&str>)> = sentences.iter().enumerate().map(|(i, s)| (s.as_str(), references.get(i).map(String::as_str))).collect();
     let chosen = print_translations(&mut translator, &pairs, beam)?;
     let Some(path) = attention else { return Ok(()) };
@@ -803,7 +803,7 @@ fn translate(args: &ModelArgs, params: &Path, sentences: &[String], references: 
 }
 
 /// `d2l bert-encode`: a trained BERT's encodings of sentences.
-fn bert_encode(args: &ModelArgs, params: &Path, sentences: &[String], data: Option<PathBuf>, seed: Option<u64>, backend: d2l_runtime::Backend) -> Result<(), Error> {
+fn bert_encode(args: &ModelArgs, params: &Path, sentences: &[String], data: Option<PathBuf>, seed: Option<u64>, device: d2l::Device) -> Result<(), Error> {
     let (tensors, metadata) = d2l_runtime::checkpoint::load(params)?;
     // The vocabulary is rebuilt as training built it, from the same seed.
     let seed = seed.or_else(|| metadata.get("seed").and_then(|s| s.parse().ok())).unwrap_or(0);
@@ -815,7 +815,7 @@ fn bert_encode(args: &ModelArgs, params: &Path, sentences: &[String], data: Opti
     let Some((vocab, max_len)) = source.bert_vocab() else {
         return Err(Error::Usage(format!("model `{model}` trains on {}, which has no BERT vocabulary", source.describe())));
     };
-    let encoder = d2l::train::bert::Encoder { program: &compiled.program, model: &model, params: &tensors, vocab, max_len, backend };
+    let encoder = d2l::train::bert::Encoder { program: &compiled.program, model: &model, params: &tensors, vocab, max_len, device };
     print_encodings(&encoder, sentences)
 }
 
@@ -872,7 +872,7 @@ fn draw_attention(translator: &mut d2l::train::translate::Translator, sentence: 
     d2l_runtime::files::write_atomic(file, svg.as_bytes()).map_err(|e| Error::Usage(format!("cannot write {}: {e}", file.display())))
 }
 
-fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64, backend: d2l_runtime::Backend) -> Result<(), Error> {
+fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output: Option<&Path>, seed: u64, device: d2l::Device) -> Result<(), Error> {
     let compiled = load(args, seed)?;
     let model = pick_model(&compiled, args)?;
     let mut feeds: Vec<(String, Tensor)> = Vec::new();
@@ -893,8 +893,7 @@ fn run_model(args: &ModelArgs, inputs: &[String], params: Option<&Path>, output:
         }
         feeds[0].0 = names[0].clone();
     }
-    let mut session = compiled.session(Device::Cpu)?;
-    session.set_backend(backend);
+    let mut session = compiled.session(device)?;
     if let Some(p) = params {
         session.load_params(p)?;
     }

@@ -163,7 +163,7 @@ pub struct Trainer {
     /// (training?, batch size), each when first run: a run counted in steps
     /// may never evaluate, nor meet its last, smaller batch.
     compiled: HashMap<(bool, usize), Box<dyn Executable>>,
-    backend: Backend,
+    backend: &'static dyn Backend,
     seed: u64,
     /// Parameters, buffers, optimizer state, the step count, recurrent state
     /// and the current batch, by input name: fed to every step and updated
@@ -193,7 +193,7 @@ impl Trainer {
     /// Compiles every graph with `backend`; `seed` seeds random ops
     /// (dropout). `params` holds the parameters and buffers; optimizer slots
     /// start at zeros.
-    pub fn new(graphs: TrainGraphs, params: HashMap<String, Tensor>, backend: Backend, seed: u64) -> Result<Trainer, TrainError> {
+    pub fn new(graphs: TrainGraphs, params: HashMap<String, Tensor>, backend: &'static dyn Backend, seed: u64) -> Result<Trainer, TrainError> {
         let mut feeds = params;
         let mut carried = Vec::new();
         let mut step_count = None;

@@ -51,7 +51,7 @@ fn the_demo_encoder_runs() {
     feeds.insert("tokens".into(), Tensor::from_i64(&[2, 8], (0..16).map(|i| (i * 617) % 10000).collect()));
     feeds.insert("segments".into(), Tensor::from_i64(&[2, 8], vec![0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1]));
     feeds.insert("lens".into(), Tensor::from_i64(&[2], vec![8, 6]));
-    let out = d2l_runtime::Backend::Jit.compile(&graph, 0).unwrap().run(&feeds).unwrap();
+    let out = d2l::Device::JIT.compile(&graph, 0).unwrap().run(&feeds).unwrap();
     let values = out[0].1.to_f64_vec();
     assert_eq!(values.len(), 2 * 8 * 768);
     assert!(values.iter().all(|v| v.is_finite()));

@@ -10,7 +10,7 @@ fn clif_of_small_training_steps() {
     for (file, model) in [("linear_regression.d2l", "linear_regression"), ("softmax_regression.d2l", "softmax_regression")] {
         let program = load(file);
         let graph = stage_graph(&program, model, TrainStage::Opt, 2, &Default::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
-        let listing = d2l_codegen::clif_listing(&graph).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let listing = d2l_cpu::clif_listing(&graph).unwrap_or_else(|e| panic!("{model}: {e}"));
         insta::assert_snapshot!(format!("clif_{model}"), listing);
     }
 }

@@ -199,7 +199,7 @@ fn the_edge_detector_learns_the_kernel_in_ten_steps() {
 fn run(src: &str, inputs: &[(&str, Tensor)]) -> (Vec<usize>, Vec<f64>) {
     let compiled = d2l::compile_str("check.d2l", src, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     let model = compiled.program.default_model().unwrap().to_string();
-    let mut session = compiled.session(d2l::Device::Cpu).unwrap();
+    let mut session = compiled.session(d2l::Device::JIT).unwrap();
     let feeds: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
     let out = session.run(&model, &feeds).unwrap_or_else(|e| panic!("{e}"));
     (out[0].1.shape().0, out[0].1.to_f64_vec())

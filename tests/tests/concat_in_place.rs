@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 
 use d2l_ir::{BinaryOp, DType, Graph, NodeId, Shape, UnaryOp};
-use d2l_runtime::{Backend, Interpreter, Tensor};
+use d2l::Device;
+use d2l_runtime::{Interpreter, Tensor};
 
 fn graph() -> (Graph, [NodeId; 6]) {
     let mut g = Graph::new("concats");
@@ -57,7 +58,7 @@ fn the_jit_gives_the_interpreters_values() {
     let wave = |n: usize, f: f32| Tensor::from_f32(&[4, 3], (0..n).map(|i| (i as f32 * f).sin()).collect());
     let feeds: HashMap<String, Tensor> = [("x".to_string(), wave(12, 0.7)), ("y".to_string(), wave(12, 1.3))].into();
     let want: HashMap<String, Tensor> = Interpreter::new(0).run(&g, &feeds).unwrap().into_iter().collect();
-    let got: HashMap<String, Tensor> = Backend::Jit.compile(&g, 0).unwrap().run(&feeds).unwrap().into_iter().collect();
+    let got: HashMap<String, Tensor> = Device::JIT.compile(&g, 0).unwrap().run(&feeds).unwrap().into_iter().collect();
     for name in ["a", "b", "c", "total"] {
         let (w, o) = (want[name].to_f64_vec(), got[name].to_f64_vec());
         assert_eq!(w.len(), o.len());

@@ -15,11 +15,12 @@ use std::collections::HashMap;
 
 use d2l_dsl::{LowerOptions, Program};
 use d2l_ir::DType;
-use d2l_runtime::{Backend, Tensor, init_params};
+use d2l::Device;
+use d2l_runtime::{Tensor, init_params};
 use serde_json::Value as Json;
 
 /// Every backend that must agree with the expectations.
-const BACKENDS: &[Backend] = &[Backend::Interpreter, Backend::Jit];
+const BACKENDS: &[Device] = &[Device::INTERPRETER, Device::JIT];
 
 /// Splits `s` at commas outside brackets.
 fn split_top(s: &str) -> Vec<&str> {

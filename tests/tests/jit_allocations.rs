@@ -11,7 +11,8 @@ use d2l::train::{TrainOptions, TrainStage, prepare, stage_graph};
 use d2l_ir::{DType, Op};
 use d2l_runtime::data::BatchOptions;
 use d2l_runtime::train::Silent;
-use d2l_runtime::{Backend, Tensor, init_params};
+use d2l::Device;
+use d2l_runtime::{Tensor, init_params};
 use d2l_tests::load;
 
 struct Counting;
@@ -94,7 +95,7 @@ fn a_compiled_training_step_allocates_nothing() {
     for (file, model, batch) in models {
         let program = load(file);
         let graph = stage_graph(&program, model, TrainStage::Opt, batch, &Default::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
-        let mut exe = Backend::Jit.compile(&graph, 0).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let mut exe = Device::JIT.compile(&graph, 0).unwrap_or_else(|e| panic!("{model}: {e}"));
         let mut feeds = feeds(&graph);
         let mut outputs = Vec::new();
         let mut step = |feeds: &mut HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>| {
@@ -117,7 +118,7 @@ fn a_compiled_training_step_allocates_nothing() {
 fn the_training_loop_allocates_per_epoch_not_per_step() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let program = load("linear_regression.d2l");
-    let opts = TrainOptions { backend: Backend::Jit, ..TrainOptions::default() };
+    let opts = TrainOptions { device: Device::JIT, ..TrainOptions::default() };
     let mut run = prepare(&program, "linear_regression", &opts).unwrap_or_else(|e| panic!("{e}"));
     // The train block's data: 1,000 examples in batches of 10.
     let (x, y) = d2l_runtime::data::synthetic_data(&[2.0, -3.4], 4.2, 1000, 1);

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use d2l::train::{TrainStage, stage_graph};
 use d2l_dsl::LowerOptions;
 use d2l_ir::{BinaryOp, CmpOp, DType, Graph, NodeId, Op, PoolKind, RandDist, ReduceOp, Shape, UnaryOp};
-use d2l_runtime::{Backend, Interpreter, Tensor, init_params};
+use d2l::Device;
+use d2l_runtime::{Interpreter, Tensor, init_params};
 use d2l_tests::{Rng, load, model_files};
 
 fn shape(d: &[usize]) -> Shape {
@@ -54,7 +55,7 @@ fn check(name: &str, graph: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
     for _ in 0..2 {
         want = interp.run(graph, feeds).unwrap_or_else(|e| panic!("{name}: interpreter: {e}"));
     }
-    let mut exe = Backend::Jit.compile(graph, 7).unwrap_or_else(|e| panic!("{name}: compile: {e}"));
+    let mut exe = Device::JIT.compile(graph, 7).unwrap_or_else(|e| panic!("{name}: compile: {e}"));
     let mut got = Vec::new();
     for _ in 0..2 {
         exe.run_into(feeds, &mut got).unwrap_or_else(|e| panic!("{name}: jit: {e}"));
@@ -210,7 +211,7 @@ fn integer_division_by_zero_is_an_error() {
     let q = g.binary(BinaryOp::Div, a, b).unwrap();
     g.set_output("q", q);
     let feeds: HashMap<String, Tensor> = [("a".to_string(), Tensor::from_i64(&[3], vec![1, 2, 3])), ("b".to_string(), Tensor::from_i64(&[3], vec![1, 0, 1]))].into();
-    let mut exe = Backend::Jit.compile(&g, 0).unwrap();
+    let mut exe = Device::JIT.compile(&g, 0).unwrap();
     let err = exe.run(&feeds).unwrap_err().to_string();
     assert!(err.contains("division by zero"), "{err}");
 }
@@ -347,7 +348,7 @@ fn gather_out_of_range_is_an_error() {
     let y = g.gather(x, i, 0).unwrap();
     g.set_output("y", y);
     let feeds: HashMap<String, Tensor> = [("x".to_string(), Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0])), ("i".to_string(), Tensor::from_i64(&[2], vec![0, 3]))].into();
-    let err = Backend::Jit.compile(&g, 0).unwrap().run(&feeds).unwrap_err().to_string();
+    let err = Device::JIT.compile(&g, 0).unwrap().run(&feeds).unwrap_err().to_string();
     assert!(err.contains("index 3 is out of range"), "{err}");
 }
 

@@ -497,7 +497,7 @@ fn an_out_of_range_one_hot_id_is_a_clear_error_on_every_path() {
         for (ids, bad) in [(vec![0, 2, 7, 1], "index 7 "), (vec![0, -1, 3, 1], "index -1 ")] {
             feeds.insert("x".into(), Tensor::from_i64(&[4], ids));
             let interp = Interpreter::new(5).run(&graph, &feeds).expect_err(bad).to_string();
-            let jit = d2l_runtime::Backend::Jit.compile(&graph, 0).unwrap().run(&feeds).expect_err(bad).to_string();
+            let jit = d2l::Device::JIT.compile(&graph, 0).unwrap().run(&feeds).expect_err(bad).to_string();
             for text in [interp, jit] {
                 assert!(text.contains(bad) && text.contains("sequences.d2l:3:12") && text.contains("size 5"), "{text}");
             }

@@ -10,7 +10,7 @@ use d2l_tests::{load, model_files};
 /// Loss on the training subset before and after `epochs` epochs (JIT).
 fn loss_before_and_after(file: &str, model: &str, limit: usize, epochs: usize, batch: Option<usize>, seed: u64) -> (f64, f64) {
     let program = load(file);
-    let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed, batch, backend: d2l_runtime::Backend::Jit, ..TrainOptions::default() };
+    let opts = TrainOptions { limit: Some(limit), epochs: Some(epochs), seed, batch, device: d2l::Device::JIT, ..TrainOptions::default() };
     let mut run = prepare(&program, model, &opts).unwrap_or_else(|e| panic!("{model}: {e}"));
     let before = run.evaluate_train().unwrap().loss;
     for epoch in 0..epochs {

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use d2l_dsl::Program;
 use d2l_ir::{DType, Graph, Op};
-use d2l_runtime::{Backend, Executable, Tensor, init_params};
+use d2l_device::Device;
+use d2l_runtime::{Executable, Tensor, init_params};
 
 use crate::Error;
 use crate::graphs::{TrainStage, inference_graph, stage_graph};
@@ -16,7 +17,7 @@ use crate::graphs::{TrainStage, inference_graph, stage_graph};
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    pub backend: Backend,
+    pub device: Device,
     /// Batch size (default: the `train` block's).
     pub batch: Option<usize>,
     /// Timed steps: at least this many, and at least `min_seconds`.
@@ -29,7 +30,7 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { backend: Backend::Jit, batch: None, min_steps: 20, min_seconds: 1.0, warmup: 5, profile: false }
+        BenchOptions { device: Device::JIT, batch: None, min_steps: 20, min_seconds: 1.0, warmup: 5, profile: false }
     }
 }
 
@@ -188,8 +189,8 @@ fn measure(graph: &Graph, lower_ms: f64, classes: usize, data: Option<&HashMap<S
         }
     }
     let started = Instant::now();
-    if opts.profile && opts.backend == Backend::Jit {
-        let mut exe = d2l_runtime::backend::Jitted::compile(graph, 1)?;
+    if opts.profile && opts.device == Device::JIT {
+        let mut exe = d2l_cpu::Jitted::compile(graph, 1)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         exe.program_mut().start_profile();
         let timing = time(graph, &mut exe, &mut feeds, opts)?;
@@ -197,7 +198,7 @@ fn measure(graph: &Graph, lower_ms: f64, classes: usize, data: Option<&HashMap<S
         let profile = exe.program().profile().into_iter().map(|(name, t)| (name, t / runs)).collect();
         return Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile });
     }
-    let mut exe = opts.backend.compile(graph, 1)?;
+    let mut exe = opts.device.compile(graph, 1)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let timing = time(graph, exe.as_mut(), &mut feeds, opts)?;
     Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile: Vec::new() })
@@ -231,7 +232,7 @@ pub fn bench(program: &Program, model: &str, opts: &BenchOptions) -> Result<Benc
     };
     let infer = measure(&forward, infer_lower_ms, classes, data.as_ref(), opts)?;
     let inputs = if data.is_some() { "the data's first minibatch" } else { "synthetic" };
-    Ok(BenchReport { model: model.to_string(), batch, backend: opts.backend.name(), inputs, train, infer })
+    Ok(BenchReport { model: model.to_string(), batch, backend: opts.device.name(), inputs, train, infer })
 }
 
 /// The machine's FMA peak, measured: independent f32 multiply-adds on every

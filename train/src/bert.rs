@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use d2l_dsl::{LowerOptions, Program};
 use d2l_runtime::data::text::Vocab;
 use d2l_runtime::data::wiki::tokens_and_segments;
-use d2l_runtime::{Backend, Tensor};
+use d2l_device::Device;
+use d2l_runtime::Tensor;
 
 use crate::Error;
 use crate::graphs::param_feeds;
@@ -42,7 +43,7 @@ pub struct Encoder<'a> {
     pub params: &'a BTreeMap<String, Tensor>,
     pub vocab: &'a Vocab,
     pub max_len: usize,
-    pub backend: Backend,
+    pub device: Device,
 }
 
 impl Encoder<'_> {
@@ -77,7 +78,7 @@ impl Encoder<'_> {
         feeds.insert("segments".into(), Tensor::from_i64(&[1, t], segments));
         feeds.insert("valid_lens".into(), Tensor::from_i64(&[1], vec![t as i64]));
         feeds.insert("pred_positions".into(), Tensor::from_i64(&[1, 1], vec![0]));
-        let mut exe = self.backend.compile(&graph, 0)?;
+        let mut exe = self.device.compile(&graph, 0)?;
         let mut outputs = Vec::new();
         exe.run_into(&feeds, &mut outputs)?;
         let values = outputs.into_iter().find(|(n, _)| n == "encoding").map(|(_, t)| t).expect("the graph's output");

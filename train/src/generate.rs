@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use d2l_dsl::{LowerOptions, Program};
 use d2l_ir::{DType, Graph, OutputRole};
 use d2l_runtime::data::text::{TokenKind, Vocab};
-use d2l_runtime::{Backend, Executable, Tensor, apply_updates};
+use d2l_device::Device;
+use d2l_runtime::{Executable, Tensor, apply_updates};
 
 use crate::Error;
 use crate::graphs::param_feeds;
@@ -34,7 +35,7 @@ impl Generator {
     /// Compiles `model` (whose one data input takes token indices `[B, T]`)
     /// for B = T = 1 in evaluation mode, with `params` (a checkpoint's
     /// tensors; it may hold optimizer state too, which is ignored).
-    pub fn new(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, vocab: Vocab, kind: TokenKind, backend: Backend) -> Result<Generator, Error> {
+    pub fn new(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, vocab: Vocab, kind: TokenKind, device: Device) -> Result<Generator, Error> {
         let probe = program.lower(model, &LowerOptions { default_dim: Some(1), ..LowerOptions::default() })?.graph;
         let is_state = |name: &str| probe.updates().any(|o| o.name == name);
         let fed: Vec<String> = probe.data_inputs().iter().filter_map(|&i| probe.leaf_name(i)).filter(|n| !is_state(n)).map(str::to_string).collect();
@@ -61,7 +62,7 @@ impl Generator {
                 is_state(name).then(|| (name.to_string(), Tensor::zeros(graph.dtype(i), graph.shape(i).dims())))
             })
             .collect();
-        let exe = backend.compile(&graph, 0)?;
+        let exe = device.compile(&graph, 0)?;
         Ok(Generator { graph, exe, feeds, outputs: Vec::new(), token: token.clone(), state, scores, vocab, kind })
     }
 

@@ -11,7 +11,8 @@ use std::path::Path;
 use d2l_dsl::{LowerOptions, Program};
 use d2l_runtime::data::KernelRegressionData;
 use d2l_runtime::files::write_atomic;
-use d2l_runtime::{Backend, Tensor};
+use d2l_device::Device;
+use d2l_runtime::Tensor;
 
 use crate::Error;
 use crate::graphs::param_feeds;
@@ -31,7 +32,7 @@ pub struct Predictions {
 
 /// Runs `model` (inputs `queries` [N], `keys` and `values` [N, K]) on the
 /// test inputs, every training point a key.
-pub fn predict(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, data: &KernelRegressionData, backend: Backend) -> Result<Predictions, Error> {
+pub fn predict(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, data: &KernelRegressionData, device: Device) -> Result<Predictions, Error> {
     let (m, n) = (data.x_test.len(), data.x_train.len());
     let shapes = [("queries".to_string(), vec![m]), ("keys".to_string(), vec![m, n]), ("values".to_string(), vec![m, n])];
     let lowered = program.lower(model, &LowerOptions { input_shapes: shapes.into_iter().collect(), ..LowerOptions::default() })?;
@@ -48,7 +49,7 @@ pub fn predict(program: &Program, model: &str, params: &BTreeMap<String, Tensor>
     feeds.insert("queries".into(), Tensor::from_f32(&[m], data.x_test.clone()));
     feeds.insert("keys".into(), Tensor::from_f32(&[m, n], data.x_train.repeat(m)));
     feeds.insert("values".into(), Tensor::from_f32(&[m, n], data.y_train.repeat(m)));
-    let mut exe = backend.compile(&graph, 0)?;
+    let mut exe = device.compile(&graph, 0)?;
     let mut outputs = Vec::new();
     exe.run_into(&feeds, &mut outputs)?;
     let get = |name: &str| outputs.iter().find(|(o, _)| o == name).map(|(_, t)| t.to_f64_vec());

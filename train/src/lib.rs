@@ -72,14 +72,14 @@ pub struct TrainOptions {
     pub limit: Option<usize>,
     pub seed: u64,
     /// What executes the graphs: the JIT unless told otherwise.
-    pub backend: d2l_runtime::Backend,
+    pub device: d2l_device::Device,
     /// Replaces the train block's batch size (quick runs, step-time comparisons).
     pub batch: Option<usize>,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { data_dir: None, epochs: None, steps: None, lr: None, limit: None, seed: 0, backend: d2l_runtime::Backend::Jit, batch: None }
+        TrainOptions { data_dir: None, epochs: None, steps: None, lr: None, limit: None, seed: 0, device: d2l_device::Device::JIT, batch: None }
     }
 }
 

@@ -94,7 +94,7 @@ fn build_trainer(program: &Program, model: &str, config: &TrainConfig, source: &
     let asked = |m: &str| config.metrics.iter().any(|(n, _)| n == m);
     let metrics = MetricSet { log_rmse: asked("log_rmse"), perplexity: asked("perplexity"), loss_per_token: asked("loss_per_token") };
     let graphs = TrainGraphs { step, eval, fields: binding.fields, labels: schema.labels.len(), state_reset: source.state_reset(), metrics };
-    let trainer = Trainer::new(graphs, params, opts.backend, derive_seed(opts.seed, Stream::Dropout))?;
+    let trainer = Trainer::new(graphs, params, opts.device.backend(), derive_seed(opts.seed, Stream::Dropout))?;
     Ok((trainer, param_count))
 }
 

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use d2l_dsl::{LowerOptions, Program};
 use d2l_runtime::files::write_atomic;
-use d2l_runtime::{Backend, Executable, Tensor};
+use d2l_device::Device;
+use d2l_runtime::{Executable, Tensor};
 
 use crate::Error;
 use crate::graphs::param_feeds;
@@ -44,7 +45,7 @@ struct Forward {
 }
 
 impl Forward {
-    fn new(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, rows: usize, tau: usize, backend: Backend) -> Result<Forward, Error> {
+    fn new(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, rows: usize, tau: usize, device: Device) -> Result<Forward, Error> {
         let probe = program.lower(model, &LowerOptions { default_dim: Some(1), ..LowerOptions::default() })?.graph;
         let [input] = probe.data_inputs()[..] else {
             return Err(Error::Usage(format!("multi-step prediction feeds one input, but model `{model}` takes {}", probe.data_inputs().len())));
@@ -53,7 +54,7 @@ impl Forward {
         let graph = program.lower(model, &LowerOptions { input_shapes: [(input.clone(), vec![rows, tau])].into(), ..LowerOptions::default() })?.graph;
         let output = graph.outputs().first().map(|o| o.name.clone()).ok_or_else(|| Error::Usage(format!("model `{model}` has no result")))?;
         let feeds = param_feeds(&graph, params)?;
-        Ok(Forward { exe: backend.compile(&graph, 0)?, feeds, input, output, tau })
+        Ok(Forward { exe: device.compile(&graph, 0)?, feeds, input, output, tau })
     }
 
     /// The model's prediction for each window (`rows` windows of `tau`, row-major).
@@ -74,7 +75,7 @@ fn mse(pred: &[f32], truth: &[f32]) -> f64 {
 /// The course's predictions of `model` (with `params`) on `series`:
 /// one-step, fed back from `train_end` (the end of the training windows),
 /// and k-step for each of [`STEPS`].
-pub fn predict(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, series: &[f32], tau: usize, train_end: usize, backend: Backend) -> Result<Predictions, Error> {
+pub fn predict(program: &Program, model: &str, params: &BTreeMap<String, Tensor>, series: &[f32], tau: usize, train_end: usize, device: Device) -> Result<Predictions, Error> {
     let n = series.len();
     let max_k = *STEPS.last().expect("not empty");
     if n < tau + max_k {
@@ -82,9 +83,9 @@ pub fn predict(program: &Program, model: &str, params: &BTreeMap<String, Tensor>
     }
     // One step ahead, every window at once.
     let windows: Vec<f32> = (0..n - tau).flat_map(|i| series[i..i + tau].to_vec()).collect();
-    let one_step = Forward::new(program, model, params, n - tau, tau, backend)?.run(windows)?;
+    let one_step = Forward::new(program, model, params, n - tau, tau, device)?.run(windows)?;
     // Fed back: from `train_end` on, each prediction is the next input.
-    let mut single = Forward::new(program, model, params, 1, tau, backend)?;
+    let mut single = Forward::new(program, model, params, 1, tau, device)?;
     let mut fed = series[..train_end].to_vec();
     for i in train_end..n {
         let y = single.run(fed[i - tau..i].to_vec())?;
@@ -97,7 +98,7 @@ pub fn predict(program: &Program, model: &str, params: &BTreeMap<String, Tensor>
     for r in 0..rows {
         table[r * width..r * width + tau].copy_from_slice(&series[r..r + tau]);
     }
-    let mut batch = Forward::new(program, model, params, rows, tau, backend)?;
+    let mut batch = Forward::new(program, model, params, rows, tau, device)?;
     for c in tau..width {
         let windows: Vec<f32> = (0..rows).flat_map(|r| table[r * width + c - tau..r * width + c].to_vec()).collect();
         for (r, y) in batch.run(windows)?.into_iter().enumerate() {

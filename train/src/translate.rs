@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 use d2l_dsl::{LowerOptions, Lowered, Program};
 use d2l_ir::{DType, Graph, OutputRole};
 use d2l_runtime::data::nmt::{BOS, EOS, PAD, truncate_pad};
-use d2l_runtime::{Backend, Executable, Tensor};
+use d2l_device::Device;
+use d2l_runtime::{Executable, Tensor};
 
 use crate::Error;
 use crate::graphs::param_feeds;
@@ -36,7 +37,7 @@ struct Compiled {
 pub struct Translator<'p> {
     program: &'p Program,
     model: String,
-    backend: Backend,
+    device: Device,
     feeds: HashMap<String, Tensor>,
     outputs: Vec<(String, Tensor)>,
     compiled: Vec<Compiled>,
@@ -53,7 +54,7 @@ impl<'p> Translator<'p> {
     /// `model` takes `src` and `dec_in` (token indices `[B, steps]`) and
     /// maybe `src_len` (`[B]`), and returns scores `[B, steps, V]` over the
     /// target vocabulary; `params` are a checkpoint's tensors.
-    pub fn new(program: &'p Program, model: &str, params: &BTreeMap<String, Tensor>, pairs: SentencePairs, backend: Backend) -> Result<Translator<'p>, Error> {
+    pub fn new(program: &'p Program, model: &str, params: &BTreeMap<String, Tensor>, pairs: SentencePairs, device: Device) -> Result<Translator<'p>, Error> {
         let probe = lower(program, model, pairs.steps, 1)?;
         for name in ["src", "dec_in"] {
             match probe.input_named(name) {
@@ -69,7 +70,7 @@ impl<'p> Translator<'p> {
         }
         let feeds = param_feeds(&probe, params)?;
         let takes_src_len = probe.input_named("src_len").is_some();
-        Ok(Translator { program, model: model.to_string(), backend, feeds, outputs: Vec::new(), compiled: Vec::new(), observing: None, scores, takes_src_len, pairs })
+        Ok(Translator { program, model: model.to_string(), device, feeds, outputs: Vec::new(), compiled: Vec::new(), observing: None, scores, takes_src_len, pairs })
     }
 
     /// The source sentence as the course's `predict_seq2seq` reads it:
@@ -106,7 +107,7 @@ impl<'p> Translator<'p> {
         let t = prefixes[0].len();
         if !self.compiled.iter().any(|c| c.width == width) {
             let graph = lower(self.program, &self.model, steps, width)?;
-            self.compiled.push(Compiled { exe: self.backend.compile(&graph, 0)?, width });
+            self.compiled.push(Compiled { exe: self.device.compile(&graph, 0)?, width });
         }
         self.feed(src, src_len, prefixes);
         let exe = &mut self.compiled.iter_mut().find(|c| c.width == width).expect("compiled above").exe;
@@ -218,7 +219,7 @@ impl<'p> Translator<'p> {
             if names.is_empty() {
                 return Err(Error::Usage(format!("model `{}` observes nothing: attention maps are what it passes to `observe(x, \"name\")` (the standard library's attention blocks observe their weights)", self.model)));
             }
-            self.observing = Some((Compiled { exe: self.backend.compile(&graph, 0)?, width: 1 }, names));
+            self.observing = Some((Compiled { exe: self.device.compile(&graph, 0)?, width: 1 }, names));
         }
         let (src, src_len) = self.source(sentence);
         self.feed(&src, src_len, &[tokens.to_vec()]);

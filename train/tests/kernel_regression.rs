@@ -4,7 +4,7 @@
 //! test inputs agree with a direct computation.
 
 use d2l_dsl::Program;
-use d2l_runtime::Backend;
+use d2l_device::Device;
 use d2l_runtime::train::Silent;
 use d2l_train::{TrainOptions, kernel_regression, prepare};
 
@@ -27,7 +27,7 @@ fn fixed_kernel_predictions_by_hand() {
     let program = program();
     let run = prepare(&program, "nadaraya_watson_fixed", &TrainOptions::default()).unwrap();
     let data = run.source.kernel_regression().expect("§64's data").clone();
-    for backend in [Backend::Jit, Backend::Interpreter] {
+    for backend in [Device::JIT, Device::INTERPRETER] {
         let p = kernel_regression::predict(&program, "nadaraya_watson_fixed", &Default::default(), &data, backend).unwrap();
         let weights = p.weights.as_ref().expect("the model observes its weights");
         assert_eq!((p.y_hat.len(), weights.len()), (50, 50 * 50));

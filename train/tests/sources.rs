@@ -190,7 +190,7 @@ fn generation_steps_one_token_at_a_time_like_the_whole_sequence() {
     epochs(&mut run, 3);
     let params: BTreeMap<String, Tensor> = run.trainer.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
     let (vocab, kind) = run.source.vocab().unwrap();
-    let mut generator = d2l_train::generate::Generator::new(&program, "lm", &params, vocab.clone(), kind, d2l_runtime::Backend::Jit).unwrap();
+    let mut generator = d2l_train::generate::Generator::new(&program, "lm", &params, vocab.clone(), kind, d2l_device::Device::JIT).unwrap();
     let text_out = generator.generate("the ti", 6).unwrap();
     assert!(text_out.starts_with("the ti") && text_out.chars().count() == 12, "{text_out:?}");
     // The same model on the whole text at once (the interpreter, one call
@@ -221,7 +221,7 @@ fn k_step_predictions_follow_the_course_table() {
     let program = program(dir.path(), text);
     let series: Vec<f32> = (0..100).map(|t| (t as f32 * 0.37).sin()).collect();
     let params: BTreeMap<String, Tensor> = [("unused".to_string(), Tensor::from_f32(&[1], vec![0.0]))].into();
-    let p = d2l_train::series::predict(&program, "last", &params, &series, 4, 60, d2l_runtime::Backend::Jit).unwrap();
+    let p = d2l_train::series::predict(&program, "last", &params, &series, 4, 60, d2l_device::Device::JIT).unwrap();
     assert_eq!(p.one_step.len(), 96);
     assert!(p.one_step.iter().enumerate().all(|(i, &y)| y == series[i + 3]));
     for (k, preds) in &p.k_step {

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use d2l_dsl::Program;
 use d2l_runtime::data::Vocab;
 use d2l_runtime::data::nmt::RESERVED;
-use d2l_runtime::{Backend, Tensor};
+use d2l_device::Device;
+use d2l_runtime::Tensor;
 use d2l_train::sources::SentencePairs;
 use d2l_train::translate::Translator;
 
@@ -42,7 +43,7 @@ fn table() -> BTreeMap<String, Tensor> {
 #[test]
 fn greedy_and_beam_search_by_hand() {
     let program = Program::load("bigram.d2l", BIGRAM, None).unwrap();
-    for backend in [Backend::Jit, Backend::Interpreter] {
+    for backend in [Device::JIT, Device::INTERPRETER] {
         let mut t = Translator::new(&program, "m", &table(), pairs(4), backend).unwrap();
         // Greedy: a (0.5), then <eos> (0.35): "a", probability 0.175.
         assert_eq!(t.greedy("x y").unwrap(), "a");
@@ -55,10 +56,10 @@ fn greedy_and_beam_search_by_hand() {
     // With every score equal, the first token (<unk>) wins every step and
     // <eos> never comes: the translation stops after `steps` tokens.
     let mut uniform = BTreeMap::from([("W".to_string(), Tensor::from_f32(&[7, 7], vec![0.0; 49]))]);
-    let mut t = Translator::new(&program, "m", &uniform, pairs(3), Backend::Jit).unwrap();
+    let mut t = Translator::new(&program, "m", &uniform, pairs(3), Device::JIT).unwrap();
     assert_eq!(t.greedy("x").unwrap(), "<unk> <unk> <unk>");
     uniform.clear();
-    let e = Translator::new(&program, "m", &uniform, pairs(3), Backend::Jit).err().expect("no parameters").to_string();
+    let e = Translator::new(&program, "m", &uniform, pairs(3), Device::JIT).err().expect("no parameters").to_string();
     assert!(e.contains("the parameters have no `W`"), "{e}");
 }
 
@@ -69,7 +70,7 @@ fn attention_maps_by_hand() {
     // the source's valid length (its tokens and <eos>) are masked.
     let src = "model m(src: i64[B, T], src_len: i64[B], dec_in: i64[B, T]) -> f32[B, T, 7] {\n    param W: f32[7, 7] = zeros\n    keys = one_hot(src, 7)\n    context = dot_product_attention(one_hot(dec_in, 7), keys, keys, src_len)\n    return take(W, dec_in, 0) + context\n}\n";
     let program = Program::load("attend.d2l", src, None).unwrap_or_else(|e| panic!("{e}"));
-    for backend in [Backend::Jit, Backend::Interpreter] {
+    for backend in [Device::JIT, Device::INTERPRETER] {
         let mut t = Translator::new(&program, "m", &table(), pairs(4), backend).unwrap();
         // Source "a b": a b <eos> <pad>, valid length 3; decoder input
         // <bos> a c <pad> (the tokens a c).
@@ -92,7 +93,7 @@ fn attention_maps_by_hand() {
     }
     // A model without `observe` has no maps to give.
     let program = Program::load("bigram.d2l", BIGRAM, None).unwrap();
-    let mut t = Translator::new(&program, "m", &table(), pairs(4), Backend::Jit).unwrap();
+    let mut t = Translator::new(&program, "m", &table(), pairs(4), Device::JIT).unwrap();
     let e = t.attention("a", &[4]).expect_err("nothing observed").to_string();
     assert!(e.contains("observes nothing"), "{e}");
 }
@@ -101,10 +102,10 @@ fn attention_maps_by_hand() {
 fn a_model_that_does_not_translate_is_refused() {
     let lm = "model m(tokens: i64[B, T]) -> f32[B, T, 7] {\n    param W: f32[7, 7] = zeros\n    return take(W, tokens, 0)\n}\n";
     let program = Program::load("lm.d2l", lm, None).unwrap();
-    let e = Translator::new(&program, "m", &table(), pairs(4), Backend::Jit).err().expect("not a translation model").to_string();
+    let e = Translator::new(&program, "m", &table(), pairs(4), Device::JIT).err().expect("not a translation model").to_string();
     assert!(e.contains("model `m` has no input `src`"), "{e}");
     let wide = Program::load("wide.d2l", &BIGRAM.replace("f32[B, T, 7] {", "f32[B, T, 8] {").replace("f32[7, 7]", "f32[7, 8]"), None).unwrap();
-    let e = Translator::new(&wide, "m", &table(), pairs(4), Backend::Jit).err().expect("too wide").to_string();
+    let e = Translator::new(&wide, "m", &table(), pairs(4), Device::JIT).err().expect("too wide").to_string();
     assert!(e.contains("translating needs scores [B, 4, 7]"), "{e}");
 }
 

@@ -76,7 +76,8 @@ pub struct OutputSlot {
     pub fill: OutputFill,
 }
 
-/// Library routines (see [`crate::routines`]); operands are contiguous slots.
+/// Library routines (a backend's own code: `d2l_cpu::routines` on the
+/// CPU); operands are contiguous slots.
 #[derive(Clone, Debug)]
 pub enum Routine {
     Pad { src: usize, dims: Vec<usize>, write: Affine, out_numel: usize, value: f64 },
@@ -288,7 +289,7 @@ impl Lower<'_> {
                 let Op::Pad { lo, hi, interior, .. } = &self.graph.node(p).op else { continue };
                 let src = self.graph.node(p).args[0];
                 let d = dims(src);
-                let (write, _) = crate::routines::pad_map(&d, lo, hi, interior);
+                let (write, _) = pad_map(&d, lo, hi, interior);
                 parts.push((self.contiguous(root, src)?, d, write));
             }
             return Ok(Step::Routine { node: root, routine: Routine::PadSum { parts, out_numel: node.shape.numel() }, out });
@@ -296,7 +297,7 @@ impl Lower<'_> {
         let routine = match &node.op {
             Op::Pad { lo, hi, interior, value } => {
                 let d = dims(node.args[0]);
-                let (write, out_numel) = crate::routines::pad_map(&d, lo, hi, interior);
+                let (write, out_numel) = pad_map(&d, lo, hi, interior);
                 Routine::Pad { src: self.contiguous(root, node.args[0])?, dims: d, write, out_numel, value: *value }
             }
             Op::Concat { axis } => {
@@ -431,4 +432,15 @@ impl Lower<'_> {
             }
         })
     }
+}
+
+/// Where a pad writes its operand's elements in its output.
+pub fn pad_map(dims: &[usize], lo: &[usize], hi: &[usize], interior: &[usize]) -> (Affine, usize) {
+    let out_dims: Vec<usize> = (0..dims.len()).map(|k| lo[k] + hi[k] + dims[k] + interior[k] * dims[k].saturating_sub(1)).collect();
+    let out_strides = Affine::contiguous(&out_dims).strides;
+    let map = Affine {
+        offset: (0..dims.len()).map(|k| lo[k] as i64 * out_strides[k]).sum(),
+        strides: (0..dims.len()).map(|k| out_strides[k] * (interior[k] as i64 + 1)).collect(),
+    };
+    (map, out_dims.iter().product())
 }

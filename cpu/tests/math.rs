@@ -3,8 +3,8 @@
 //! over their useful ranges, in vector and scalar lanes, plus IEEE special
 //! values.
 
-use d2l_codegen::clif::Jit;
-use d2l_codegen::kernel::{Access, Inst, LoopKernel, Store, Val};
+use d2l_cpu::clif::Jit;
+use d2l_kernels::kernel::{Access, Inst, LoopKernel, Store, Val};
 use d2l_ir::{BinaryOp, DType, UnaryOp};
 
 /// Applies `op` to `xs` with a JIT-compiled loop (vector main loop and a

@@ -2,8 +2,8 @@
 //! they must still be the interpreter's sequential `StdRng` stream, number
 //! for number, whatever the size, thread count or starting position.
 
-use d2l_codegen::pool::pool;
-use d2l_codegen::routines::{Buf, rand};
+use d2l_cpu::pool::pool;
+use d2l_cpu::routines::{Buf, rand};
 use d2l_ir::{DType, RandDist};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

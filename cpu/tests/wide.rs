@@ -1,12 +1,12 @@
-//! Wide loops (`d2l_codegen::wide`) give the Cranelift code's values bit for
+//! Wide loops (`d2l_cpu::wide`) give the Cranelift code's values bit for
 //! bit, at every level this CPU runs: each math function over its whole
 //! useful range and at special values, and kernels like a recurrent cell's
 //! (several loops, contiguous, broadcast and strided accesses, compares,
 //! selects, max/min), split into parts of loop 0 as the executor splits them.
 
-use d2l_codegen::clif::Jit;
-use d2l_codegen::kernel::{Access, Inst, LoopKernel, Store, Val};
-use d2l_codegen::wide::{Level, WideKernel};
+use d2l_cpu::clif::Jit;
+use d2l_kernels::kernel::{Access, Inst, LoopKernel, Store, Val};
+use d2l_cpu::wide::{Level, WideKernel};
 use d2l_ir::{BinaryOp, CmpOp, DType, UnaryOp};
 
 fn levels() -> Vec<Level> {

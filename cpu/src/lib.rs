@@ -1,11 +1,10 @@
-//! Kernel lowering and the Cranelift CPU JIT.
+//! The CPU backend: the kernel IR (`d2l-kernels`) compiled by Cranelift
+//! for the host's cores, and the library code its plans call.
 //!
-//! - [`kernel`]: the loop-level kernel representation (shared with a future
-//!   PTX backend).
-//! - [`clif`]: its Cranelift lowering (f32x4, FMA, polynomial math from
-//!   [`math`]).
-//! - [`lower`]: a fused graph to slots, loop kernels and steps; [`exec`]:
-//!   the compiled program that runs them.
+//! - [`clif`]: loop kernels to Cranelift IR (f32x4, FMA, polynomial math
+//!   from [`math`]); [`wide`]: the heavy ones run 8 or 16 lanes wide.
+//! - [`exec`]: the compiled program that runs a plan's steps;
+//!   [`executable`]: it as the runtime's `Executable` ([`JitBackend`]).
 //! - [`gemm`]: the packed SGEMM that matmul and convolutions run on;
 //!   [`conv`]: direct convolution for small channel counts.
 //! - [`routines`]: layout and indexing ops as library routines.
@@ -15,15 +14,17 @@ pub mod clif;
 pub mod conv;
 pub mod denormals;
 pub mod exec;
+pub mod executable;
 pub mod gemm;
-pub mod kernel;
-pub mod lower;
 pub mod math;
 pub mod pool;
 pub mod routines;
 pub mod wide;
 
+use d2l_kernels::lower;
+
 pub use exec::{CompileError, ExecError, Program};
+pub use executable::{JitBackend, Jitted};
 
 /// The generated code of `graph`'s loop kernels as text, for reading and
 /// snapshot tests (`d2l emit --target clif`): per kernel, its loop-level

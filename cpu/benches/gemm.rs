@@ -1,4 +1,4 @@
-//! `cargo bench -p d2l-codegen --bench gemm`: GFLOP/s of the JIT's SGEMM on
+//! `cargo bench -p d2l-cpu --bench gemm`: GFLOP/s of the JIT's SGEMM on
 //! square `C = A·B` at 1024² and 2048², on 1 thread and on the worker pool
 //! (`D2L_THREADS`, default one per core): the shapes and method of
 //! `torch.mm` in `../shared/bench/bench_d2l.py` (≥ 20 runs and ≥ 2 s after
@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use d2l_codegen::gemm::{MatMut, MatRef, Scratches, sgemm, sgemm_parallel};
-use d2l_codegen::pool::pool;
+use d2l_cpu::gemm::{MatMut, MatRef, Scratches, sgemm, sgemm_parallel};
+use d2l_cpu::pool::pool;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

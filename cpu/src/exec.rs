@@ -15,14 +15,14 @@ use rand_chacha::ChaCha12Rng;
 use crate::clif::{Compiled, Jit, JitError, KernelFn};
 use crate::conv;
 use crate::gemm::{self, MatMut, MatRef, Scratches};
-use crate::lower::{self, CopySource, FeedSlot, LowerError, OutputFill, OutputSlot, Place, Plan, Routine, Step};
+use d2l_kernels::lower::{self, CopySource, FeedSlot, LowerError, OutputFill, OutputSlot, Place, Plan, Routine, Step};
 use crate::pool::{Pool, pool};
 use crate::routines::{self, Buf};
 use crate::wide::WideKernel;
 
 /// Elementwise loops below this many elements stay on one thread.
 const PARALLEL_LOOP: usize = 1 << 15;
-/// A loop body at least this costly ([`crate::kernel::LoopKernel::body_cost`]: two
+/// A loop body at least this costly ([`d2l_kernels::kernel::LoopKernel::body_cost`]: two
 /// transcendentals) counts as arithmetic rather than memory traffic.
 const HEAVY_BODY: usize = 64;
 /// Convolutions with fewer output pixels than this run as one GEMM over all
@@ -199,7 +199,7 @@ impl Program {
                 Some(&f) => f,
                 None => {
                     wide.push(WideKernel::new(&canonical));
-                    let f = jit.add(&crate::kernel::LoopKernel { name: k.name.clone(), ..canonical })?;
+                    let f = jit.add(&d2l_kernels::kernel::LoopKernel { name: k.name.clone(), ..canonical })?;
                     functions.insert(key, f);
                     f
                 }

@@ -24,7 +24,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 use d2l_ir::{BinaryOp, CmpOp, DType, ReduceOp, UnaryOp};
 
-use crate::kernel::{Inst, LoopKernel, Store, Val};
+use d2l_kernels::kernel::{Inst, LoopKernel, Store, Val};
 use crate::math::Math;
 
 /// Vector width in f32 lanes.

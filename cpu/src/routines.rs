@@ -147,7 +147,7 @@ pub unsafe fn fill(dst: Buf, n: usize, value: f64) {
 /// XLA pad over images `images` of dim 0 (which a parallel caller splits;
 /// dim 0 must be unpadded unless `images` covers it all): `value`
 /// everywhere, then the row-major operand of `dims` written through `write`
-/// (stride `interior + 1` from `lo`, see [`pad_map`]). With `add`, the
+/// (stride `interior + 1` from `lo`, see [`d2l_kernels::lower::pad_map`]). With `add`, the
 /// operand is added instead (one part of a sum of pads, into zeros).
 ///
 /// # Safety
@@ -208,17 +208,6 @@ pub unsafe fn pad(src: Buf, dims: &[usize], write: &Affine, value: Option<f64>, 
             }
         }
     });
-}
-
-/// Where a pad writes its operand's elements in its output.
-pub fn pad_map(dims: &[usize], lo: &[usize], hi: &[usize], interior: &[usize]) -> (Affine, usize) {
-    let out_dims: Vec<usize> = (0..dims.len()).map(|k| lo[k] + hi[k] + dims[k] + interior[k] * dims[k].saturating_sub(1)).collect();
-    let out_strides = Affine::contiguous(&out_dims).strides;
-    let map = Affine {
-        offset: (0..dims.len()).map(|k| lo[k] as i64 * out_strides[k]).sum(),
-        strides: (0..dims.len()).map(|k| out_strides[k] * (interior[k] as i64 + 1)).collect(),
-    };
-    (map, out_dims.iter().product())
 }
 
 /// Copies rows `rows` (of `outer`) of `row_bytes` from `src` to `dst` at

@@ -14,7 +14,7 @@
 //! every call (gemm-common 0.19 `gemm.rs`: `MemBuffer::new`,
 //! `vec![false; mc / MR]`), and steps must not allocate. On square
 //! products this kernel matches `torch.mm` on 1 and 2 threads (README
-//! "Performance", `cargo bench -p d2l-codegen --bench gemm`).
+//! "Performance", `cargo bench -p d2l-cpu --bench gemm`).
 
 use crate::pool::Pool;
 

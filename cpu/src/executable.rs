@@ -1,0 +1,117 @@
+//! A compiled [`Program`] as the runtime's [`Executable`]: feeds and
+//! outputs checked against the program's types, then passed as pointers.
+
+use std::collections::HashMap;
+
+use d2l_ir::Graph;
+use d2l_runtime::{Backend, Executable, FeedKind, RunError, Tensor, TensorType};
+
+use crate::{ExecError, Program};
+
+/// The Cranelift JIT as a backend: fused kernels, GEMMs for matmul and
+/// convolution, one preallocated arena per graph.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JitBackend;
+
+impl Backend for JitBackend {
+    fn compile(&self, graph: &Graph, seed: u64) -> Result<Box<dyn Executable>, RunError> {
+        Ok(Box::new(Jitted::compile(graph, seed)?))
+    }
+}
+
+/// A graph compiled by the JIT, with the pointer arrays it is called with.
+pub struct Jitted {
+    program: Program,
+    feed_ptrs: Vec<*const u8>,
+    output_ptrs: Vec<*mut u8>,
+    /// Row-major copies of feeds that arrive in another layout.
+    staged: Vec<Option<Tensor>>,
+}
+
+// SAFETY: the pointer arrays are scratch filled and used within one call.
+unsafe impl Send for Jitted {}
+
+fn data_ptr(t: &Tensor) -> Option<*const u8> {
+    match t {
+        Tensor::F32(a) => a.as_slice().map(|s| s.as_ptr() as *const u8),
+        Tensor::F64(a) => a.as_slice().map(|s| s.as_ptr() as *const u8),
+        Tensor::I64(a) => a.as_slice().map(|s| s.as_ptr() as *const u8),
+        Tensor::Bool(a) => a.as_slice().map(|s| s.as_ptr() as *const u8),
+    }
+}
+
+fn data_ptr_mut(t: &mut Tensor) -> Option<*mut u8> {
+    match t {
+        Tensor::F32(a) => a.as_slice_mut().map(|s| s.as_mut_ptr() as *mut u8),
+        Tensor::F64(a) => a.as_slice_mut().map(|s| s.as_mut_ptr() as *mut u8),
+        Tensor::I64(a) => a.as_slice_mut().map(|s| s.as_mut_ptr() as *mut u8),
+        Tensor::Bool(a) => a.as_slice_mut().map(|s| s.as_mut_ptr() as *mut u8),
+    }
+}
+
+impl Jitted {
+    pub fn compile(graph: &Graph, seed: u64) -> Result<Jitted, RunError> {
+        let program = Program::compile(graph, seed).map_err(|e| RunError::Compile { graph: graph.name.clone(), message: e.to_string() })?;
+        let (feeds, outputs) = (program.feeds().len(), program.outputs().len());
+        Ok(Jitted { program, feed_ptrs: vec![std::ptr::null(); feeds], output_ptrs: vec![std::ptr::null_mut(); outputs], staged: vec![None; feeds] })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    pub fn program_mut(&mut self) -> &mut Program {
+        &mut self.program
+    }
+}
+
+impl Executable for Jitted {
+    fn run(&mut self, feeds: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, RunError> {
+        let mut outputs = Vec::new();
+        self.run_into(feeds, &mut outputs)?;
+        Ok(outputs)
+    }
+
+    fn run_into(&mut self, feeds: &HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>) -> Result<(), RunError> {
+        for (i, f) in self.program.feeds().iter().enumerate() {
+            let expected = || TensorType { dtype: f.dtype, shape: f.shape.clone() };
+            let kind = if f.is_param { FeedKind::Param } else { FeedKind::Input };
+            let Some(t) = feeds.get(&f.name) else {
+                return Err(RunError::MissingFeed { name: f.name.clone(), kind, expected: expected() });
+            };
+            if t.dtype() != f.dtype || t.dims() != f.shape.dims() {
+                return Err(RunError::FeedMismatch { name: f.name.clone(), expected: expected(), got: TensorType::of(t) });
+            }
+            self.feed_ptrs[i] = match data_ptr(t) {
+                Some(p) => p,
+                None => {
+                    // A transposed or sliced feed: run on a row-major copy.
+                    let copy = self.staged[i].insert(t.cast(t.dtype()));
+                    data_ptr(copy).unwrap_or(std::ptr::null())
+                }
+            };
+        }
+        let specs = self.program.outputs();
+        outputs.truncate(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let fits = outputs.get(i).is_some_and(|(name, t)| *name == spec.name && t.dtype() == spec.dtype && t.dims() == spec.shape.dims() && data_ptr(t).is_some());
+            if !fits {
+                let fresh = (spec.name.clone(), Tensor::zeros(spec.dtype, spec.shape.dims()));
+                if i < outputs.len() {
+                    outputs[i] = fresh;
+                } else {
+                    outputs.push(fresh);
+                }
+            }
+            self.output_ptrs[i] = data_ptr_mut(&mut outputs[i].1).unwrap_or(std::ptr::null_mut());
+        }
+        // SAFETY: every pointer was checked above against the program's
+        // dtypes and shapes, outputs are distinct fresh or owned tensors, and
+        // all of them outlive the call.
+        let result = unsafe { self.program.run(&self.feed_ptrs, &self.output_ptrs) };
+        result.map_err(|e| match e {
+            ExecError::IndexOutOfRange { node, index, size } => RunError::IndexOutOfRange { node, index, size },
+            ExecError::DivisionByZero { node } => RunError::DivisionByZero { node },
+        })
+    }
+}

@@ -1,0 +1,14 @@
+//! The kernel IR every backend reads, and how a fused graph becomes it.
+//!
+//! - [`kernel`]: the loop-level kernel representation: one loop nest of
+//!   strided loads, elementwise instructions and stores.
+//! - [`lower`]: a fused graph (`d2l_passes::fusion`) and its memory plan
+//!   to a [`lower::Plan`]: numbered buffer slots, the loop kernels, and the
+//!   steps that run them with the library calls in between (matmul,
+//!   convolution, routines).
+//!
+//! Nothing here generates code: the Cranelift backend (`d2l-cpu`) compiles
+//! a plan's kernels for the host's cores.
+
+pub mod kernel;
+pub mod lower;
