@@ -566,8 +566,8 @@ unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<'_>, dst: *mut f32, nr: usize) 
                 // A transposed B (a weight read as Wᵀ): each column is a
                 // run, so read it in order and scatter into the panel,
                 // which is in L1; reading across columns would touch a
-                // new cache line per value (a [1024, 256] Wᵀ packed in
-                // 0.7 ms instead of 0.1).
+                // new cache line per value (an LSTM's [1024, 256] Wᵀ,
+                // one core: 0.27 ms instead of 0.7).
                 // Eight columns at a time: eight sequential reads, one
                 // 32-byte write per step.
                 for j0 in (0..nr).step_by(8) {

@@ -366,6 +366,55 @@ fn a_bias_on_picked_rows_moves_into_the_table() {
 }
 
 #[test]
+fn slices_of_picked_rows_pick_from_sliced_indices() {
+    // Each of 3 steps reads its 2 rows of a take over all 6 (through a
+    // reshape to [steps, batch, K]); and rewrites that must not happen:
+    // picked rows also read whole, a slice that cuts the rows' values.
+    let mut g = Graph::new("t");
+    let idx = g.input("idx", DType::I64, shape(&[6]));
+    let w = g.input("W", DType::F32, shape(&[4, 5]));
+    let picked = g.gather(w, idx, 0).unwrap();
+    let steps = g.reshape(picked, shape(&[3, 2, 5])).unwrap();
+    for t in [0, 2] {
+        let step = g.slice(steps, &[t, 0, 0], &[t + 1, 2, 5], &[1, 1, 1]).unwrap();
+        let step = g.reshape(step, shape(&[2, 5])).unwrap();
+        g.set_output(format!("step{t}"), step);
+    }
+    let idx2 = g.input("idx2", DType::I64, shape(&[6]));
+    let whole = g.gather(w, idx2, 0).unwrap();
+    let first = g.slice(whole, &[0, 0], &[2, 5], &[1, 1]).unwrap();
+    g.set_output("first", first);
+    g.set_output("whole", whole);
+    let idx3 = g.input("idx3", DType::I64, shape(&[6]));
+    let cut = g.gather(w, idx3, 0).unwrap();
+    let cols = g.slice(cut, &[0, 1], &[6, 3], &[1, 1]).unwrap();
+    g.set_output("cols", cols);
+    insta::assert_snapshot!(printed(&g), @r#"
+    graph t
+      %0: i64[6] = input "idx"
+      %1: f32[4, 5] = input "W"
+      %2: i64[3, 2] = reshape %0
+      %3: i64[1, 2] = slice %2 [0..1, 0..2]
+      %4: f32[1, 2, 5] = gather %1, %3 axis=0
+      %5: f32[2, 5] = reshape %4
+      %6: i64[1, 2] = slice %2 [2..3, 0..2]
+      %7: f32[1, 2, 5] = gather %1, %6 axis=0
+      %8: f32[2, 5] = reshape %7
+      %9: i64[6] = input "idx2"
+      %10: f32[6, 5] = gather %1, %9 axis=0
+      %11: f32[2, 5] = slice %10 [0..2, 0..5]
+      %12: i64[6] = input "idx3"
+      %13: f32[6, 5] = gather %1, %12 axis=0
+      %14: f32[6, 2] = slice %13 [0..6, 1..3]
+      output step0 = %5
+      output step2 = %8
+      output first = %11
+      output whole = %10
+      output cols = %14
+    "#);
+}
+
+#[test]
 fn sums_of_zero_pads_that_tile_an_axis_become_a_concat() {
     // The gradient of a GRU's three gate slices of one [2, 6] product, and
     // sums that do not tile: a gap, an overlap, pads along two axes.
