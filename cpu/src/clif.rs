@@ -23,8 +23,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 use d2l_ir::{BinaryOp, CmpOp, DType, ReduceOp, UnaryOp};
-
 use d2l_kernels::kernel::{Inst, LoopKernel, Store, Val};
+
 use crate::math::Math;
 
 /// Vector width in f32 lanes.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use d2l_ir::{DType, Graph};
+use d2l_kernels::lower::{self, CopySource, FeedSlot, LowerError, OutputFill, OutputSlot, Place, Plan, Routine, Step};
 use d2l_passes::fusion::{self, Affine};
 use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
@@ -15,7 +16,6 @@ use rand_chacha::ChaCha12Rng;
 use crate::clif::{Compiled, Jit, JitError, KernelFn};
 use crate::conv;
 use crate::gemm::{self, MatMut, MatRef, Scratches};
-use d2l_kernels::lower::{self, CopySource, FeedSlot, LowerError, OutputFill, OutputSlot, Place, Plan, Routine, Step};
 use crate::pool::{Pool, pool};
 use crate::routines::{self, Buf};
 use crate::wide::WideKernel;

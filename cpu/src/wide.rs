@@ -16,8 +16,8 @@
 //! dispatch still pays for a whole chunk of lanes.
 
 use d2l_ir::{BinaryOp, CmpOp, DType, UnaryOp};
-
 use d2l_kernels::kernel::{Inst, LoopKernel};
+
 use crate::math::{EXP_BOUNDED_HIGHEST, EXP_HIGHEST, EXP_LOWEST, EXP_POLY, LN2_HI, LN2_LO, LOG_POLY, ROUND_MAGIC, TANH_POLY, TANH_SMALL};
 
 /// Values per chunk: every instruction's result for a chunk stays in L1.
