@@ -239,6 +239,9 @@ enum BackendArg {
     Interp,
     /// Fused kernels compiled with Cranelift.
     Jit,
+    /// The JIT's program with its loop kernels executed as a GPU would run
+    /// them, one thread at a time (slow: for testing the GPU schedule).
+    Grid,
 }
 
 impl From<BackendArg> for d2l::Device {
@@ -246,6 +249,7 @@ impl From<BackendArg> for d2l::Device {
         match b {
             BackendArg::Interp => d2l::Device::INTERPRETER,
             BackendArg::Jit => d2l::Device::JIT,
+            BackendArg::Grid => d2l::Device::GRID,
         }
     }
 }

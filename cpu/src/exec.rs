@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use d2l_ir::{DType, Graph};
+use d2l_kernels::kernel::LoopKernel;
 use d2l_kernels::lower::{self, CopySource, FeedSlot, LowerError, OutputFill, OutputSlot, Place, Plan, Routine, Step};
+use d2l_kernels::schedule::GpuSchedule;
 use d2l_passes::fusion::{self, Affine};
 use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
@@ -108,6 +110,21 @@ pub struct Program {
     wide: Vec<Option<WideKernel>>,
     kernel_slots: Vec<Vec<(usize, i64, usize)>>,
     kernel_tables: Vec<UnsafeCell<Vec<*mut u8>>>,
+    /// Per function of `code`, when loop kernels run through the GPU grid
+    /// interpreter instead: the kernel (canonical) and its GPU schedule.
+    grid: Option<Vec<(LoopKernel, GpuSchedule)>>,
+}
+
+/// What runs a program's loop kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Loops {
+    /// Cranelift's machine code (or the wide loops), split over threads.
+    #[default]
+    Jit,
+    /// `d2l_kernels::grid`: each kernel executed as its GPU schedule maps
+    /// it, thread by thread; slow, for testing the GPU mapping on the CPU.
+    /// Everything else (GEMM, convolutions, routines) is the JIT's.
+    Grid,
 }
 
 // SAFETY: the raw pointers in `table` point into buffers this program owns
@@ -180,6 +197,11 @@ impl SyncCell<'_> {
 impl Program {
     /// Fuses, plans and JIT-compiles `graph`; `seed` seeds its random ops.
     pub fn compile(graph: &Graph, seed: u64) -> Result<Program, CompileError> {
+        Program::compile_with(graph, seed, Loops::Jit)
+    }
+
+    /// [`Program::compile`], with loop kernels run by `loops`.
+    pub fn compile_with(graph: &Graph, seed: u64, loops: Loops) -> Result<Program, CompileError> {
         let t0 = Instant::now();
         let fusion = fusion::fuse(graph);
         let t1 = Instant::now();
@@ -191,6 +213,7 @@ impl Program {
         let mut functions: HashMap<String, usize> = HashMap::new();
         // Per function, the same kernel run wide, when it is one (see `wide`).
         let mut wide = Vec::new();
+        let mut grid = Vec::new();
         let (mut kernel_code, mut kernel_slots) = (Vec::new(), Vec::new());
         for k in &plan.kernels {
             let (canonical, slots) = k.canonical();
@@ -199,6 +222,9 @@ impl Program {
                 Some(&f) => f,
                 None => {
                     wide.push(WideKernel::new(&canonical));
+                    if loops == Loops::Grid {
+                        grid.push((canonical.clone(), GpuSchedule::of(&canonical)));
+                    }
                     let f = jit.add(&d2l_kernels::kernel::LoopKernel { name: k.name.clone(), ..canonical })?;
                     functions.insert(key, f);
                     f
@@ -283,6 +309,7 @@ impl Program {
             wide,
             kernel_slots,
             kernel_tables,
+            grid: (loops == Loops::Grid).then_some(grid),
             gemm: Scratches::new(threads, max_n.max(1)),
             convs,
             conv_acc: (0..threads).map(|_| UnsafeCell::new(vec![0.0; acc])).collect(),
@@ -418,6 +445,16 @@ impl Program {
     unsafe fn run_loop_untimed(&self, k: usize) -> Result<(), ExecError> {
         let kernel = &self.plan.kernels[k];
         let (f, table) = self.kernel_entry(k);
+        if let Some(grid) = &self.grid {
+            let (canonical, schedule) = &grid[self.kernel_code[k]];
+            // SAFETY: the table holds the address of every place the
+            // canonical kernel numbers, as for its machine code.
+            unsafe {
+                let table = std::slice::from_raw_parts(table as *const *mut u8, self.kernel_slots[k].len());
+                d2l_kernels::grid::run(canonical, schedule, table);
+            }
+            return self.check_status(k);
+        }
         let extent = kernel.extents[0];
         // Heavy bodies (an LSTM cell's five sigmoids and tanhs) split at
         // fewer elements than light ones, and at twice the weight their cost
@@ -473,6 +510,10 @@ impl Program {
     /// the images, `r` iterations each), if it can be.
     fn per_image(&self, e: Option<usize>, images: usize) -> Option<(KernelFn, usize, usize)> {
         let e = e?;
+        // The grid interpreter runs whole kernels only.
+        if self.grid.is_some() {
+            return None;
+        }
         let k = &self.plan.kernels[e];
         let extent = k.extents[0];
         (k.splittable() && !k.hoisted && images > 0 && extent.is_multiple_of(images)).then(|| {

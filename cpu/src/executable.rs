@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use d2l_ir::Graph;
 use d2l_runtime::{Backend, Executable, FeedKind, RunError, Tensor, TensorType};
 
-use crate::{ExecError, Program};
+use crate::{ExecError, Loops, Program};
 
 /// The Cranelift JIT as a backend: fused kernels, GEMMs for matmul and
 /// convolution, one preallocated arena per graph.
@@ -16,6 +16,17 @@ pub struct JitBackend;
 impl Backend for JitBackend {
     fn compile(&self, graph: &Graph, seed: u64) -> Result<Box<dyn Executable>, RunError> {
         Ok(Box::new(Jitted::compile(graph, seed)?))
+    }
+}
+
+/// The JIT's program with its loop kernels run by the GPU grid interpreter
+/// (`d2l_kernels::grid`): what a GPU would compute, on the CPU, slowly.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GridBackend;
+
+impl Backend for GridBackend {
+    fn compile(&self, graph: &Graph, seed: u64) -> Result<Box<dyn Executable>, RunError> {
+        Ok(Box::new(Jitted::compile_with(graph, seed, Loops::Grid)?))
     }
 }
 
@@ -51,7 +62,11 @@ fn data_ptr_mut(t: &mut Tensor) -> Option<*mut u8> {
 
 impl Jitted {
     pub fn compile(graph: &Graph, seed: u64) -> Result<Jitted, RunError> {
-        let program = Program::compile(graph, seed).map_err(|e| RunError::Compile { graph: graph.name.clone(), message: e.to_string() })?;
+        Jitted::compile_with(graph, seed, Loops::Jit)
+    }
+
+    pub fn compile_with(graph: &Graph, seed: u64, loops: Loops) -> Result<Jitted, RunError> {
+        let program = Program::compile_with(graph, seed, loops).map_err(|e| RunError::Compile { graph: graph.name.clone(), message: e.to_string() })?;
         let (feeds, outputs) = (program.feeds().len(), program.outputs().len());
         Ok(Jitted { program, feed_ptrs: vec![std::ptr::null(); feeds], output_ptrs: vec![std::ptr::null_mut(); outputs], staged: vec![None; feeds] })
     }

@@ -4,7 +4,9 @@
 //! - [`clif`]: loop kernels to Cranelift IR (f32x4, FMA, polynomial math
 //!   from [`math`]); [`wide`]: the heavy ones run 8 or 16 lanes wide.
 //! - [`exec`]: the compiled program that runs a plan's steps;
-//!   [`executable`]: it as the runtime's `Executable` ([`JitBackend`]).
+//!   [`executable`]: it as the runtime's `Executable` ([`JitBackend`];
+//!   [`GridBackend`] runs the loop kernels through the GPU grid
+//!   interpreter instead, to test the GPU schedule on the CPU).
 //! - [`gemm`]: the packed SGEMM that matmul and convolutions run on;
 //!   [`conv`]: direct convolution for small channel counts.
 //! - [`routines`]: layout and indexing ops as library routines.
@@ -23,8 +25,8 @@ pub mod wide;
 
 use d2l_kernels::lower;
 
-pub use exec::{CompileError, ExecError, Program};
-pub use executable::{JitBackend, Jitted};
+pub use exec::{CompileError, ExecError, Loops, Program};
+pub use executable::{GridBackend, JitBackend, Jitted};
 
 /// The generated code of `graph`'s loop kernels as text, for reading and
 /// snapshot tests (`d2l emit --target clif`): per kernel, its loop-level

@@ -8,30 +8,7 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_frontend::FunctionBuilder;
 
-// The constants of these functions, shared with `wide.rs`, which repeats
-// them operation for operation in Rust.
-
-/// ln(f32::MIN_POSITIVE): below it, e^x is denormal.
-pub(crate) const EXP_LOWEST: f32 = -87.336_54;
-/// Above this, e^x is +inf in f32 (exp clamps to it, keeping n small).
-pub(crate) const EXP_HIGHEST: f32 = 88.8;
-/// Where tanh and sigmoid clamp the argument of their exponential: one
-/// power-of-two scale suffices there (see `exp_bounded`).
-pub(crate) const EXP_BOUNDED_HIGHEST: f32 = 88.0;
-/// 1.5·2^23: adding it rounds to an integer and leaves it in the low
-/// mantissa bits (no float-to-int conversion).
-pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
-/// ln 2 in two parts (Cephes' C1, C2), the first with few mantissa bits,
-/// so that `x - n·ln 2` is exact.
-pub(crate) const LN2_HI: f32 = 0.693_359_4;
-pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
-/// e^r - 1 - r = r²·EXP_POLY(r) on the reduced range.
-pub(crate) const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1];
-/// log(1 + f) = f - f²/2 + f³·LOG_POLY(f) for m = 1 + f in [sqrt(1/2), sqrt(2)).
-pub(crate) const LOG_POLY: [f32; 9] = [7.037_683_6e-2, -1.151_461_e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1, -2.499_999_4e-1, 3.333_333e-1];
-/// tanh x = x + x·x²·TANH_POLY(x²) below TANH_SMALL.
-pub(crate) const TANH_POLY: [f32; 5] = [-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1];
-pub(crate) const TANH_SMALL: f32 = 0.625;
+use d2l_kernels::math::{EXP_BOUNDED_HIGHEST, EXP_HIGHEST, EXP_LOWEST, EXP_POLY, LN2_HI, LN2_LO, LOG_POLY, ROUND_MAGIC, TANH_POLY, TANH_SMALL};
 
 /// Emits f32 math for one lane shape: scalar `f32` or vector `f32x4`.
 pub struct Math {

@@ -18,7 +18,7 @@
 use d2l_ir::{BinaryOp, CmpOp, DType, UnaryOp};
 use d2l_kernels::kernel::{Inst, LoopKernel};
 
-use crate::math::{EXP_BOUNDED_HIGHEST, EXP_HIGHEST, EXP_LOWEST, EXP_POLY, LN2_HI, LN2_LO, LOG_POLY, ROUND_MAGIC, TANH_POLY, TANH_SMALL};
+use d2l_kernels::math::{exp, log, sigmoid, tanh};
 
 /// Values per chunk: every instruction's result for a chunk stays in L1.
 const CHUNK: usize = 128;
@@ -488,113 +488,4 @@ fn select(c: &[f32; CHUNK], a: &[f32; CHUNK], b: &[f32; CHUNK], out: &mut [f32; 
         let m = m.to_bits();
         *o = f32::from_bits((x.to_bits() & m) | (y.to_bits() & !m));
     }
-}
-
-// `math.rs`'s functions, operation for operation, on its constants (see
-// there for why each step is what it is).
-
-#[inline(always)]
-fn poly(x: f32, c: &[f32]) -> f32 {
-    let mut acc = c[0];
-    for &k in &c[1..] {
-        acc = acc.mul_add(x, k);
-    }
-    acc
-}
-
-#[inline(always)]
-fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
-    let x = if x > hi { hi } else { x };
-    if x < lo { lo } else { x }
-}
-
-#[inline(always)]
-fn exp_parts(x: f32) -> (f32, i32) {
-    let t = x.mul_add(std::f32::consts::LOG2_E, ROUND_MAGIC);
-    let n = t - ROUND_MAGIC;
-    let ni = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
-    let r = n.mul_add(-LN2_HI, x);
-    let r = n.mul_add(-LN2_LO, r);
-    let p = poly(r, &EXP_POLY);
-    let r2 = r * r;
-    let y = p.mul_add(r2, r);
-    (y + 1.0, ni)
-}
-
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    let underflows = x < EXP_LOWEST;
-    let x = clamp(x, EXP_LOWEST, EXP_HIGHEST);
-    let (p, ni) = exp_parts(x);
-    let half = ni >> 1;
-    let rest = ni.wrapping_sub(half);
-    let s1 = f32::from_bits((half.wrapping_add(127) << 23) as u32);
-    let s2 = f32::from_bits((rest.wrapping_add(127) << 23) as u32);
-    let y = p * s1 * s2;
-    if underflows { 0.0 } else { y }
-}
-
-#[inline(always)]
-fn exp_bounded(x: f32) -> f32 {
-    let (p, ni) = exp_parts(x);
-    p * f32::from_bits((ni.wrapping_add(127) << 23) as u32)
-}
-
-#[inline(always)]
-fn log(x: f32) -> f32 {
-    let is_tiny = x < f32::MIN_POSITIVE;
-    let xs = if is_tiny { x * 8_388_608.0 } else { x };
-    let adjust = if is_tiny { 23.0 } else { 0.0 };
-    let bits = xs.to_bits() as i32;
-    let expo = ((bits as u32) >> 23) as i32;
-    let e = expo.wrapping_sub(126);
-    let m = f32::from_bits(((bits & 0x807f_ffff_u32 as i32) | 0x3f00_0000) as u32);
-    let e = e as f32 - adjust;
-    let below = m < std::f32::consts::FRAC_1_SQRT_2;
-    let e_minus = e - 1.0;
-    let e = if below { e_minus } else { e };
-    let m2 = m + m;
-    let m = if below { m2 } else { m };
-    let f = m - 1.0;
-    let z = f * f;
-    let p = poly(f, &LOG_POLY);
-    let y = p * f;
-    let y = y * z;
-    let y = e.mul_add(LN2_LO, y);
-    let y = z.mul_add(-0.5, y);
-    let r = f + y;
-    let r = e.mul_add(LN2_HI, r);
-    let r = if x == 0.0 { f32::NEG_INFINITY } else { r };
-    let r = if x == f32::INFINITY { f32::INFINITY } else { r };
-    // NaN or below zero: ordered `x >= 0` is false for both.
-    if x >= 0.0 { r } else { f32::NAN }
-}
-
-#[inline(always)]
-fn tanh(x: f32) -> f32 {
-    let ax = x.abs();
-    let z = x * x;
-    let p = poly(z, &TANH_POLY);
-    let pz = p * z;
-    let small = pz.mul_add(x, x);
-    let ax2 = ax + ax;
-    let ax2 = if ax2 > EXP_BOUNDED_HIGHEST { EXP_BOUNDED_HIGHEST } else { ax2 };
-    let e = exp_bounded(ax2);
-    let d = e + 1.0;
-    let q = 2.0 / d;
-    let large = 1.0 - q;
-    let large = f32::from_bits(large.to_bits() | (x.to_bits() & 0x8000_0000));
-    if ax < TANH_SMALL { small } else { large }
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    let nx = -x;
-    let vanishes = nx > EXP_BOUNDED_HIGHEST;
-    let nx = if vanishes { EXP_BOUNDED_HIGHEST } else { nx };
-    let nx = if nx < EXP_LOWEST { EXP_LOWEST } else { nx };
-    let e = exp_bounded(nx);
-    let d = 1.0 + e;
-    let s = 1.0 / d;
-    if vanishes { 0.0 } else { s }
 }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use d2l_cpu::JitBackend;
+use d2l_cpu::{GridBackend, JitBackend};
 use d2l_ir::Graph;
 use d2l_runtime::{Backend, Executable, InterpreterBackend, RunError};
 
@@ -22,6 +22,10 @@ pub enum CpuBackend {
     /// The reference interpreter (ndarray): every primitive, no
     /// compilation; the oracle the JIT is tested against.
     Interpreter,
+    /// The JIT's program with its loop kernels executed as a GPU would run
+    /// them (grid, blocks, warps, reduction trees), one thread at a time:
+    /// slow; it tests the GPU schedule where there is no GPU.
+    Grid,
 }
 
 /// Where graphs run, and through which backend.
@@ -41,12 +45,15 @@ impl Device {
     pub const JIT: Device = Device::Cpu(CpuBackend::Jit);
     /// The host CPU through the reference interpreter.
     pub const INTERPRETER: Device = Device::Cpu(CpuBackend::Interpreter);
+    /// The host CPU, loop kernels through the GPU grid interpreter.
+    pub const GRID: Device = Device::Cpu(CpuBackend::Grid);
 
     /// The backend that compiles graphs for this device.
     pub fn backend(self) -> &'static dyn Backend {
         match self {
             Device::Cpu(CpuBackend::Jit) => &JitBackend,
             Device::Cpu(CpuBackend::Interpreter) => &InterpreterBackend,
+            Device::Cpu(CpuBackend::Grid) => &GridBackend,
         }
     }
 
@@ -61,6 +68,7 @@ impl Device {
         match self {
             Device::Cpu(CpuBackend::Jit) => "jit",
             Device::Cpu(CpuBackend::Interpreter) => "interp",
+            Device::Cpu(CpuBackend::Grid) => "grid",
         }
     }
 }
@@ -90,7 +98,7 @@ mod tests {
         g.set_output("y", y);
         let feeds = HashMap::from([("x".to_string(), Tensor::from_f32(&[2, 20], (0..40).map(|i| i as f32 / 10.0 - 2.0).collect()))]);
         let want: Vec<f64> = (0..40).map(|i| i as f64 / 10.0 - 2.0).map(|v| (v.tanh() * v) as f32 as f64).collect();
-        for device in [Device::JIT, Device::INTERPRETER, Device::default()] {
+        for device in [Device::JIT, Device::INTERPRETER, Device::GRID, Device::default()] {
             let out = device.compile(&g, 0).unwrap().run(&feeds).unwrap();
             assert_eq!(out[0].0, "y");
             for (got, want) in out[0].1.to_f64_vec().iter().zip(&want) {

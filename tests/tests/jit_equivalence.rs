@@ -3,6 +3,9 @@
 //! loops, tails, strided and broadcast operands, reductions along inner and
 //! outer axes) and every model of `models/` (forward in evaluation mode, and
 //! one whole training step: loss, outputs and every updated parameter).
+//! Each also runs with its loop kernels through the GPU grid interpreter
+//! (`Device::GRID`), which executes them as their GPU schedule maps them
+//! onto threads, blocks and reduction trees.
 
 use std::collections::HashMap;
 
@@ -45,29 +48,52 @@ fn feeds_for(graph: &Graph, seed: u64, int_range: i64) -> HashMap<String, Tensor
     feeds
 }
 
-/// Runs `graph` on both backends and compares every output elementwise:
-/// |jit - interp| <= tol · (1 + |interp|), equal NaN-ness, equal ints.
+/// Runs `graph` on the JIT and on the grid interpreter and compares every
+/// output with the reference interpreter's, elementwise:
+/// |got - interp| <= tol · (1 + |interp|), equal NaN-ness, equal ints.
 fn check(name: &str, graph: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
-    // Both run twice (the second JIT run reuses every buffer and must not see
-    // stale state; random ops draw the same stream twice on both sides).
+    check_with(name, graph, feeds, tol, None);
+}
+
+/// [`check`]; with `grid_norm`, the grid interpreter's outputs are compared
+/// as wholes instead: ‖got − interp‖₂ <= grid_norm · ‖interp‖₂ + tol per
+/// output. A GPU sums a block's partials as a tree, not in the
+/// interpreter's order; in a deep network's training step those few-ulp
+/// differences can flip a ReLU or max-pool decision near a tie and move
+/// single values by percents (ResNet-18's: one update moved 4%, and so
+/// does the JIT's when the input is scaled by 1 + 2e-7). A wrong mapping
+/// moves whole outputs.
+fn check_with(name: &str, graph: &Graph, feeds: &HashMap<String, Tensor>, tol: f64, grid_norm: Option<f64>) {
+    // Every backend runs twice (the second run reuses every buffer and must
+    // not see stale state; random ops draw the same stream twice on all sides).
     let mut interp = Interpreter::new(7);
     let mut want = Vec::new();
     for _ in 0..2 {
         want = interp.run(graph, feeds).unwrap_or_else(|e| panic!("{name}: interpreter: {e}"));
     }
-    let mut exe = Device::JIT.compile(graph, 7).unwrap_or_else(|e| panic!("{name}: compile: {e}"));
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        exe.run_into(feeds, &mut got).unwrap_or_else(|e| panic!("{name}: jit: {e}"));
-    }
-    assert_eq!(got.len(), want.len(), "{name}: number of outputs");
-    for ((gn, g), (wn, w)) in got.iter().zip(&want) {
-        assert_eq!(gn, wn, "{name}: output order");
-        assert_eq!((g.dtype(), g.shape()), (w.dtype(), w.shape()), "{name}: output {wn} type");
-        let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
-        for (i, (a, b)) in gv.iter().zip(&wv).enumerate() {
-            let ok = if a.is_nan() || b.is_nan() { a.is_nan() && b.is_nan() } else { (a - b).abs() <= tol * (1.0 + b.abs()) || a == b };
-            assert!(ok, "{name}: output `{wn}`[{i}] jit {a} vs interpreter {b} (tol {tol})");
+    for device in [Device::JIT, Device::GRID] {
+        let mut exe = device.compile(graph, 7).unwrap_or_else(|e| panic!("{name}: {device}: compile: {e}"));
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            exe.run_into(feeds, &mut got).unwrap_or_else(|e| panic!("{name}: {device}: {e}"));
+        }
+        assert_eq!(got.len(), want.len(), "{name}: number of outputs");
+        for ((gn, g), (wn, w)) in got.iter().zip(&want) {
+            assert_eq!(gn, wn, "{name}: output order");
+            assert_eq!((g.dtype(), g.shape()), (w.dtype(), w.shape()), "{name}: output {wn} type");
+            let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
+            if let (Device::GRID, Some(rel)) = (device, grid_norm) {
+                let nans = |v: &[f64]| v.iter().map(|x| x.is_nan()).collect::<Vec<bool>>();
+                assert_eq!(nans(&gv), nans(&wv), "{name}: output `{wn}` {device}: NaNs differ");
+                let norm = |v: &mut dyn Iterator<Item = f64>| v.filter(|x| !x.is_nan()).map(|x| x * x).sum::<f64>().sqrt();
+                let (diff, size) = (norm(&mut gv.iter().zip(&wv).map(|(a, b)| a - b)), norm(&mut wv.iter().copied()));
+                assert!(diff <= rel * size + tol, "{name}: output `{wn}` {device}: ‖got − interpreter‖ {diff:e} vs ‖interpreter‖ {size:e} (rel {rel})");
+                continue;
+            }
+            for (i, (a, b)) in gv.iter().zip(&wv).enumerate() {
+                let ok = if a.is_nan() || b.is_nan() { a.is_nan() && b.is_nan() } else { (a - b).abs() <= tol * (1.0 + b.abs()) || a == b };
+                assert!(ok, "{name}: output `{wn}`[{i}] {device} {a} vs interpreter {b} (tol {tol})");
+            }
         }
     }
 }
@@ -488,7 +514,7 @@ fn every_model_forward_and_training_step() {
             // Every model in models/ trains; a train block that does not
             // load is a failure here, not a reason to skip the step.
             let step = stage_graph(&program, &model, TrainStage::Opt, 3, &Default::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
-            check(&format!("{model} training step"), &step, &feeds_for(&step, 6, 10), 1e-4);
+            check_with(&format!("{model} training step"), &step, &feeds_for(&step, 6, 10), 1e-4, Some(2e-2));
             eprintln!("{model}: {:.1} s", started.elapsed().as_secs_f64());
         }
     }
