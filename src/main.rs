@@ -86,9 +86,14 @@ enum Command {
     Emit {
         #[command(flatten)]
         model: ModelArgs,
-        /// Which code: Cranelift IR.
+        /// Which code: Cranelift IR for the CPU, or for NVIDIA GPUs the
+        /// LLVM IR (each kernel laid out by its GPU schedule) and the PTX
+        /// LLVM makes of it (needs a build with `--features gpu`).
         #[arg(long, value_enum, default_value_t = Target::Clif)]
         target: Target,
+        /// GPU architecture of `--target ptx`: sm_80 (A100) or sm_90 (H100, H200).
+        #[arg(long, default_value = "sm_90", value_parser = parse_arch)]
+        arch: d2l_ptx::Arch,
     },
     /// Measure compile time, step time (median/min/max), samples/s and GFLOP/s
     /// of a model's training step and inference, on synthetic inputs.
@@ -258,6 +263,14 @@ impl From<BackendArg> for d2l::Device {
 enum Target {
     /// Cranelift IR of every loop kernel, with the kernel's loop-level form as comments.
     Clif,
+    /// LLVM IR for NVPTX of every loop kernel, with its GPU schedule and loop-level form as comments.
+    Llvm,
+    /// PTX of every loop kernel, for --arch.
+    Ptx,
+}
+
+fn parse_arch(s: &str) -> Result<d2l_ptx::Arch, String> {
+    d2l_ptx::Arch::parse(s).ok_or_else(|| format!("`{s}` is not a supported architecture (sm_80, sm_90)"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -325,7 +338,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let opts = d2l::TrainOptions { data_dir: data, epochs, steps, lr, limit, seed, device: backend.into(), batch };
             train(&model, &opts, &out, resume)
         }
-        Command::Emit { model, target } => emit(&model, target),
+        Command::Emit { model, target, arch } => emit(&model, target, arch),
         Command::BertEncode { model, params, sentences, data, seed, backend } => bert_encode(&model, &params, &sentences, data, seed, backend.into()),
         Command::Bench { model, backend, batch, steps, seconds, peak, profile, json } => {
             let compiled = load(&model, 0)?;
@@ -500,10 +513,13 @@ fn step_or_forward(args: &ModelArgs) -> Result<d2l::Graph, Error> {
     }
 }
 
-fn emit(args: &ModelArgs, target: Target) -> Result<(), Error> {
+fn emit(args: &ModelArgs, target: Target, arch: d2l_ptx::Arch) -> Result<(), Error> {
     let graph = step_or_forward(args)?;
+    let usage = |e: &dyn std::fmt::Display| Error::Usage(e.to_string());
     match target {
-        Target::Clif => print!("{}", d2l_cpu::clif_listing(&graph).map_err(|e| Error::Usage(e.to_string()))?),
+        Target::Clif => print!("{}", d2l_cpu::clif_listing(&graph).map_err(|e| usage(&e))?),
+        Target::Llvm => print!("{}", d2l_ptx::llvm_listing(&graph).map_err(|e| usage(&e))?),
+        Target::Ptx => print!("{}", d2l_ptx::ptx_listing(&graph, arch).map_err(|e| usage(&e))?),
     }
     Ok(())
 }
