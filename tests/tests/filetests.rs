@@ -9,7 +9,9 @@
 //! Inputs and expected outputs are JSON arrays (nesting gives the shape;
 //! the dtype comes from the model's declaration); several outputs are
 //! written as a tuple `(a, b)`. Each line runs in evaluation mode on every
-//! backend, with parameters from their (constant) initializers.
+//! backend, with parameters from their (constant) initializers. The GPU
+//! code of every line's kernels is a snapshot per file: its LLVM IR, and
+//! with the `gpu` feature its PTX for sm_90.
 
 use std::collections::HashMap;
 
@@ -19,8 +21,9 @@ use d2l::Device;
 use d2l_runtime::{Tensor, init_params};
 use serde_json::Value as Json;
 
-/// Every backend that must agree with the expectations.
-const BACKENDS: &[Device] = &[Device::INTERPRETER, Device::JIT];
+/// Every backend that must agree with the expectations (the grid
+/// interpreter runs the loop kernels as the GPU code does).
+const BACKENDS: &[Device] = &[Device::INTERPRETER, Device::JIT, Device::GRID];
 
 /// Splits `s` at commas outside brackets.
 fn split_top(s: &str) -> Vec<&str> {
@@ -74,8 +77,8 @@ fn parse_json(s: &str, what: &str) -> Json {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{what}: `{s}` is not JSON: {e}"))
 }
 
-/// Runs one `# run:` line; returns a description of the failure, if any.
-fn check_line(program: &Program, line: &str) -> Result<(), String> {
+/// Runs one `# run:` line; returns its graph, or a description of the failure.
+fn check_line(program: &Program, line: &str) -> Result<d2l_ir::Graph, String> {
     let (call, expected) = line.split_once("==").ok_or("a run line needs `==`")?;
     let (model, args) = call.trim().split_once('(').ok_or("expected `model(args)`")?;
     let args = args.trim().strip_suffix(')').ok_or("the call must end with `)`")?;
@@ -120,7 +123,7 @@ fn check_line(program: &Program, line: &str) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(graph)
 }
 
 #[test]
@@ -132,12 +135,28 @@ fn filetests() {
     for file in &files {
         let program = Program::load_file(file).unwrap_or_else(|e| panic!("{e}"));
         let text = std::fs::read_to_string(file).unwrap();
+        // The GPU code of every run line's kernels, a snapshot per file.
+        let (mut llvm, mut ptx) = (String::new(), String::new());
         for (n, line) in text.lines().enumerate() {
             let Some(run) = line.trim().strip_prefix("# run:") else { continue };
             runs += 1;
-            if let Err(e) = check_line(&program, run) {
-                failures.push(format!("{}:{}: {e}", file.display(), n + 1));
+            match check_line(&program, run) {
+                Ok(graph) => {
+                    let at = format!("; line {}: {}\n", n + 1, run.trim());
+                    llvm += &at;
+                    llvm += &d2l_ptx::llvm_listing(&graph).unwrap_or_else(|e| panic!("{}:{}: {e}", file.display(), n + 1));
+                    if cfg!(feature = "gpu") {
+                        ptx += &at.replacen(';', "//", 1);
+                        ptx += &d2l_ptx::ptx_listing(&graph, d2l_ptx::Arch::Sm90).unwrap_or_else(|e| panic!("{}:{}: {e}", file.display(), n + 1));
+                    }
+                }
+                Err(e) => failures.push(format!("{}:{}: {e}", file.display(), n + 1)),
             }
+        }
+        let stem = file.file_stem().and_then(|s| s.to_str()).expect("utf-8 name");
+        insta::assert_snapshot!(format!("llvm_{stem}"), llvm);
+        if cfg!(feature = "gpu") {
+            insta::assert_snapshot!(format!("ptx_sm90_{stem}"), ptx);
         }
     }
     assert!(runs >= 20, "only {runs} run lines found in {}", dir.display());
