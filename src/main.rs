@@ -244,8 +244,8 @@ enum BackendArg {
     Interp,
     /// Fused kernels compiled with Cranelift.
     Jit,
-    /// The JIT's program with its loop kernels executed as a GPU would run
-    /// them, one thread at a time (slow: for testing the GPU schedule).
+    /// The GPU code (every step a loop kernel) executed as a GPU would run
+    /// it, one thread at a time on the CPU (slow: for testing GPU code).
     Grid,
 }
 

@@ -122,8 +122,10 @@ pub enum Loops {
     #[default]
     Jit,
     /// `d2l_kernels::grid`: each kernel executed as its GPU schedule maps
-    /// it, thread by thread; slow, for testing the GPU mapping on the CPU.
-    /// Everything else (GEMM, convolutions, routines) is the JIT's.
+    /// it, thread by thread, and everything else (GEMM, convolutions,
+    /// routines) the JIT's: the GPU mapping of the fused loops tested on
+    /// graphs too big for the whole GPU plan on the interpreter
+    /// (`GridBackend`).
     Grid,
 }
 

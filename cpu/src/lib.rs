@@ -4,9 +4,9 @@
 //! - [`clif`]: loop kernels to Cranelift IR (f32x4, FMA, polynomial math
 //!   from [`math`]); [`wide`]: the heavy ones run 8 or 16 lanes wide.
 //! - [`exec`]: the compiled program that runs a plan's steps;
-//!   [`executable`]: it as the runtime's `Executable` ([`JitBackend`];
-//!   [`GridBackend`] runs the loop kernels through the GPU grid
-//!   interpreter instead, to test the GPU schedule on the CPU).
+//!   [`executable`]: it as the runtime's `Executable` ([`JitBackend`]).
+//! - [`grid_exec`]: a graph's GPU plan run by the grid interpreter
+//!   ([`GridBackend`]), to test the GPU code on the CPU.
 //! - [`gemm`]: the packed SGEMM that matmul and convolutions run on;
 //!   [`conv`]: direct convolution for small channel counts.
 //! - [`routines`]: layout and indexing ops as library routines.
@@ -18,6 +18,7 @@ pub mod denormals;
 pub mod exec;
 pub mod executable;
 pub mod gemm;
+pub mod grid_exec;
 pub mod math;
 pub mod pool;
 pub mod routines;

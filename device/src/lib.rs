@@ -22,9 +22,10 @@ pub enum CpuBackend {
     /// The reference interpreter (ndarray): every primitive, no
     /// compilation; the oracle the JIT is tested against.
     Interpreter,
-    /// The JIT's program with its loop kernels executed as a GPU would run
-    /// them (grid, blocks, warps, reduction trees), one thread at a time:
-    /// slow; it tests the GPU schedule where there is no GPU.
+    /// The graph's GPU plan (every step a loop kernel, matrix products and
+    /// convolutions included) executed as a GPU would run it (grid, blocks,
+    /// warps, reduction trees), one thread at a time: slow; it tests the
+    /// GPU code where there is no GPU.
     Grid,
 }
 
@@ -45,7 +46,7 @@ impl Device {
     pub const JIT: Device = Device::Cpu(CpuBackend::Jit);
     /// The host CPU through the reference interpreter.
     pub const INTERPRETER: Device = Device::Cpu(CpuBackend::Interpreter);
-    /// The host CPU, loop kernels through the GPU grid interpreter.
+    /// The host CPU, the GPU plan through the grid interpreter.
     pub const GRID: Device = Device::Cpu(CpuBackend::Grid);
 
     /// The backend that compiles graphs for this device.

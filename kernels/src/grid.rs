@@ -31,7 +31,7 @@ pub enum Value {
 /// points to, and the buffers must hold the dtypes the kernel reads and
 /// writes.
 pub unsafe fn run(kernel: &LoopKernel, schedule: &GpuSchedule, bases: &[*mut u8]) {
-    let mut t = Thread { k: kernel, bases, idx: vec![0; kernel.extents.len()], vals: vec![Value::Bool(false); kernel.insts.len()], div_by_zero: false };
+    let mut t = Thread { k: kernel, bases, idx: vec![0; kernel.extents.len()], vals: vec![Value::Bool(false); kernel.insts.len()], status: 0 };
     if kernel.numel() > 0 {
         // SAFETY: as the caller promises.
         unsafe {
@@ -42,9 +42,9 @@ pub unsafe fn run(kernel: &LoopKernel, schedule: &GpuSchedule, bases: &[*mut u8]
             }
         }
     }
-    if t.div_by_zero {
+    if t.status != 0 {
         // SAFETY: slot 0 is the status word, an i64.
-        unsafe { *(bases[0] as *mut i64) |= 1 };
+        unsafe { *(bases[0] as *mut i64) |= t.status };
     }
 }
 
@@ -55,7 +55,9 @@ struct Thread<'a> {
     bases: &'a [*mut u8],
     idx: Vec<i64>,
     vals: Vec<Value>,
-    div_by_zero: bool,
+    /// Bits for the status word: 1 an integer division by zero, others
+    /// from `Flag` instructions.
+    status: i64,
 }
 
 impl Thread<'_> {
@@ -209,7 +211,7 @@ impl Thread<'_> {
                 Inst::Binary { op, a, b, .. } => {
                     let (a, b) = (self.vals[a.0 as usize], self.vals[b.0 as usize]);
                     if let (BinaryOp::Div, Value::I64(_), Value::I64(0)) = (op, a, b) {
-                        self.div_by_zero = true;
+                        self.status |= 1;
                     }
                     binary(*op, a, b)
                 }
@@ -219,6 +221,19 @@ impl Thread<'_> {
                     self.vals[if c { a.0 } else { b.0 } as usize]
                 }
                 Inst::Cast { to, x, .. } => cast(self.vals[x.0 as usize], *to),
+                Inst::LoadAt { dtype, slot, offset, at } => {
+                    let Value::I64(at) = self.vals[at.0 as usize] else { unreachable!("an address is an i64") };
+                    let access = Access { slot: *slot, offset: offset + at, strides: Vec::new() };
+                    // SAFETY: in bounds by `run`'s contract (the plan clamps gathered indices).
+                    unsafe { self.read(&access, *dtype) }
+                }
+                Inst::Flag { cond, bit } => {
+                    let c = self.vals[cond.0 as usize];
+                    if c == Value::Bool(true) {
+                        self.status |= bit;
+                    }
+                    c
+                }
             };
             self.vals[i] = v;
         }

@@ -37,16 +37,22 @@ pub enum Inst {
     Compare { op: CmpOp, dtype: DType, a: Val, b: Val },
     Select { dtype: DType, cond: Val, a: Val, b: Val },
     Cast { from: DType, to: DType, x: Val },
+    /// `slot`'s element `offset + at` (`at` an i64 value): an indirect load
+    /// (a gather's rows). Only GPU plans ([`crate::gpu_plan`]) have them.
+    LoadAt { dtype: DType, slot: usize, offset: i64, at: Val },
+    /// Where `cond` holds, ORs `bit` into the status word (slot 0); the
+    /// value is `cond`. Only GPU plans have them (an index out of range).
+    Flag { cond: Val, bit: i64 },
 }
 
 impl Inst {
     /// The dtype of the value this instruction produces.
     pub fn dtype(&self) -> DType {
         match self {
-            Inst::Load { dtype, .. } | Inst::Const { dtype, .. } => *dtype,
+            Inst::Load { dtype, .. } | Inst::Const { dtype, .. } | Inst::LoadAt { dtype, .. } => *dtype,
             Inst::Index { .. } => DType::I64,
             Inst::Unary { dtype, .. } | Inst::Binary { dtype, .. } | Inst::Select { dtype, .. } => *dtype,
-            Inst::Compare { .. } => DType::Bool,
+            Inst::Compare { .. } | Inst::Flag { .. } => DType::Bool,
             Inst::Cast { to, .. } => *to,
         }
     }
@@ -55,6 +61,8 @@ impl Inst {
         match self {
             Inst::Load { .. } | Inst::Const { .. } | Inst::Index { .. } => vec![],
             Inst::Unary { x, .. } | Inst::Cast { x, .. } => vec![*x],
+            Inst::LoadAt { at, .. } => vec![*at],
+            Inst::Flag { cond, .. } => vec![*cond],
             Inst::Binary { a, b, .. } | Inst::Compare { a, b, .. } => vec![*a, *b],
             Inst::Select { cond, a, b, .. } => vec![*cond, *a, *b],
         }
@@ -109,8 +117,14 @@ impl LoopKernel {
         let mut k = self.clone();
         k.name = String::new();
         for inst in &mut k.insts {
-            if let Inst::Load { access, dtype } = inst {
-                rename(access, dtype.size_bytes());
+            match inst {
+                Inst::Load { access, dtype } => rename(access, dtype.size_bytes()),
+                Inst::LoadAt { dtype, slot, offset, .. } => {
+                    let mut access = Access { slot: *slot, offset: *offset, strides: Vec::new() };
+                    rename(&mut access, dtype.size_bytes());
+                    (*slot, *offset) = (access.slot, access.offset);
+                }
+                _ => {}
             }
         }
         for store in &mut k.stores {
@@ -260,6 +274,8 @@ impl fmt::Display for LoopKernel {
                 Inst::Compare { op, dtype, a, b } => write!(line, "{op:?}.{} v{}, v{}", dt(*dtype), a.0, b.0),
                 Inst::Select { cond, a, b, .. } => write!(line, "select v{}, v{}, v{}", cond.0, a.0, b.0),
                 Inst::Cast { from, x, .. } => write!(line, "cast.{} v{}", dt(*from), x.0),
+                Inst::LoadAt { slot, offset, at, .. } => write!(line, "load b{slot}[{offset} + v{}]", at.0),
+                Inst::Flag { cond, bit } => write!(line, "flag {bit} if v{}", cond.0),
             };
             writeln!(f, "{}", line.to_lowercase())?;
         }

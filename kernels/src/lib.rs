@@ -11,6 +11,7 @@
 //! a plan's kernels for the host's cores.
 
 pub mod kernel;
+pub mod gpu_plan;
 pub mod grid;
 pub mod lower;
 pub mod math;

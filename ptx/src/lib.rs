@@ -6,8 +6,10 @@
 //!   backend to PTX for sm_80 or sm_90, with libdevice linked in when a
 //!   kernel calls it (f64 transcendentals, sin, cos, pow).
 //!
-//! Matrix products, convolutions and the routines (gather, scatter, pooling,
-//! random numbers) have no PTX yet; running on a GPU (cudarc) is not built.
+//! The kernels are a GPU plan's (`d2l_kernels::gpu_plan`): the fused loops,
+//! and matrix products, convolutions and routines as loop kernels too.
+//! Random numbers are drawn on the host; running on a GPU (cudarc) is not
+//! built yet.
 
 pub mod llvm_ir;
 #[cfg(feature = "llvm")]
@@ -79,11 +81,12 @@ pub fn find_libdevice() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-/// The loop kernels of `graph` (fused and planned as every backend plans
-/// it), each with its name.
-fn graph_kernels(graph: &d2l_ir::Graph) -> Result<Vec<LoopKernel>, PtxError> {
+/// The kernels a GPU runs for `graph`: its plan (fused and planned as on
+/// every backend) as a GPU plan, every step a loop kernel.
+pub fn graph_kernels(graph: &d2l_ir::Graph) -> Result<Vec<LoopKernel>, PtxError> {
     let fusion = d2l_passes::fusion::fuse(graph);
-    Ok(d2l_kernels::lower::plan(graph, &fusion)?.kernels)
+    let plan = d2l_kernels::lower::plan(graph, &fusion)?;
+    Ok(d2l_kernels::gpu_plan::GpuPlan::of(&plan).kernels)
 }
 
 /// `graph`'s loop kernels as LLVM IR for NVPTX (`d2l emit --target llvm`):

@@ -462,6 +462,17 @@ impl Emitter<'_> {
                 Inst::Compare { op, dtype, a, b } => self.compare(*op, *dtype, &arg(a), &arg(b)),
                 Inst::Select { dtype, cond, a, b } => self.select(&arg(cond), ty(*dtype), &arg(a), &arg(b)),
                 Inst::Cast { from, to, x } => self.cast(*from, *to, &arg(x)),
+                Inst::LoadAt { dtype, slot, offset, at } => {
+                    let e = self.op(format!("add i64 {}, {offset}", arg(at)));
+                    let p = self.op(format!("getelementptr inbounds {}, ptr addrspace(1) %base{slot}, i64 {e}", mem_ty(*dtype)));
+                    let v = self.op(format!("load {}, ptr addrspace(1) {p}, align {}", mem_ty(*dtype), dtype.size_bytes()));
+                    if *dtype == DType::Bool { self.op(format!("icmp ne i8 {v}, 0")) } else { v }
+                }
+                Inst::Flag { cond, bit } => {
+                    let c = arg(cond);
+                    self.when(&c, &mut |e| e.line(format!("atomicrmw or ptr addrspace(1) %base0, i64 {bit} monotonic, align 8")));
+                    c
+                }
             };
             vals.push(v);
         }
@@ -692,7 +703,15 @@ impl Emitter<'_> {
 
 /// The slots a kernel touches, in order.
 fn slots(k: &LoopKernel) -> Vec<usize> {
-    let mut s: Vec<usize> = k.insts.iter().filter_map(|i| if let Inst::Load { access, .. } = i { Some(access.slot) } else { None }).collect();
+    let mut s: Vec<usize> = k
+        .insts
+        .iter()
+        .filter_map(|i| match i {
+            Inst::Load { access, .. } => Some(access.slot),
+            Inst::LoadAt { slot, .. } => Some(*slot),
+            _ => None,
+        })
+        .collect();
     s.extend(k.stores.iter().map(|st| st.access.slot));
     s.push(0);
     s.sort();

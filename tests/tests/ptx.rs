@@ -22,11 +22,12 @@ fn ptxas() -> PathBuf {
     p
 }
 
-/// Assembles the PTX of `graph`'s loop kernels for every architecture.
+/// Assembles the PTX of `graph`'s GPU plan (its loop kernels, and its
+/// products, convolutions and routines as loop kernels) for every
+/// architecture.
 fn assemble(name: &str, graph: &Graph, ptxas: &PathBuf, dir: &tempfile::TempDir) -> usize {
-    let fusion = d2l_passes::fusion::fuse(graph);
-    let plan = d2l_kernels::lower::plan(graph, &fusion).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let kernels: Vec<(String, &d2l_kernels::kernel::LoopKernel)> = plan.kernels.iter().map(|k| (k.name.clone(), k)).collect();
+    let plan = d2l_ptx::graph_kernels(graph).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let kernels: Vec<(String, &d2l_kernels::kernel::LoopKernel)> = plan.iter().map(|k| (k.name.clone(), k)).collect();
     for arch in Arch::ALL {
         let ptx = d2l_ptx::ptx_module(&kernels, arch).unwrap_or_else(|e| panic!("{name} {}: {e}", arch.name()));
         let file = dir.path().join(format!("{}.{}.ptx", name.replace(' ', "_"), arch.name()));
