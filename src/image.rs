@@ -112,7 +112,7 @@ pub fn ranked(scores: &[f64]) -> Vec<(usize, f64)> {
 
 /// Runs `model` on the picture `spec` and returns the report `d2l run
 /// --image` prints: the `top` most likely classes with probabilities.
-pub fn classify(compiled: &Compiled, model: &str, spec: &str, params: Option<&Path>, top: usize) -> Result<String, Error> {
+pub fn classify(compiled: &Compiled, model: &str, spec: &str, params: Option<&Path>, top: usize, device: Device) -> Result<String, Error> {
     let source = ImageSource::parse(spec)?;
     let probe = compiled.program.lower(model, &LowerOptions { default_dim: Some(1), ..LowerOptions::default() })?;
     let inputs = probe.graph.inputs();
@@ -131,7 +131,7 @@ pub fn classify(compiled: &Compiled, model: &str, spec: &str, params: Option<&Pa
     let picture = load(&source, channels, height, width, None)?;
     let classes = picture.classes.unwrap_or(if trained_on_mnist { &DIGITS } else { &FASHION_MNIST_CLASSES });
 
-    let mut session = compiled.session(Device::JIT)?;
+    let mut session = compiled.session(device)?;
     if let Some(p) = params {
         session.load_params(p)?;
     }

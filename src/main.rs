@@ -26,6 +26,33 @@ kernels and compiled to machine code with Cranelift. Start with:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where graphs run: `cpu` (through --backend), or `cuda` / `cuda:N`,
+    /// an NVIDIA GPU (a build with `--features gpu` and a driver).
+    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceArg,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum DeviceArg {
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    match s.split_once(':') {
+        None if s == "cpu" => Ok(DeviceArg::Cpu),
+        None if s == "cuda" => Ok(DeviceArg::Cuda(0)),
+        Some(("cuda", n)) => n.parse().map(DeviceArg::Cuda).map_err(|_| format!("`{n}` is not a device number")),
+        _ => Err(format!("`{s}` is not a device: cpu, cuda or cuda:N")),
+    }
+}
+
+/// The device a command runs on: the CPU through `backend`, or a GPU.
+fn place(backend: BackendArg, device: DeviceArg) -> d2l::Device {
+    match device {
+        DeviceArg::Cpu => backend.into(),
+        DeviceArg::Cuda(n) => d2l::Device::Cuda(n),
+    }
 }
 
 #[derive(Subcommand)]
@@ -118,6 +145,11 @@ enum Command {
         /// Also print the time of each step of the compiled program (JIT only).
         #[arg(long)]
         profile: bool,
+        /// First run each graph once on the device and once on the reference
+        /// interpreter and compare every output; fails when they differ (use
+        /// a small --batch: the interpreter is slow).
+        #[arg(long)]
+        verify: bool,
         /// Also write the figures as JSON (times in seconds), e.g. for `bench/compare_pytorch.py`.
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
@@ -330,39 +362,44 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
+    let device = cli.device;
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Summary(args) => summary(&args),
         Command::Ir { model, stage, locs } => ir(&model, stage, locs),
         Command::Train { model, epochs, steps, lr, data, out, seed, resume, batch, limit, backend } => {
-            let opts = d2l::TrainOptions { data_dir: data, epochs, steps, lr, limit, seed, device: backend.into(), batch };
+            let opts = d2l::TrainOptions { data_dir: data, epochs, steps, lr, limit, seed, device: place(backend, device), batch };
             train(&model, &opts, &out, resume)
         }
         Command::Emit { model, target, arch } => emit(&model, target, arch),
-        Command::BertEncode { model, params, sentences, data, seed, backend } => bert_encode(&model, &params, &sentences, data, seed, backend.into()),
-        Command::Bench { model, backend, batch, steps, seconds, peak, profile, json } => {
+        Command::BertEncode { model, params, sentences, data, seed, backend } => bert_encode(&model, &params, &sentences, data, seed, place(backend, device)),
+        Command::Bench { model, backend, batch, steps, seconds, peak, profile, verify, json } => {
             let compiled = load(&model, 0)?;
             let name = pick_model(&compiled, &model)?;
-            let opts = d2l::train::bench::BenchOptions { device: backend.into(), batch, min_steps: steps, min_seconds: seconds, profile, ..Default::default() };
+            let opts = d2l::train::bench::BenchOptions { device: place(backend, device), batch, min_steps: steps, min_seconds: seconds, profile, verify, ..Default::default() };
             let report = d2l::train::bench::bench(&compiled.program, &name, &opts)?;
             let peak = peak.unwrap_or_else(d2l::train::bench::measured_peak_gflops);
             print!("{}", d2l::train::bench::render(&report, peak));
+            let failed = [report.train.as_ref(), Some(&report.infer)].into_iter().flatten().any(|m| m.verified.as_ref().is_some_and(|v| !v.passes()));
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Usage(format!("cannot encode the figures as JSON: {e}")))?;
                 std::fs::write(&path, text + "\n").map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
             }
+            if failed {
+                return Err(Error::Usage("the device's outputs differ from the reference interpreter's (see above)".into()));
+            }
             Ok(())
         }
-        Command::Translate { model, params, sentences, references, beam, attention, backend } => translate(&model, &params, &sentences, &references, beam, attention.as_deref(), backend.into()),
+        Command::Translate { model, params, sentences, references, beam, attention, backend } => translate(&model, &params, &sentences, &references, beam, attention.as_deref(), place(backend, device)),
         Command::Fetch { name, list } => fetch(name.as_deref(), list),
-        Command::Generate { model, params, prefix, len, backend } => generate(&model, &params, &prefix, len, backend.into()),
+        Command::Generate { model, params, prefix, len, backend } => generate(&model, &params, &prefix, len, place(backend, device)),
         Command::Run { model, image: Some(spec), params, seed, top, .. } => {
             let compiled = load(&model, seed)?;
             let name = pick_model(&compiled, &model)?;
-            print!("{}", image::classify(&compiled, &name, &spec, params.as_deref(), top)?);
+            print!("{}", image::classify(&compiled, &name, &spec, params.as_deref(), top, place(BackendArg::Jit, device))?);
             Ok(())
         }
-        Command::Run { model, inputs, params, output, seed, backend, .. } => run_model(&model, &inputs, params.as_deref(), output.as_deref(), seed, backend.into()),
+        Command::Run { model, inputs, params, output, seed, backend, .. } => run_model(&model, &inputs, params.as_deref(), output.as_deref(), seed, place(backend, device)),
     }
 }
 

@@ -284,3 +284,24 @@ fn bert_trains_in_steps_and_encodes_sentences() {
     let o = d2l(&["bert-encode", "models/mlp.d2l", "--params", params.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("no BERT vocabulary"), "{}", stderr(&o));
 }
+
+/// `--device cuda` without GPU support in the build, or without a driver on
+/// the machine, is a clean error and a failing exit, never a panic; the
+/// grid interpreter (`--backend grid`) runs the GPU code on the CPU, and
+/// `bench --verify` checks it against the interpreter.
+#[test]
+fn cuda_without_a_gpu_fails_cleanly_and_grid_runs_the_gpu_code() {
+    let o = d2l(&["bench", "models/linear_regression.d2l", "--device", "cuda", "--steps", "1", "--seconds", "0"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("without GPU support") || err.contains("no NVIDIA driver"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let out = tempfile::tempdir().unwrap();
+    let o = d2l(&["train", "models/linear_regression.d2l", "--backend", "grid", "--epochs", "1", "--out", out.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // What a GPU machine runs per model (with --device cuda): one step
+    // against the interpreter, then the timing.
+    let o = d2l(&["bench", "models/lenet.d2l", "--backend", "grid", "--verify", "--batch", "2", "--steps", "1", "--seconds", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("agrees with the interpreter").count(), 2, "{}", stdout(&o));
+}

@@ -3,8 +3,8 @@
 //! library, the facade, the command line) chooses through it, and
 //! everything below knows only the runtime's [`Backend`] trait. The host
 //! CPU has two backends: the Cranelift JIT (`d2l-cpu`, the default) and
-//! the reference interpreter (`d2l-runtime`). A GPU backend (PTX through
-//! LLVM) would be a crate beside `d2l-cpu` and a variant here.
+//! the reference interpreter (`d2l-runtime`), and the grid interpreter of
+//! GPU plans; NVIDIA GPUs run through `d2l-cuda` (feature `cuda`).
 
 use std::fmt;
 
@@ -33,7 +33,39 @@ pub enum CpuBackend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu(CpuBackend),
+    /// NVIDIA GPU number `n`: the graph's GPU plan as PTX, run through the
+    /// CUDA driver (`d2l-cuda`; a build with the `cuda` feature, which the
+    /// root crate's `gpu` feature turns on). Not yet run on a GPU.
+    Cuda(usize),
 }
+
+/// Most CUDA devices a process addresses (their backends are statics).
+pub const MAX_CUDA_DEVICES: usize = 16;
+
+#[cfg(feature = "cuda")]
+static CUDA: [d2l_cuda::CudaBackend; MAX_CUDA_DEVICES] = {
+    let mut all = [d2l_cuda::CudaBackend { ordinal: 0 }; MAX_CUDA_DEVICES];
+    let mut i = 0;
+    while i < MAX_CUDA_DEVICES {
+        all[i].ordinal = i;
+        i += 1;
+    }
+    all
+};
+
+/// A device this build or machine cannot use: compiling for it fails, saying why.
+struct Unavailable(&'static str);
+
+impl Backend for Unavailable {
+    fn compile(&self, _graph: &Graph, _seed: u64) -> Result<Box<dyn Executable>, RunError> {
+        Err(RunError::Device { device: "cuda".into(), message: self.0.into() })
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+static NOT_BUILT: Unavailable = Unavailable("this d2l was built without GPU support; rebuild with `cargo build --release --features gpu` (needs LLVM 19, see the README)");
+#[cfg(feature = "cuda")]
+static TOO_MANY: Unavailable = Unavailable("no such CUDA device number (at most 16)");
 
 impl Default for Device {
     fn default() -> Device {
@@ -55,6 +87,10 @@ impl Device {
             Device::Cpu(CpuBackend::Jit) => &JitBackend,
             Device::Cpu(CpuBackend::Interpreter) => &InterpreterBackend,
             Device::Cpu(CpuBackend::Grid) => &GridBackend,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => CUDA.get(n).map_or(&TOO_MANY as &dyn Backend, |b| b as &dyn Backend),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => &NOT_BUILT,
         }
     }
 
@@ -70,13 +106,17 @@ impl Device {
             Device::Cpu(CpuBackend::Jit) => "jit",
             Device::Cpu(CpuBackend::Interpreter) => "interp",
             Device::Cpu(CpuBackend::Grid) => "grid",
+            Device::Cuda(_) => "cuda",
         }
     }
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cpu ({})", self.name())
+        match self {
+            Device::Cpu(_) => write!(f, "cpu ({})", self.name()),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
     }
 }
 

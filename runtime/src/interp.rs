@@ -116,6 +116,9 @@ pub enum RunError {
     /// A compiled backend could not compile the graph.
     #[error("cannot compile graph `{graph}`: {message}")]
     Compile { graph: String, message: String },
+    /// The device failed while running (a GPU's driver reported an error).
+    #[error("{device}: {message}")]
+    Device { device: String, message: String },
 }
 
 /// A kernel failure, before the executor attaches the node it happened at.

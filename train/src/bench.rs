@@ -26,11 +26,14 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Also time every step of the JIT's program (`d2l bench --profile`).
     pub profile: bool,
+    /// Before timing, run each graph once on the device and once on the
+    /// reference interpreter, and compare every output (`--verify`).
+    pub verify: bool,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { device: Device::JIT, batch: None, min_steps: 20, min_seconds: 1.0, warmup: 5, profile: false }
+        BenchOptions { device: Device::JIT, batch: None, min_steps: 20, min_seconds: 1.0, warmup: 5, profile: false, verify: false }
     }
 }
 
@@ -56,6 +59,56 @@ pub struct Measured {
     /// With `profile`: each step of the compiled program and its mean time
     /// per run (seconds), slowest first.
     pub profile: Vec<(String, f64)>,
+    /// With `verify`: how far the device's outputs are from the interpreter's.
+    pub verified: Option<Verified>,
+}
+
+/// The device's outputs of one run against the reference interpreter's.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Verified {
+    /// The output furthest from the interpreter's, by ‖device − interp‖₂ / ‖interp‖₂.
+    pub worst_output: String,
+    pub relative_error: f64,
+    /// Largest |device − interp| / (1 + |interp|) over every element.
+    pub max_element_error: f64,
+    /// Outputs whose NaNs or integers differ (must be none).
+    pub mismatched: Vec<String>,
+}
+
+impl Verified {
+    /// Within what the equivalence tests allow a GPU's summation order:
+    /// 2% of an output's norm (a training step's ReLU decisions near zero
+    /// can flip), and no differing NaNs or integers.
+    pub fn passes(&self) -> bool {
+        self.mismatched.is_empty() && self.relative_error <= 2e-2
+    }
+}
+
+/// Runs `graph` once on `exe` and once on the interpreter, from the same feeds.
+fn verify(graph: &Graph, exe: &mut dyn Executable, feeds: &HashMap<String, Tensor>) -> Result<Verified, Error> {
+    let want = d2l_runtime::Interpreter::new(1).run(graph, feeds)?;
+    let got = exe.run(feeds)?;
+    let mut v = Verified { worst_output: String::new(), relative_error: 0.0, max_element_error: 0.0, mismatched: Vec::new() };
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        let (g, w) = (g.to_f64_vec(), w.to_f64_vec());
+        let nan_or_int_differs = g.iter().zip(&w).any(|(a, b)| a.is_nan() != b.is_nan());
+        let is_int = matches!(graph.dtype(graph.outputs().iter().find(|o| &o.name == name).map_or(graph.outputs()[0].node, |o| o.node)), DType::I64 | DType::Bool);
+        if nan_or_int_differs || (is_int && g != w) {
+            v.mismatched.push(name.clone());
+            continue;
+        }
+        let (mut diff, mut size) = (0.0, 0.0);
+        for (a, b) in g.iter().zip(&w).filter(|(a, _)| !a.is_nan()) {
+            diff += (a - b) * (a - b);
+            size += b * b;
+            v.max_element_error = v.max_element_error.max((a - b).abs() / (1.0 + b.abs()));
+        }
+        let rel = if size > 0.0 { (diff / size).sqrt() } else { diff.sqrt() };
+        if rel >= v.relative_error {
+            (v.relative_error, v.worst_output) = (rel, name.clone());
+        }
+    }
+    Ok(v)
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -196,12 +249,13 @@ fn measure(graph: &Graph, lower_ms: f64, classes: usize, data: Option<&HashMap<S
         let timing = time(graph, &mut exe, &mut feeds, opts)?;
         let runs = (timing.steps + opts.warmup) as f64;
         let profile = exe.program().profile().into_iter().map(|(name, t)| (name, t / runs)).collect();
-        return Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile });
+        return Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile, verified: None });
     }
     let mut exe = opts.device.compile(graph, 1)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let verified = if opts.verify { Some(verify(graph, exe.as_mut(), &feeds)?) } else { None };
     let timing = time(graph, exe.as_mut(), &mut feeds, opts)?;
-    Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile: Vec::new() })
+    Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile: Vec::new(), verified })
 }
 
 /// Measures `model`'s training step (when it has a `train` block) and its inference.
@@ -309,6 +363,16 @@ pub fn render(r: &BenchReport, peak: f64) -> String {
             gflops,
             100.0 * gflops / peak
         ));
+        if let Some(v) = &m.verified {
+            let verdict = if v.passes() { "agrees with" } else { "DIFFERS from" };
+            out.push_str(&format!(
+                "      {verdict} the interpreter: worst output `{}` ‖Δ‖/‖x‖ {:.1e}, largest element error {:.1e}{}\n",
+                v.worst_output,
+                v.relative_error,
+                v.max_element_error,
+                if v.mismatched.is_empty() { String::new() } else { format!(", NaNs or integers differ in {}", v.mismatched.join(", ")) }
+            ));
+        }
         for (name, t) in m.profile.iter().take(25) {
             out.push_str(&format!("      {:>10} {:>5.1}%  {name}\n", duration(*t), 100.0 * t / m.timing.median));
         }
