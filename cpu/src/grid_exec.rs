@@ -68,10 +68,6 @@ impl GridProgram {
         &self.plan.outputs
     }
 
-    pub fn gpu_plan(&self) -> &GpuPlan {
-        &self.gpu
-    }
-
     /// Runs the graph once.
     ///
     /// # Safety

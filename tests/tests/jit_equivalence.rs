@@ -108,7 +108,8 @@ fn check_with(name: &str, graph: &Graph, feeds: &HashMap<String, Tensor>, tol: f
 /// Instructions the grid interpreter would execute for one run of
 /// `graph`'s GPU plan.
 fn grid_work(graph: &Graph) -> u64 {
-    d2l_cpu::grid_exec::GridProgram::compile(graph, 7).map_or(0, |p| p.gpu_plan().work())
+    let fusion = d2l_passes::fusion::fuse(graph);
+    d2l_kernels::lower::plan(graph, &fusion).map_or(0, |plan| d2l_kernels::gpu_plan::GpuPlan::of(&plan).work())
 }
 
 /// Most grid-interpreter work per run checked through the whole GPU plan.
