@@ -4,6 +4,7 @@
 # here first and carry the binary (LLVM linked in statically) and, for the
 # Transformer's sin/cos/pow, libdevice:
 #   LLVM_SYS_191_PREFIX=/usr/lib/llvm-19 cargo build --release --features gpu
+#   strip target/release/d2l           # 62 MB -> 51 MB (the carry limit is 64 MiB)
 #   cp "$D2L_LIBDEVICE" target/libdevice.10.bc
 # then run this script there with target/release/d2l and
 # target/libdevice.10.bc carried: `bash bench/gpu/run.sh` (figures under $OUT).
