@@ -6,9 +6,14 @@
 //!   to a [`lower::Plan`]: numbered buffer slots, the loop kernels, and the
 //!   steps that run them with the library calls in between (matmul,
 //!   convolution, routines).
+//! - [`math`]: the f32 exp, log, tanh and sigmoid every backend computes.
+//! - [`gpu_plan`]: a plan as a GPU runs it, every step a loop kernel.
+//! - [`schedule`]: how a kernel maps onto a GPU grid (threads, blocks,
+//!   reduction trees); [`grid`] executes that mapping on the CPU.
 //!
 //! Nothing here generates code: the Cranelift backend (`d2l-cpu`) compiles
-//! a plan's kernels for the host's cores.
+//! a plan's kernels for the host's cores, the PTX backend (`d2l-ptx`) a
+//! GPU plan's for NVIDIA GPUs.
 
 pub mod kernel;
 pub mod gpu_plan;
