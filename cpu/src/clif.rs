@@ -912,7 +912,7 @@ impl<'k, 'f> Emitter<'k, 'f> {
                 }
             }
             Inst::Cast { from, to, x } => self.cast(from, to, arg(x), lanes),
-            Inst::LoadAt { .. } | Inst::Flag { .. } => unreachable!("indirect loads and flags are in GPU plans only (d2l_kernels::gpu_plan)"),
+            Inst::LoadAt { .. } | Inst::Flag { .. } | Inst::StreamWord { .. } => unreachable!("indirect loads, flags and stream words are in GPU plans only (d2l_kernels::gpu_plan)"),
         }
     }
 

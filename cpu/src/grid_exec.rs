@@ -3,8 +3,9 @@
 //! convolutions and routines included) executed by the grid interpreter
 //! (`d2l_kernels::grid`), thread by thread as each kernel's GPU schedule
 //! maps it. Slow; it is how the GPU code's semantics are tested where there
-//! is no GPU (`Device::GRID`, `--backend grid`). Random numbers are drawn as
-//! the JIT draws them.
+//! is no GPU (`Device::GRID`, `--backend grid`). Uniform random numbers
+//! come from their kernels (ChaCha12 words by position), normal ones are
+//! drawn as the JIT draws them; both from the interpreter's stream.
 
 use d2l_ir::{DType, Graph};
 use d2l_kernels::gpu_plan::{GpuPlan, GpuStep, INDEX_OUT_OF_RANGE};
@@ -38,7 +39,7 @@ impl GridProgram {
     pub fn compile(graph: &Graph, seed: u64) -> Result<GridProgram, CompileError> {
         let fusion = fusion::fuse(graph);
         let plan = lower::plan(graph, &fusion)?;
-        let gpu = GpuPlan::of(&plan);
+        let gpu = GpuPlan::of(&plan, seed);
         let schedules = gpu.kernels.iter().map(GpuSchedule::of).collect();
         let words = gpu.arena_bytes.div_ceil(8);
         let mut arena: Vec<u64> = Vec::new();
@@ -97,6 +98,12 @@ impl GridProgram {
                         let index = idx.iter().copied().find(|&i| i < 0 || i >= size as i64).unwrap_or(0);
                         return Err(ExecError::IndexOutOfRange { node: self.names[node.index()].clone(), index, size });
                     }
+                }
+                GpuStep::StreamPosition { slot, words } => {
+                    let at = self.rng.get_word_pos();
+                    // SAFETY: the slot is an i64 scratch word of the arena.
+                    unsafe { *(self.table[*slot] as *mut i64) = at as i64 };
+                    self.rng.set_word_pos(at + *words as u128);
                 }
                 GpuStep::Rand { dist, out, .. } => {
                     let slot = &self.gpu.slots[*out];

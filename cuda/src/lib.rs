@@ -8,9 +8,10 @@
 //! arena of the memory plan, a buffer per feed and output, the status word,
 //! and the table of their addresses that every kernel takes as its one
 //! argument (uploaded once: shapes and strides are in the code). A run
-//! copies the feeds in, launches the kernels in order on one stream, draws
-//! random numbers on the host (until they are counter-based), and copies
-//! the outputs and the status word out.
+//! copies the feeds in, launches the kernels in order on one stream (uniform
+//! random numbers are computed there from the stream position it uploads;
+//! normal ones are drawn on the host), and copies the outputs and the
+//! status word out.
 //!
 //! Not yet run on a GPU: no GPU has been lent to this project's sessions.
 //! What is tested here is the path without one (`available` is an error,
@@ -27,8 +28,8 @@ use d2l_kernels::lower::{self, FeedSlot, OutputSlot, Place, Plan};
 use d2l_kernels::schedule::GpuSchedule;
 use d2l_ptx::Arch;
 use d2l_runtime::{Backend, Executable, FeedKind, RunError, Tensor, TensorType};
-use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha12Rng;
 use rand_distr::StandardNormal;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +81,9 @@ pub struct CudaProgram {
     buffers: HashMap<usize, CudaSlice<u8>>,
     status: CudaSlice<i64>,
     table: CudaSlice<u64>,
-    rng: StdRng,
+    /// The interpreter's random stream (`StdRng` is ChaCha12): its position
+    /// for uniform kernels, its draws for normal numbers.
+    rng: ChaCha12Rng,
     /// Host scratch for random numbers and index checks.
     host: Vec<u8>,
     names: Vec<String>,
@@ -125,7 +128,7 @@ impl CudaProgram {
         }
         let fusion = d2l_passes::fusion::fuse(graph);
         let plan = lower::plan(graph, &fusion)?;
-        let gpu = GpuPlan::of(&plan);
+        let gpu = GpuPlan::of(&plan, seed);
         let ctx = CudaContext::new(ordinal)?;
         let major = ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
         let arch = if major >= 9 { Arch::Sm90 } else { Arch::Sm80 };
@@ -157,7 +160,7 @@ impl CudaProgram {
         let table = stream.clone_htod(&addresses)?;
         let schedules = gpu.kernels.iter().map(GpuSchedule::of).collect();
         let names = graph.ids().map(|id| lower::describe(graph, id)).collect();
-        Ok(CudaProgram { plan, gpu, schedules, stream, functions, arena, buffers, status, table, rng: StdRng::seed_from_u64(seed), host: Vec::new(), names, ordinal })
+        Ok(CudaProgram { plan, gpu, schedules, stream, functions, arena, buffers, status, table, rng: ChaCha12Rng::seed_from_u64(seed), host: Vec::new(), names, ordinal })
     }
 
     pub fn feeds(&self) -> &[FeedSlot] {
@@ -182,8 +185,8 @@ impl CudaProgram {
         Ok(())
     }
 
-    /// Random numbers into `out`'s place in the arena, drawn on the host
-    /// as the interpreter draws them.
+    /// Normal random numbers into `out`'s place in the arena, drawn on the
+    /// host as the interpreter draws them.
     fn rand(&mut self, dist: RandDist, out: usize) -> Result<(), CudaError> {
         let slot = &self.gpu.slots[out];
         let (n, dtype) = (slot.numel, slot.dtype);
@@ -209,6 +212,13 @@ impl CudaProgram {
             match self.gpu.steps[s].clone() {
                 GpuStep::Kernel { kernel, .. } => self.launch(kernel)?,
                 GpuStep::Rand { dist, out, .. } => self.rand(dist, out)?,
+                GpuStep::StreamPosition { slot, words } => {
+                    let at = self.rng.get_word_pos();
+                    let Place::Arena(offset) = self.gpu.slots[slot].place else { unreachable!("a scratch slot") };
+                    let mut view = self.arena.slice_mut(offset..offset + 8);
+                    self.stream.memcpy_htod(&(at as i64).to_ne_bytes(), &mut view)?;
+                    self.rng.set_word_pos(at + words as u128);
+                }
             }
             if check_each {
                 let status = self.stream.clone_dtoh(&self.status)?[0];

@@ -10,8 +10,10 @@
 //! `[N, O, Ho, Wo, C, kh, kw]` (on a zero-padded copy when it pads), a
 //! scatter-add sums, for every output row, the updates whose index names it
 //! (no atomics: the same sums in the same order on every run). Faster GPU
-//! products (cuBLAS, tiled kernels) are later work. Random numbers are drawn
-//! on the host until every backend computes them from a counter.
+//! products (cuBLAS, tiled kernels) are later work. Uniform random numbers
+//! (dropout's) are computed per element from ChaCha12 word positions
+//! ([`crate::chacha`]): the same numbers the interpreter draws one after
+//! another from `StdRng`; normal ones are drawn on the host.
 
 use d2l_ir::{BinaryOp, CmpOp, DType, NodeId, PoolKind, RandDist, ReduceOp};
 use d2l_passes::fusion::Affine;
@@ -32,8 +34,13 @@ pub enum GpuStep {
     /// [`INDEX_OUT_OF_RANGE`], `indices` says which index buffer to blame:
     /// (slot, how many, the size of the axis they index).
     Kernel { kernel: usize, node: NodeId, indices: Option<(usize, usize, usize)> },
-    /// Random numbers into `out`, drawn on the host.
+    /// Normal random numbers into `out`, drawn on the host (their
+    /// rejection sampling reads a varying number of words).
     Rand { node: NodeId, dist: RandDist, out: usize },
+    /// The random stream's current position (in 32-bit words) written to
+    /// i64 slot `slot`, then the position moved `words` on: the uniform
+    /// numbers' kernel that follows computes its words from there.
+    StreamPosition { slot: usize, words: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +56,8 @@ pub struct GpuPlan {
 
 struct Builder<'p> {
     plan: &'p Plan,
+    /// The key of the random stream (ChaCha12's, from the program's seed).
+    key: [u32; 8],
     slots: Vec<Slot>,
     kernels: Vec<LoopKernel>,
     steps: Vec<GpuStep>,
@@ -279,6 +288,37 @@ impl Builder<'_> {
                 k.stores.push(store(r, DType::I64, out, 0, vec![1], None));
                 self.kernel(k, node, None);
             }
+            Routine::Rand { dist: RandDist::Uniform } if matches!(dtype, DType::F32 | DType::F64) => {
+                // As `rand` makes a uniform number: f32 from one word's top 24
+                // bits, f64 from two words' top 53, scaled into [0, 1).
+                let n = self.slots[out].numel;
+                let words = if dtype == DType::F32 { 1 } else { 2 };
+                let at = self.scratch(DType::I64, 1);
+                self.steps.push(GpuStep::StreamPosition { slot: at, words: (n * words) as u64 });
+                let mut k = LoopKernel::new("", vec![n]);
+                let start = load(&mut k, DType::I64, at, 0, vec![0]);
+                let offset = k.push(Inst::Index { offset: 0, strides: vec![words as i64] });
+                let pos = k.push(Inst::Binary { op: BinaryOp::Add, dtype: DType::I64, a: start, b: offset });
+                let int = |k: &mut LoopKernel, v: f64| k.push(Inst::Const { dtype: DType::I64, value: v });
+                let w = k.push(Inst::StreamWord { key: self.key, position: pos });
+                let (bits, scale) = if dtype == DType::F32 {
+                    let d = int(&mut k, 256.0);
+                    (k.push(Inst::Binary { op: BinaryOp::Div, dtype: DType::I64, a: w, b: d }), 1.0 / (1u64 << 24) as f64)
+                } else {
+                    let one = int(&mut k, 1.0);
+                    let next = k.push(Inst::Binary { op: BinaryOp::Add, dtype: DType::I64, a: pos, b: one });
+                    let hi = k.push(Inst::StreamWord { key: self.key, position: next });
+                    let (up, down) = (int(&mut k, (1u64 << 21) as f64), int(&mut k, (1u64 << 11) as f64));
+                    let hi = k.push(Inst::Binary { op: BinaryOp::Mul, dtype: DType::I64, a: hi, b: up });
+                    let lo = k.push(Inst::Binary { op: BinaryOp::Div, dtype: DType::I64, a: w, b: down });
+                    (k.push(Inst::Binary { op: BinaryOp::Add, dtype: DType::I64, a: hi, b: lo }), 1.0 / (1u64 << 53) as f64)
+                };
+                let f = k.push(Inst::Cast { from: DType::I64, to: dtype, x: bits });
+                let s = k.push(Inst::Const { dtype, value: scale });
+                let v = k.push(Inst::Binary { op: BinaryOp::Mul, dtype, a: f, b: s });
+                k.stores.push(store(v, dtype, out, 0, vec![1], None));
+                self.kernel(k, node, None);
+            }
             Routine::Rand { dist } => self.steps.push(GpuStep::Rand { node, dist: *dist, out }),
         }
     }
@@ -302,9 +342,10 @@ impl GpuPlan {
         self.kernels.iter().map(|k| k.numel() as u64 * (k.insts.len() + k.stores.len()) as u64).sum()
     }
 
-    /// `plan`'s steps as loop kernels, then the output copies.
-    pub fn of(plan: &Plan) -> GpuPlan {
-        let mut b = Builder { plan, slots: plan.slots.clone(), kernels: Vec::new(), steps: Vec::new(), arena_bytes: plan.memory.size };
+    /// `plan`'s steps as loop kernels, then the output copies; `seed`
+    /// keys the random stream (as the interpreter's `StdRng`).
+    pub fn of(plan: &Plan, seed: u64) -> GpuPlan {
+        let mut b = Builder { plan, key: crate::chacha::key_of_seed(seed), slots: plan.slots.clone(), kernels: Vec::new(), steps: Vec::new(), arena_bytes: plan.memory.size };
         for step in &plan.steps {
             b.step(step);
         }

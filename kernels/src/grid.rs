@@ -227,6 +227,10 @@ impl Thread<'_> {
                     // SAFETY: in bounds by `run`'s contract (the plan clamps gathered indices).
                     unsafe { self.read(&access, *dtype) }
                 }
+                Inst::StreamWord { key, position } => {
+                    let Value::I64(p) = self.vals[position.0 as usize] else { unreachable!("a position is an i64") };
+                    Value::I64(crate::chacha::word(key, p as u64) as i64)
+                }
                 Inst::Flag { cond, bit } => {
                     let c = self.vals[cond.0 as usize];
                     if c == Value::Bool(true) {

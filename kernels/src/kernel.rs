@@ -43,6 +43,10 @@ pub enum Inst {
     /// Where `cond` holds, ORs `bit` into the status word (slot 0); the
     /// value is `cond`. Only GPU plans have them (an index out of range).
     Flag { cond: Val, bit: i64 },
+    /// The 32-bit word at stream position `position` (an i64 value) of
+    /// ChaCha12 keyed by `key` ([`crate::chacha::word`]), as an i64: the
+    /// random numbers of GPU plans.
+    StreamWord { key: [u32; 8], position: Val },
 }
 
 impl Inst {
@@ -50,7 +54,7 @@ impl Inst {
     pub fn dtype(&self) -> DType {
         match self {
             Inst::Load { dtype, .. } | Inst::Const { dtype, .. } | Inst::LoadAt { dtype, .. } => *dtype,
-            Inst::Index { .. } => DType::I64,
+            Inst::Index { .. } | Inst::StreamWord { .. } => DType::I64,
             Inst::Unary { dtype, .. } | Inst::Binary { dtype, .. } | Inst::Select { dtype, .. } => *dtype,
             Inst::Compare { .. } | Inst::Flag { .. } => DType::Bool,
             Inst::Cast { to, .. } => *to,
@@ -63,6 +67,7 @@ impl Inst {
             Inst::Unary { x, .. } | Inst::Cast { x, .. } => vec![*x],
             Inst::LoadAt { at, .. } => vec![*at],
             Inst::Flag { cond, .. } => vec![*cond],
+            Inst::StreamWord { position, .. } => vec![*position],
             Inst::Binary { a, b, .. } | Inst::Compare { a, b, .. } => vec![*a, *b],
             Inst::Select { cond, a, b, .. } => vec![*cond, *a, *b],
         }
@@ -276,6 +281,7 @@ impl fmt::Display for LoopKernel {
                 Inst::Cast { from, x, .. } => write!(line, "cast.{} v{}", dt(*from), x.0),
                 Inst::LoadAt { slot, offset, at, .. } => write!(line, "load b{slot}[{offset} + v{}]", at.0),
                 Inst::Flag { cond, bit } => write!(line, "flag {bit} if v{}", cond.0),
+                Inst::StreamWord { position, .. } => write!(line, "chacha12 word v{}", position.0),
             };
             writeln!(f, "{}", line.to_lowercase())?;
         }

@@ -15,6 +15,7 @@
 //! a plan's kernels for the host's cores, the PTX backend (`d2l-ptx`) a
 //! GPU plan's for NVIDIA GPUs.
 
+pub mod chacha;
 pub mod kernel;
 pub mod gpu_plan;
 pub mod grid;

@@ -82,11 +82,12 @@ pub fn find_libdevice() -> Option<PathBuf> {
 }
 
 /// The kernels a GPU runs for `graph`: its plan (fused and planned as on
-/// every backend) as a GPU plan, every step a loop kernel.
+/// every backend) as a GPU plan, every step a loop kernel (random numbers
+/// keyed by seed 0).
 pub fn graph_kernels(graph: &d2l_ir::Graph) -> Result<Vec<LoopKernel>, PtxError> {
     let fusion = d2l_passes::fusion::fuse(graph);
     let plan = d2l_kernels::lower::plan(graph, &fusion)?;
-    Ok(d2l_kernels::gpu_plan::GpuPlan::of(&plan).kernels)
+    Ok(d2l_kernels::gpu_plan::GpuPlan::of(&plan, 0).kernels)
 }
 
 /// `graph`'s loop kernels as LLVM IR for NVPTX (`d2l emit --target llvm`):

@@ -468,6 +468,7 @@ impl Emitter<'_> {
                     let v = self.op(format!("load {}, ptr addrspace(1) {p}, align {}", mem_ty(*dtype), dtype.size_bytes()));
                     if *dtype == DType::Bool { self.op(format!("icmp ne i8 {v}, 0")) } else { v }
                 }
+                Inst::StreamWord { key, position } => self.stream_word(key, &arg(position)),
                 Inst::Flag { cond, bit } => {
                     let c = arg(cond);
                     self.when(&c, &mut |e| e.line(format!("atomicrmw or ptr addrspace(1) %base0, i64 {bit} monotonic, align 8")));
@@ -477,6 +478,45 @@ impl Emitter<'_> {
             vals.push(v);
         }
         vals
+    }
+
+    /// `d2l_kernels::chacha::word`, operation for operation: the block's
+    /// state from the key and `position / 16`, twelve rounds, the input
+    /// added back, and the word `position % 16` (picked by selects).
+    fn stream_word(&mut self, key: &[u32; 8], position: &str) -> String {
+        use d2l_kernels::chacha::{COLUMNS, DIAGONALS, DOUBLE_ROUNDS, initial_state};
+        let block = self.op(format!("lshr i64 {position}, 4"));
+        let lo = self.op(format!("trunc i64 {block} to i32"));
+        let hi = self.op(format!("lshr i64 {block}, 32"));
+        let hi = self.op(format!("trunc i64 {hi} to i32"));
+        let init: Vec<String> = initial_state(key, 0)
+            .iter()
+            .enumerate()
+            .map(|(i, w)| match i {
+                12 => lo.clone(),
+                13 => hi.clone(),
+                _ => (*w as i32).to_string(),
+            })
+            .collect();
+        let mut s = init.clone();
+        let rotl = |e: &mut Self, x: &str, r: u32| e.call("i32", "llvm.fshl.i32", &[("i32", x), ("i32", x), ("i32", &r.to_string())]);
+        for _ in 0..DOUBLE_ROUNDS {
+            for [a, b, c, d] in COLUMNS.into_iter().chain(DIAGONALS) {
+                for (x, y, z, r) in [(a, b, d, 16), (c, d, b, 12), (a, b, d, 8), (c, d, b, 7)] {
+                    s[x] = self.op(format!("add i32 {}, {}", s[x], s[y]));
+                    let t = self.op(format!("xor i32 {}, {}", s[z], s[x]));
+                    s[z] = rotl(self, &t, r);
+                }
+            }
+        }
+        let i = self.op(format!("and i64 {position}, 15"));
+        let mut out = "0".to_string();
+        for w in 0..16 {
+            let v = self.op(format!("add i32 {}, {}", s[w], init[w]));
+            let here = self.op(format!("icmp eq i64 {i}, {w}"));
+            out = self.select(&here, "i32", &v, &out);
+        }
+        self.op(format!("zext i32 {out} to i64"))
     }
 
     fn combine(&mut self, op: ReduceOp, d: DType, a: &str, b: &str) -> String {

@@ -109,7 +109,7 @@ fn check_with(name: &str, graph: &Graph, feeds: &HashMap<String, Tensor>, tol: f
 /// `graph`'s GPU plan.
 fn grid_work(graph: &Graph) -> u64 {
     let fusion = d2l_passes::fusion::fuse(graph);
-    d2l_kernels::lower::plan(graph, &fusion).map_or(0, |plan| d2l_kernels::gpu_plan::GpuPlan::of(&plan).work())
+    d2l_kernels::lower::plan(graph, &fusion).map_or(0, |plan| d2l_kernels::gpu_plan::GpuPlan::of(&plan, 7).work())
 }
 
 /// Most grid-interpreter work per run checked through the whole GPU plan.
@@ -514,7 +514,13 @@ fn random_numbers_match_the_interpreter_stream() {
     let mut c = Case::new("rand");
     let u = c.g.rand(RandDist::Uniform, DType::F32, shape(&[5, 3])).unwrap();
     let n = c.g.rand(RandDist::Normal, DType::F32, shape(&[7])).unwrap();
+    // f64 takes two words per number, and an odd count leaves the stream
+    // mid-block for the next draw.
+    let d = c.g.rand(RandDist::Uniform, DType::F64, shape(&[9])).unwrap();
+    let after = c.g.rand(RandDist::Uniform, DType::F32, shape(&[21])).unwrap();
     c.g.set_output("uniform", u);
+    c.g.set_output("uniform_f64", d);
+    c.g.set_output("uniform_after", after);
     c.out(n);
 }
 
