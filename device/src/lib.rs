@@ -2,9 +2,9 @@
 //! compiles graphs for it; everything above this crate (the training
 //! library, the facade, the command line) chooses through it, and
 //! everything below knows only the runtime's [`Backend`] trait. The host
-//! CPU has two backends: the Cranelift JIT (`d2l-cpu`, the default) and
-//! the reference interpreter (`d2l-runtime`), and the grid interpreter of
-//! GPU plans; NVIDIA GPUs run through `d2l-cuda` (feature `cuda`).
+//! CPU has three backends: the Cranelift JIT (`d2l-cpu`, the default), the
+//! reference interpreter (`d2l-runtime`), and the grid interpreter of GPU
+//! plans (`d2l-cpu`); NVIDIA GPUs run through `d2l-cuda` (feature `cuda`).
 
 use std::fmt;
 

@@ -89,10 +89,10 @@ fn verify(graph: &Graph, exe: &mut dyn Executable, feeds: &HashMap<String, Tenso
     let want = d2l_runtime::Interpreter::new(1).run(graph, feeds)?;
     let got = exe.run(feeds)?;
     let mut v = Verified { worst_output: String::new(), relative_error: 0.0, max_element_error: 0.0, mismatched: Vec::new() };
-    for ((name, g), (_, w)) in got.iter().zip(&want) {
-        let (g, w) = (g.to_f64_vec(), w.to_f64_vec());
+    for ((name, gt), (_, wt)) in got.iter().zip(&want) {
+        let is_int = matches!(wt.dtype(), DType::I64 | DType::Bool);
+        let (g, w) = (gt.to_f64_vec(), wt.to_f64_vec());
         let nan_or_int_differs = g.iter().zip(&w).any(|(a, b)| a.is_nan() != b.is_nan());
-        let is_int = matches!(graph.dtype(graph.outputs().iter().find(|o| &o.name == name).map_or(graph.outputs()[0].node, |o| o.node)), DType::I64 | DType::Bool);
         if nan_or_int_differs || (is_int && g != w) {
             v.mismatched.push(name.clone());
             continue;
@@ -245,11 +245,12 @@ fn measure(graph: &Graph, lower_ms: f64, classes: usize, data: Option<&HashMap<S
     if opts.profile && opts.device == Device::JIT {
         let mut exe = d2l_cpu::Jitted::compile(graph, 1)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let verified = if opts.verify { Some(verify(graph, &mut exe, &feeds)?) } else { None };
         exe.program_mut().start_profile();
         let timing = time(graph, &mut exe, &mut feeds, opts)?;
         let runs = (timing.steps + opts.warmup) as f64;
         let profile = exe.program().profile().into_iter().map(|(name, t)| (name, t / runs)).collect();
-        return Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile, verified: None });
+        return Ok(Measured { lower_ms, compile_ms, timing, flops: contraction_flops(graph), profile, verified });
     }
     let mut exe = opts.device.compile(graph, 1)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
