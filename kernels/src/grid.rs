@@ -457,6 +457,33 @@ mod tests {
         assert_eq!(block_reduce(ReduceOp::Max, Value::F32(f32::NEG_INFINITY), &parts), Value::F32(63.0));
     }
 
+    /// Two reductions over different loops in one kernel: the one over
+    /// fewer loops accumulates in memory (each thread owns its outputs),
+    /// in every regime that can take the kernel.
+    #[test]
+    fn a_partial_reduction_accumulates_in_memory() {
+        // a[i] = Σ_{j,k} x[i, j, k] and b[i, j] = Σ_k x[i, j, k] over [4, 5, 70].
+        let mut k = LoopKernel::new("t", vec![4, 5, 70]);
+        let x = k.push(Inst::Load { dtype: DType::F64, access: Access { slot: 1, offset: 0, strides: vec![350, 70, 1] } });
+        k.stores.push(Store { value: x, dtype: DType::F64, access: Access { slot: 2, offset: 0, strides: vec![1, 0, 0] }, reduce: Some(ReduceOp::Sum) });
+        k.stores.push(Store { value: x, dtype: DType::F64, access: Access { slot: 3, offset: 0, strides: vec![5, 1, 0] }, reduce: Some(ReduceOp::Sum) });
+        let s = GpuSchedule::of(&k);
+        assert_eq!((s.regime, s.reduced.clone()), (Regime::ThreadPerOutput, vec![1, 2]), "b keeps a block from owning its rows");
+        let xs: Vec<f64> = (0..1400).map(|i| ((i * 37) % 101) as f64).collect();
+        for (block, grid) in [(32, 1), (32, 3)] {
+            let s = GpuSchedule { block, grid, ..s.clone() };
+            let (mut status, mut a, mut b) = (0i64, vec![f64::NAN; 4], vec![f64::NAN; 20]);
+            let bases = [&mut status as *mut i64 as *mut u8, xs.as_ptr() as *mut u8, a.as_mut_ptr() as *mut u8, b.as_mut_ptr() as *mut u8];
+            unsafe { run(&k, &s, &bases) };
+            for i in 0..4 {
+                assert_eq!(a[i], xs[i * 350..(i + 1) * 350].iter().sum::<f64>());
+                for j in 0..5 {
+                    assert_eq!(b[i * 5 + j], xs[i * 350 + j * 70..i * 350 + (j + 1) * 70].iter().sum::<f64>());
+                }
+            }
+        }
+    }
+
     #[test]
     fn store_kinds_follow_the_regimes() {
         // out[i] = Σ_j x[i, j] and y[i, j] = 2·x[i, j], over [3, 100]: block

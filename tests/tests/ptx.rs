@@ -66,3 +66,32 @@ fn ptx_of_softmax_regression_step() {
     let ptx = d2l_ptx::ptx_listing(&graph, Arch::Sm90).expect("PTX");
     insta::assert_snapshot!("ptx_softmax_regression_sm90", ptx);
 }
+
+/// Kernel shapes no model has today, assembled too: two reductions over
+/// different loops (one accumulates in memory), i64 and bool reductions
+/// through block shuffle trees.
+#[test]
+fn unusual_reductions_assemble() {
+    use d2l_ir::{DType, ReduceOp};
+    use d2l_kernels::kernel::{Access, Inst, LoopKernel, Store};
+    let access = |slot, strides: Vec<i64>| Access { slot, offset: 0, strides };
+    let mut partial = LoopKernel::new("partial", vec![4, 5, 70]);
+    let x = partial.push(Inst::Load { dtype: DType::F64, access: access(1, vec![350, 70, 1]) });
+    partial.stores.push(Store { value: x, dtype: DType::F64, access: access(2, vec![1, 0, 0]), reduce: Some(ReduceOp::Sum) });
+    partial.stores.push(Store { value: x, dtype: DType::F64, access: access(3, vec![5, 1, 0]), reduce: Some(ReduceOp::Sum) });
+    let mut ints = LoopKernel::new("ints", vec![3, 1000]);
+    let i = ints.push(Inst::Load { dtype: DType::I64, access: access(1, vec![1000, 1]) });
+    let b = ints.push(Inst::Load { dtype: DType::Bool, access: access(2, vec![1000, 1]) });
+    ints.stores.push(Store { value: i, dtype: DType::I64, access: access(3, vec![1, 0]), reduce: Some(ReduceOp::Max) });
+    ints.stores.push(Store { value: b, dtype: DType::Bool, access: access(4, vec![1, 0]), reduce: Some(ReduceOp::Sum) });
+    let ptxas = ptxas();
+    let dir = tempfile::tempdir().expect("temp dir");
+    for arch in Arch::ALL {
+        let ptx = d2l_ptx::ptx_module(&[("partial".into(), &partial), ("ints".into(), &ints)], arch).expect("PTX");
+        assert!(ptx.contains("shfl.sync.down"), "the i64/bool block reductions shuffle");
+        let file = dir.path().join(format!("unusual.{}.ptx", arch.name()));
+        std::fs::write(&file, &ptx).expect("temp file");
+        let out = Command::new(&ptxas).arg(format!("-arch={}", arch.name())).arg(&file).arg("-o").arg(dir.path().join("out.cubin")).output().expect("ptxas runs");
+        assert!(out.status.success(), "{}: {}", arch.name(), String::from_utf8_lossy(&out.stderr));
+    }
+}
