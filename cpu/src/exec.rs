@@ -60,6 +60,35 @@ pub struct CompileTimes {
     pub codegen_ms: f64,
 }
 
+/// The address of every slot: the status word, arena offsets from `arena`,
+/// and null for feeds and outputs (the caller's, set per run by
+/// [`point_at_callers`]).
+///
+/// # Safety
+/// Every arena slot's offset + size must lie within the buffer at `arena`.
+pub(crate) unsafe fn slot_table(slots: &[lower::Slot], status: &mut i64, arena: *mut u8) -> Vec<*mut u8> {
+    slots
+        .iter()
+        .map(|slot| match slot.place {
+            Place::Status => status as *mut i64 as *mut u8,
+            // SAFETY: in bounds by the caller's promise.
+            Place::Arena(offset) => unsafe { arena.add(offset) },
+            Place::Feed(_) | Place::Output(_) => std::ptr::null_mut(),
+        })
+        .collect()
+}
+
+/// Points the feed and output slots of `table` at the caller's buffers.
+pub(crate) fn point_at_callers(table: &mut [*mut u8], slots: &[lower::Slot], feeds: &[*const u8], outputs: &[*mut u8]) {
+    for (entry, slot) in table.iter_mut().zip(slots) {
+        match slot.place {
+            Place::Feed(f) => *entry = feeds[f] as *mut u8,
+            Place::Output(o) => *entry = outputs[o],
+            _ => {}
+        }
+    }
+}
+
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Line([u8; 64]);
@@ -248,16 +277,8 @@ impl Program {
         arena.try_reserve_exact(lines).map_err(|_| CompileError::Arena { bytes: plan.memory.size })?;
         arena.resize(lines, Line([0; 64]));
         let mut status = Box::new(0i64);
-        let mut table: Vec<*mut u8> = vec![std::ptr::null_mut(); plan.slots.len()];
-        let base = arena.as_mut_ptr() as *mut u8;
-        for (i, slot) in plan.slots.iter().enumerate() {
-            table[i] = match slot.place {
-                Place::Status => (&mut *status) as *mut i64 as *mut u8,
-                // SAFETY: the memory plan keeps every offset + size within the arena.
-                Place::Arena(offset) => unsafe { base.add(offset) },
-                Place::Feed(_) | Place::Output(_) => std::ptr::null_mut(),
-            };
-        }
+        // SAFETY: the memory plan keeps every offset + size within the arena.
+        let table = unsafe { slot_table(&plan.slots, &mut status, arena.as_mut_ptr() as *mut u8) };
         let (mut max_n, mut acc, mut pad_bytes) = (0usize, 0usize, 0usize);
         let mut convs = Vec::with_capacity(plan.steps.len());
         let mut padded_maps = vec![None; plan.steps.len()];
@@ -387,13 +408,7 @@ impl Program {
     /// shape, `outputs[i]` to a writable one of output `i`'s, none
     /// overlapping an output, all valid for the duration of the call.
     pub unsafe fn run(&mut self, feeds: &[*const u8], outputs: &[*mut u8]) -> Result<(), ExecError> {
-        for (i, slot) in self.plan.slots.iter().enumerate() {
-            match slot.place {
-                Place::Feed(f) => self.table[i] = feeds[f] as *mut u8,
-                Place::Output(o) => self.table[i] = outputs[o],
-                _ => {}
-            }
-        }
+        point_at_callers(&mut self.table, &self.plan.slots, feeds, outputs);
         *self.status = 0;
         // The pool's workers flush denormals for good; this thread while it runs kernels.
         let _flush = crate::denormals::FlushDenormals::new();

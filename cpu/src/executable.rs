@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use d2l_ir::Graph;
 use d2l_kernels::lower::{FeedSlot, OutputSlot};
-use d2l_runtime::{Backend, Executable, FeedKind, RunError, Tensor, TensorType};
+use d2l_runtime::{Backend, Executable, RunError, Tensor, checked_feed, reused_output};
 
 use crate::grid_exec::GridProgram;
 use crate::{ExecError, Loops, Program};
@@ -89,14 +89,7 @@ impl Bound {
     /// the tensors that fit) and points at them.
     fn bind(&mut self, specs: &[FeedSlot], outs: &[OutputSlot], feeds: &HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>) -> Result<(), RunError> {
         for (i, f) in specs.iter().enumerate() {
-            let expected = || TensorType { dtype: f.dtype, shape: f.shape.clone() };
-            let kind = if f.is_param { FeedKind::Param } else { FeedKind::Input };
-            let Some(t) = feeds.get(&f.name) else {
-                return Err(RunError::MissingFeed { name: f.name.clone(), kind, expected: expected() });
-            };
-            if t.dtype() != f.dtype || t.dims() != f.shape.dims() {
-                return Err(RunError::FeedMismatch { name: f.name.clone(), expected: expected(), got: TensorType::of(t) });
-            }
+            let t = checked_feed(feeds, &f.name, f.is_param, f.dtype, f.shape.dims())?;
             self.feed_ptrs[i] = match data_ptr(t) {
                 Some(p) => p,
                 None => {
@@ -108,16 +101,8 @@ impl Bound {
         }
         outputs.truncate(outs.len());
         for (i, spec) in outs.iter().enumerate() {
-            let fits = outputs.get(i).is_some_and(|(name, t)| *name == spec.name && t.dtype() == spec.dtype && t.dims() == spec.shape.dims() && data_ptr(t).is_some());
-            if !fits {
-                let fresh = (spec.name.clone(), Tensor::zeros(spec.dtype, spec.shape.dims()));
-                if i < outputs.len() {
-                    outputs[i] = fresh;
-                } else {
-                    outputs.push(fresh);
-                }
-            }
-            self.output_ptrs[i] = data_ptr_mut(&mut outputs[i].1).unwrap_or(std::ptr::null_mut());
+            let t = reused_output(outputs, i, &spec.name, spec.dtype, spec.shape.dims());
+            self.output_ptrs[i] = data_ptr_mut(t).unwrap_or(std::ptr::null_mut());
         }
         Ok(())
     }

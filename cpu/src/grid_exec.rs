@@ -9,7 +9,7 @@
 
 use d2l_ir::{DType, Graph};
 use d2l_kernels::gpu_plan::{GpuPlan, GpuStep, INDEX_OUT_OF_RANGE};
-use d2l_kernels::lower::{self, FeedSlot, OutputSlot, Place, Plan};
+use d2l_kernels::lower::{self, FeedSlot, OutputSlot, Plan};
 use d2l_kernels::schedule::GpuSchedule;
 use d2l_passes::fusion;
 use rand::SeedableRng;
@@ -17,6 +17,7 @@ use rand_chacha::ChaCha12Rng;
 
 use crate::pool::pool;
 use crate::routines::{self, Buf};
+use crate::exec::{point_at_callers, slot_table};
 use crate::{CompileError, ExecError};
 
 /// A graph's GPU plan, with the arena its kernels run in.
@@ -46,17 +47,8 @@ impl GridProgram {
         arena.try_reserve_exact(words).map_err(|_| CompileError::Arena { bytes: gpu.arena_bytes })?;
         arena.resize(words, 0);
         let mut status = Box::new(0i64);
-        let base = arena.as_mut_ptr() as *mut u8;
-        let table = gpu
-            .slots
-            .iter()
-            .map(|slot| match slot.place {
-                Place::Status => (&mut *status) as *mut i64 as *mut u8,
-                // SAFETY: the GPU plan keeps every offset + size within its arena.
-                Place::Arena(offset) => unsafe { base.add(offset) },
-                Place::Feed(_) | Place::Output(_) => std::ptr::null_mut(),
-            })
-            .collect();
+        // SAFETY: the GPU plan keeps every offset + size within its arena.
+        let table = unsafe { slot_table(&gpu.slots, &mut status, arena.as_mut_ptr() as *mut u8) };
         let names = graph.ids().map(|id| lower::describe(graph, id)).collect();
         Ok(GridProgram { plan, gpu, schedules, table, _arena: arena, status, rng: ChaCha12Rng::seed_from_u64(seed), names })
     }
@@ -74,13 +66,7 @@ impl GridProgram {
     /// # Safety
     /// As [`crate::Program::run`].
     pub unsafe fn run(&mut self, feeds: &[*const u8], outputs: &[*mut u8]) -> Result<(), ExecError> {
-        for (i, slot) in self.gpu.slots.iter().enumerate() {
-            match slot.place {
-                Place::Feed(f) => self.table[i] = feeds[f] as *mut u8,
-                Place::Output(o) => self.table[i] = outputs[o],
-                _ => {}
-            }
-        }
+        point_at_callers(&mut self.table, &self.gpu.slots, feeds, outputs);
         *self.status = 0;
         for step in &self.gpu.steps {
             match step {

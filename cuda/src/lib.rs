@@ -27,7 +27,7 @@ use d2l_kernels::gpu_plan::{GpuPlan, GpuStep, INDEX_OUT_OF_RANGE};
 use d2l_kernels::lower::{self, FeedSlot, OutputSlot, Place, Plan};
 use d2l_kernels::schedule::GpuSchedule;
 use d2l_ptx::Arch;
-use d2l_runtime::{Backend, Executable, FeedKind, RunError, Tensor, TensorType};
+use d2l_runtime::{Backend, Executable, RunError, Tensor, checked_feed, reused_output};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use rand_distr::StandardNormal;
@@ -205,11 +205,17 @@ impl CudaProgram {
         Ok(())
     }
 
+    fn status_word(&self) -> Result<i64, CudaError> {
+        let mut word = [0i64];
+        self.stream.memcpy_dtoh(&self.status, &mut word)?;
+        Ok(word[0])
+    }
+
     /// Runs the steps; returns the status word.
     fn steps(&mut self, check_each: bool) -> Result<Option<(usize, i64)>, CudaError> {
         self.stream.memset_zeros(&mut self.status)?;
         for s in 0..self.gpu.steps.len() {
-            match self.gpu.steps[s].clone() {
+            match self.gpu.steps[s] {
                 GpuStep::Kernel { kernel, .. } => self.launch(kernel)?,
                 GpuStep::Rand { dist, out, .. } => self.rand(dist, out)?,
                 GpuStep::StreamPosition { slot, words } => {
@@ -221,13 +227,13 @@ impl CudaProgram {
                 }
             }
             if check_each {
-                let status = self.stream.clone_dtoh(&self.status)?[0];
+                let status = self.status_word()?;
                 if status != 0 {
                     return Ok(Some((s, status)));
                 }
             }
         }
-        let status = self.stream.clone_dtoh(&self.status)?[0];
+        let status = self.status_word()?;
         Ok((status != 0).then_some((self.gpu.steps.len(), status)))
     }
 
@@ -269,15 +275,8 @@ impl Executable for CudaProgram {
     fn run_into(&mut self, feeds: &HashMap<String, Tensor>, outputs: &mut Vec<(String, Tensor)>) -> Result<(), RunError> {
         let device = format!("cuda:{}", self.ordinal);
         let cuda = |e: CudaError| RunError::Device { device: device.clone(), message: e.to_string() };
-        for f in self.plan.feeds.clone() {
-            let expected = || TensorType { dtype: f.dtype, shape: f.shape.clone() };
-            let kind = if f.is_param { FeedKind::Param } else { FeedKind::Input };
-            let Some(t) = feeds.get(&f.name) else {
-                return Err(RunError::MissingFeed { name: f.name.clone(), kind, expected: expected() });
-            };
-            if t.dtype() != f.dtype || t.dims() != f.shape.dims() {
-                return Err(RunError::FeedMismatch { name: f.name.clone(), expected: expected(), got: TensorType::of(t) });
-            }
+        for f in &self.plan.feeds {
+            let t = checked_feed(feeds, &f.name, f.is_param, f.dtype, f.shape.dims())?;
             let staged;
             let bytes = match bytes_of(t) {
                 Some(b) => b,
@@ -294,17 +293,9 @@ impl Executable for CudaProgram {
             return Err(self.report().map_err(cuda)?);
         }
         outputs.truncate(self.plan.outputs.len());
-        for (i, spec) in self.plan.outputs.clone().iter().enumerate() {
-            let fits = outputs.get(i).is_some_and(|(name, t)| *name == spec.name && t.dtype() == spec.dtype && t.dims() == spec.shape.dims() && bytes_of(t).is_some());
-            if !fits {
-                let fresh = (spec.name.clone(), Tensor::zeros(spec.dtype, spec.shape.dims()));
-                if i < outputs.len() {
-                    outputs[i] = fresh;
-                } else {
-                    outputs.push(fresh);
-                }
-            }
-            let dst = bytes_of_mut(&mut outputs[i].1).expect("row-major output");
+        for (i, spec) in self.plan.outputs.iter().enumerate() {
+            let t = reused_output(outputs, i, &spec.name, spec.dtype, spec.shape.dims());
+            let dst = bytes_of_mut(t).expect("row-major output");
             let n = dst.len();
             let src = self.buffers[&spec.slot].slice(0..n);
             self.stream.memcpy_dtoh(&src, dst).map_err(|e| cuda(e.into()))?;

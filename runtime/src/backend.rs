@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 
-use d2l_ir::Graph;
+use d2l_ir::{DType, Graph};
 
-use crate::{Interpreter, RunError, Tensor};
+use crate::{FeedKind, Interpreter, RunError, Tensor, TensorType};
 
 /// A graph ready to run. `feeds` maps input and parameter names to tensors;
 /// the result is the graph's named outputs, in order.
@@ -25,6 +25,36 @@ pub trait Executable {
         *outputs = self.run(feeds)?;
         Ok(())
     }
+}
+
+/// Feed `name` from `feeds`, checked against the type a compiled graph
+/// declares for it: a missing or mistyped feed is an error naming it.
+pub fn checked_feed<'a>(feeds: &'a HashMap<String, Tensor>, name: &str, is_param: bool, dtype: DType, dims: &[usize]) -> Result<&'a Tensor, RunError> {
+    let expected = || TensorType { dtype, shape: d2l_ir::Shape(dims.to_vec()) };
+    let kind = if is_param { FeedKind::Param } else { FeedKind::Input };
+    let Some(t) = feeds.get(name) else {
+        return Err(RunError::MissingFeed { name: name.to_string(), kind, expected: expected() });
+    };
+    if t.dtype() != dtype || t.dims() != dims {
+        return Err(RunError::FeedMismatch { name: name.to_string(), expected: expected(), got: TensorType::of(t) });
+    }
+    Ok(t)
+}
+
+/// Output `i` of a compiled run, written in place: the tensor the previous
+/// run left in `outputs[i]` when it has this name, dtype and shape and is
+/// row-major, else a fresh one put there ([`Executable::run_into`]).
+pub fn reused_output<'a>(outputs: &'a mut Vec<(String, Tensor)>, i: usize, name: &str, dtype: DType, dims: &[usize]) -> &'a mut Tensor {
+    let fits = outputs.get(i).is_some_and(|(n, t)| n == name && t.dtype() == dtype && t.dims() == dims && t.is_row_major());
+    if !fits {
+        let fresh = (name.to_string(), Tensor::zeros(dtype, dims));
+        if i < outputs.len() {
+            outputs[i] = fresh;
+        } else {
+            outputs.push(fresh);
+        }
+    }
+    &mut outputs[i].1
 }
 
 /// Feeds each update output of `graph` back in place of the fed tensor it

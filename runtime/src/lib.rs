@@ -13,7 +13,7 @@ pub mod files;
 pub mod npy;
 pub mod train;
 
-pub use backend::{Backend, Executable, InterpreterBackend, apply_updates};
+pub use backend::{Backend, Executable, InterpreterBackend, apply_updates, checked_feed, reused_output};
 pub use interp::{FeedKind, Interpreter, RunError, TensorType};
 pub use params::init_params;
 pub use tensor::Tensor;

@@ -43,6 +43,17 @@ impl Tensor {
     }
 
     /// Number of elements (without building a `Shape`: no allocation).
+    /// Whether its elements lie in row-major order in one buffer (a
+    /// transposed or sliced array's do not), as compiled code reads them.
+    pub fn is_row_major(&self) -> bool {
+        match self {
+            Tensor::F32(a) => a.is_standard_layout(),
+            Tensor::F64(a) => a.is_standard_layout(),
+            Tensor::I64(a) => a.is_standard_layout(),
+            Tensor::Bool(a) => a.is_standard_layout(),
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.dims().iter().product()
     }
